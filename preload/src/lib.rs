@@ -1,0 +1,1 @@
+//! libmsock.so (being written).

@@ -1,0 +1,1 @@
+//! Binary encoding of control messages (being written).

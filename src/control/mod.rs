@@ -1,0 +1,110 @@
+//! The control protocol between libmsock (client) and the netserver (paper §3.1, §4.3).
+//!
+//! Transport: a SOCK_SEQPACKET Unix socket; one message per packet, descriptors travel with
+//! SCM_RIGHTS. The default address is the abstract name [`DEFAULT_ADDRESS`], which is naturally
+//! per network namespace; `MSOCK_CONTROL` overrides it (`@name` = abstract, otherwise a path).
+//! Messages are typed and versioned; every message from a client is untrusted input: decoding
+//! never panics and a malformed message gets [`Reply::Error`] with EINVAL/EPROTO.
+//!
+//! Two sockets per client:
+//! - the *control* socket: client requests, one netserver reply each, in order;
+//! - the *upcall* socket (a socketpair end the netserver passes in [`Reply::Hello`]): netserver
+//!   to client notifications ([`Upcall`]) that the client's receive thread handles.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod transport;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::wire::EthernetAddress;
+
+/// Protocol version; bumped on any incompatible change. `Hello` carries it.
+pub const VERSION: u16 = 1;
+
+/// Abstract socket name of the netserver in the current network namespace.
+pub const DEFAULT_ADDRESS: &str = "@msock/control";
+
+/// Environment variable overriding [`DEFAULT_ADDRESS`].
+pub const ADDRESS_ENV: &str = "MSOCK_CONTROL";
+
+/// Largest control message (a reassembled 64 KiB datagram upcall plus headers).
+pub const MAX_MESSAGE: usize = 70 * 1024;
+
+/// The netserver's name for an endpoint; unique for the netserver's lifetime.
+pub type EndpointId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Inet,
+    /// AF_INET6 served over IPv4 (bound to `::` or a v4-mapped address).
+    Inet6 { v6only: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockKind {
+    Datagram,
+    Stream,
+}
+
+/// Geometry of a packet ring already configured on a passed channel fd, so the receiver can
+/// `mmap` it (see `channel::RingConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingSpec {
+    /// 2 or 3 (TPACKET_V2 / TPACKET_V3).
+    pub version: u8,
+    pub block_size: u32,
+    pub block_count: u32,
+    pub frame_size: u32,
+    /// Number of TX frames configured (0 = no TX ring; send with sendto/sendmmsg).
+    pub tx_frames: u32,
+}
+
+/// Client → netserver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// First message on a connection. Fds: `[stats page memfd]` (optional; the client's
+    /// per-socket counters, see `client::stats`). Reply: [`Reply::Hello`].
+    Hello { version: u16, pid: u32 },
+    /// Create an endpoint. Reply: [`Reply::Socket`].
+    Socket { family: Family, kind: SockKind },
+    /// Bind (port 0 = ephemeral). Reply: [`Reply::Bound`] with the endpoint's channel fd: from
+    /// then on the socket is cached in the caller.
+    Bind { id: EndpointId, local: SocketAddrV4, reuse_addr: bool, reuse_port: bool },
+    /// UDP connect/disconnect bookkeeping (remote `None` = AF_UNSPEC). Reply: [`Reply::Ok`].
+    Connect { id: EndpointId, remote: Option<SocketAddrV4> },
+    /// The caller no longer holds the endpoint. Reply: [`Reply::Ok`].
+    Close { id: EndpointId },
+    /// Resolve a neighbour. Reply: [`Reply::Resolve`]; if `mac` is `None` the netserver
+    /// resolves and sends [`Upcall::Resolved`].
+    Resolve { addr: Ipv4Addr },
+    /// Statistics for `msock stat`. Reply: [`Reply::Stat`].
+    Stat { json: bool },
+}
+
+/// Netserver → client, one per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Fds: `[routing region (read-only memfd), upcall socket]`.
+    Hello { client_id: u32, region_len: u64 },
+    Socket { id: EndpointId },
+    /// Fds: `[channel]` (AF_PACKET, bound, filter locked, rings configured as `ring`).
+    Bound { local: SocketAddrV4, ring: RingSpec },
+    Ok,
+    Resolve { mac: Option<EthernetAddress> },
+    Stat { text: String },
+    /// A Linux errno value.
+    Error { errno: i32 },
+}
+
+/// Netserver → client, unsolicited, on the upcall socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upcall {
+    /// A datagram the netserver received for a socket cached in this client (a reassembled
+    /// fragmented datagram).
+    Datagram { id: EndpointId, src: SocketAddrV4, dst: SocketAddrV4, payload: Vec<u8> },
+    /// Outcome of an earlier `Resolve` (`None`: no answer, the neighbour is unreachable).
+    Resolved { addr: Ipv4Addr, mac: Option<EthernetAddress> },
+    /// An ICMP error concerning a datagram this socket sent (errno as Linux maps it).
+    IcmpError { id: EndpointId, remote: SocketAddrV4, errno: i32 },
+}

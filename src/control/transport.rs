@@ -1,0 +1,1 @@
+//! SEQPACKET transport with SCM_RIGHTS (being written).

@@ -1,0 +1,1 @@
+//! netserver (being written).

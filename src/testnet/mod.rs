@@ -1,0 +1,1 @@
+//! testnet (being written).
