@@ -1,1 +1,43 @@
-//! client (being written).
+//! The in-process runtime behind libmsock (paper §3.2): cached UDP sockets that send and
+//! receive on their own packet channel with no netserver hop, the fd table, the session with
+//! the netserver, the receive thread, and the per-process stats page.
+//!
+//! - [`api`]: the operations the C edge (`preload/`) calls, in safe types, with a three-way
+//!   [`Outcome`].
+//! - [`udp`]: one UDP socket (lifecycle, options, blocking and readiness).
+//! - [`datapath`]: its sans-I/O data path (frame validation, receive queue, header building,
+//!   fragmentation) over any [`crate::channel::Channel`].
+//! - [`runtime`]: process-wide state (fd table, session, receive thread, neighbour queues).
+//! - [`stats`]: the stats page the netserver maps read-only (`msock stat`).
+//! - [`guard`], [`log`], [`sys`]: re-entrancy guard and fork marker, raw debug logging, the
+//!   few system calls.
+
+pub mod api;
+pub mod datapath;
+pub mod guard;
+pub mod log;
+pub mod runtime;
+pub mod stats;
+pub mod sys;
+pub mod udp;
+
+/// The outcome of an interposed operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// Done by msock; the value is the call's result.
+    Done(T),
+    /// Not msock's: the edge calls the real libc function.
+    Bypass,
+    /// Failed with this errno.
+    Error(i32),
+}
+
+impl<T> Outcome<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Done(v) => Outcome::Done(f(v)),
+            Outcome::Bypass => Outcome::Bypass,
+            Outcome::Error(e) => Outcome::Error(e),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Fuzzes `msock::wire::fuzzing::icmpv4`: parse, and round-trip whatever parses.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    msock::wire::fuzzing::icmpv4(data);
+});

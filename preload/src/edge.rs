@@ -1,0 +1,1301 @@
+//! Every exported symbol of libmsock.so. Arguments are converted to safe types at the top of
+//! each function; the operation itself is safe code in `core_stack::client::api`.
+
+use std::ffi::c_void;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use core_stack::client::api::{self, Handle, OptValue, Outcome, Received, SockAddrIn};
+use core_stack::client::guard;
+use core_stack::msock_debug;
+use libc::{c_int, c_uint, c_ulong, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+
+use crate::real;
+
+#[ctor::ctor]
+fn init() {
+    // Panics inside msock are caught at the edge (EIO); report them without Rust's stdio
+    // (this hook belongs to libmsock's own copy of std, not to the program's).
+    std::panic::set_hook(Box::new(|info| {
+        msock_debug!("internal panic: {info}");
+    }));
+    // SAFETY: registering a child handler that only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::pthread_atfork(None, None, Some(guard::atfork_child));
+    }
+    guard::set_ready();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: errno, panics, argument conversion.
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location always returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn fail<R: From<i8>>(e: c_int) -> R {
+    set_errno(e);
+    R::from(-1)
+}
+
+/// Runs a safe operation, turning a panic into EIO (never unwinding into C).
+fn run<T>(what: &str, fd: c_int, op: impl FnOnce() -> Outcome<T>) -> Outcome<T> {
+    match catch_unwind(AssertUnwindSafe(op)) {
+        Ok(outcome) => {
+            if let Outcome::Error(e) = outcome {
+                msock_debug!("{what}(fd {fd}) -> errno {e}");
+            }
+            outcome
+        }
+        Err(_) => {
+            msock_debug!("{what}(fd {fd}): internal panic, EIO");
+            Outcome::Error(libc::EIO)
+        }
+    }
+}
+
+/// `&[u8]` from a C buffer; EFAULT for a null pointer with a non-zero length.
+///
+/// # Safety
+/// `ptr` must be valid for `len` bytes (or null).
+unsafe fn slice<'a>(ptr: *const c_void, len: size_t) -> Result<&'a [u8], c_int> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(libc::EFAULT);
+    }
+    if len > isize::MAX as usize {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: non-null, caller guarantees validity for `len` bytes.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+}
+
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes (or null).
+unsafe fn slice_mut<'a>(ptr: *mut c_void, len: size_t) -> Result<&'a mut [u8], c_int> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return Err(libc::EFAULT);
+    }
+    if len > isize::MAX as usize {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: non-null, caller guarantees validity for `len` bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) })
+}
+
+/// Iovecs as byte slices (at most IOV_MAX).
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs whose buffers are valid.
+unsafe fn iov_slices<'a>(iov: *const libc::iovec, cnt: usize) -> Result<Vec<&'a [u8]>, c_int> {
+    if cnt > libc::UIO_MAXIOV as usize {
+        return Err(libc::EINVAL);
+    }
+    if cnt == 0 {
+        return Ok(Vec::new());
+    }
+    if iov.is_null() {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: caller guarantees `cnt` iovecs.
+    let iovs = unsafe { std::slice::from_raw_parts(iov, cnt) };
+    // SAFETY: each iovec describes a valid buffer per the caller's contract.
+    iovs.iter()
+        .map(|v| unsafe { slice(v.iov_base, v.iov_len) })
+        .collect()
+}
+
+/// # Safety
+/// As [`iov_slices`], buffers writable.
+unsafe fn iov_slices_mut<'a>(
+    iov: *const libc::iovec,
+    cnt: usize,
+) -> Result<Vec<&'a mut [u8]>, c_int> {
+    if cnt > libc::UIO_MAXIOV as usize {
+        return Err(libc::EINVAL);
+    }
+    if cnt == 0 {
+        return Ok(Vec::new());
+    }
+    if iov.is_null() {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: caller guarantees `cnt` iovecs.
+    let iovs = unsafe { std::slice::from_raw_parts(iov, cnt) };
+    // SAFETY: each iovec describes a valid writable buffer per the caller's contract.
+    iovs.iter()
+        .map(|v| unsafe { slice_mut(v.iov_base, v.iov_len) })
+        .collect()
+}
+
+/// `msg_iovlen` is `size_t` in glibc and `int` in musl.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn iov_count<T: TryInto<usize>>(n: T) -> usize {
+    n.try_into().unwrap_or(usize::MAX)
+}
+
+/// A C socket address as a safe value; `None` for a null pointer.
+///
+/// # Safety
+/// `addr` must be valid for `len` bytes (or null).
+unsafe fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SockAddrIn> {
+    if addr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller says `addr` is valid for `len` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len as usize) };
+    Some(SockAddrIn::parse(bytes))
+}
+
+/// Writes `addr` to a C (address, length) pair with the kernel's truncation rule: copy at most
+/// `*len` bytes, always store the full length.
+///
+/// # Safety
+/// `out` valid for `*len` bytes and `len` valid, or either null.
+unsafe fn write_addr(
+    addr: &SocketAddr,
+    out: *mut sockaddr,
+    len: *mut socklen_t,
+) -> Result<(), c_int> {
+    if out.is_null() || len.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `len` non-null and valid per the caller.
+    let cap = unsafe { *len } as i32;
+    if cap < 0 {
+        return Err(libc::EINVAL);
+    }
+    let encoded = encode_addr(addr);
+    let n = encoded.len().min(cap as usize);
+    // SAFETY: `out` holds `cap` ≥ n bytes; `encoded` is a local buffer.
+    unsafe {
+        std::ptr::copy_nonoverlapping(encoded.as_ptr(), out.cast::<u8>(), n);
+        *len = encoded.len() as socklen_t;
+    }
+    Ok(())
+}
+
+fn encode_addr(addr: &SocketAddr) -> Vec<u8> {
+    match addr {
+        SocketAddr::V4(a) => {
+            let mut b = vec![0u8; size_of::<libc::sockaddr_in>()];
+            b[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            b[2..4].copy_from_slice(&a.port().to_be_bytes());
+            b[4..8].copy_from_slice(&a.ip().octets());
+            b
+        }
+        SocketAddr::V6(a) => {
+            let mut b = vec![0u8; size_of::<libc::sockaddr_in6>()];
+            b[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            b[2..4].copy_from_slice(&a.port().to_be_bytes());
+            b[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
+            b[8..24].copy_from_slice(&a.ip().octets());
+            b[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
+            b
+        }
+    }
+}
+
+fn ssize(outcome: Outcome<usize>, bypass: impl FnOnce() -> ssize_t) -> ssize_t {
+    match outcome {
+        Outcome::Done(n) => n as ssize_t,
+        Outcome::Bypass => bypass(),
+        Outcome::Error(e) => fail(e),
+    }
+}
+
+fn int(outcome: Outcome<c_int>, bypass: impl FnOnce() -> c_int) -> c_int {
+    match outcome {
+        Outcome::Done(n) => n,
+        Outcome::Bypass => bypass(),
+        Outcome::Error(e) => fail(e),
+    }
+}
+
+fn unit(outcome: Outcome<()>, bypass: impl FnOnce() -> c_int) -> c_int {
+    int(outcome.map(|()| 0), bypass)
+}
+
+/// Shared body of recv/recvfrom/read: one buffer, optional source address.
+///
+/// # Safety
+/// C contract of `recvfrom`.
+unsafe fn recv_one(
+    h: &Handle,
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> Outcome<usize> {
+    // SAFETY: the caller's buffer contract.
+    let buf = match unsafe { slice_mut(buf, len) } {
+        Ok(b) => b,
+        Err(e) => return Outcome::Error(e),
+    };
+    let mut bufs = [buf];
+    let outcome = run("recv", fd, || api::recv(h, fd, &mut bufs, flags));
+    match outcome {
+        Outcome::Done(r) => {
+            if let Some(src) = r.src {
+                // SAFETY: the caller's address-buffer contract.
+                if let Err(e) = unsafe { write_addr(&src, addr, alen) } {
+                    return Outcome::Error(e);
+                }
+            }
+            Outcome::Done(r.len)
+        }
+        Outcome::Bypass => Outcome::Bypass,
+        Outcome::Error(e) => Outcome::Error(e),
+    }
+}
+
+/// Shared body of recvmsg/recvmmsg/readv.
+///
+/// # Safety
+/// `msg` valid per the C contract of `recvmsg`.
+unsafe fn recv_msg(h: &Handle, fd: c_int, msg: *mut msghdr, flags: c_int) -> Outcome<usize> {
+    if msg.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: non-null and valid per the caller.
+    let m = unsafe { &mut *msg };
+    // SAFETY: the iovecs of a valid msghdr.
+    let mut bufs = match unsafe { iov_slices_mut(m.msg_iov, iov_count(m.msg_iovlen)) } {
+        Ok(b) => b,
+        Err(e) => return Outcome::Error(e),
+    };
+    let r: Received = match run("recvmsg", fd, || api::recv(h, fd, &mut bufs, flags)) {
+        Outcome::Done(r) => r,
+        Outcome::Bypass => return Outcome::Bypass,
+        Outcome::Error(e) => return Outcome::Error(e),
+    };
+    if let Some(src) = r.src {
+        let mut namelen = m.msg_namelen;
+        // SAFETY: msg_name holds msg_namelen bytes per the caller.
+        if let Err(e) = unsafe { write_addr(&src, m.msg_name.cast(), &mut namelen) } {
+            return Outcome::Error(e);
+        }
+        m.msg_namelen = namelen;
+    } else {
+        m.msg_namelen = 0;
+    }
+    // No ancillary data is produced.
+    m.msg_controllen = 0;
+    m.msg_flags = if r.truncated { libc::MSG_TRUNC } else { 0 };
+    Outcome::Done(r.len)
+}
+
+/// Shared body of sendmsg/sendmmsg/writev.
+///
+/// # Safety
+/// `msg` valid per the C contract of `sendmsg`.
+unsafe fn send_msg(h: &Handle, fd: c_int, msg: *const msghdr, flags: c_int) -> Outcome<usize> {
+    if msg.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: non-null and valid per the caller.
+    let m = unsafe { &*msg };
+    // SAFETY: the iovecs of a valid msghdr.
+    let bufs = match unsafe { iov_slices(m.msg_iov, iov_count(m.msg_iovlen)) } {
+        Ok(b) => b,
+        Err(e) => return Outcome::Error(e),
+    };
+    // SAFETY: msg_name holds msg_namelen bytes per the caller.
+    let dst = unsafe { read_addr(m.msg_name.cast(), m.msg_namelen) };
+    run("sendmsg", fd, || {
+        api::send(h, fd, &bufs, flags, dst.as_ref())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exports.
+
+/// `socket(2)`: AF_INET/AF_INET6 datagram sockets are registered with the netserver.
+///
+/// # Safety
+/// C contract of `socket`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    // SAFETY (all `real::` calls below): forwarded under the caller's C contract.
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::socket(domain, ty, protocol) };
+    };
+    let outcome = run("socket", -1, || api::socket(domain, ty, protocol));
+    int(outcome, || unsafe { real::socket(domain, ty, protocol) })
+}
+
+/// `bind(2)`: the first bind decides msock or kernel.
+///
+/// # Safety
+/// C contract of `bind`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::bind(fd, addr, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::bind(fd, addr, len) };
+    };
+    // SAFETY: `addr` valid for `len` bytes per the C contract.
+    let Some(a) = (unsafe { read_addr(addr, len) }) else {
+        return fail(libc::EFAULT);
+    };
+    unit(run("bind", fd, || api::bind(&h, fd, &a)), || unsafe {
+        real::bind(fd, addr, len)
+    })
+}
+
+/// `connect(2)`.
+///
+/// # Safety
+/// C contract of `connect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::connect(fd, addr, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::connect(fd, addr, len) };
+    };
+    // SAFETY: `addr` valid for `len` bytes per the C contract.
+    let Some(a) = (unsafe { read_addr(addr, len) }) else {
+        return fail(libc::EFAULT);
+    };
+    unit(run("connect", fd, || api::connect(&h, fd, &a)), || unsafe {
+        real::connect(fd, addr, len)
+    })
+}
+
+/// `send(2)`.
+///
+/// # Safety
+/// C contract of `send`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::send(fd, buf, len, flags) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::send(fd, buf, len, flags) };
+    };
+    // SAFETY: `buf` valid for `len` bytes per the C contract.
+    let data = match unsafe { slice(buf, len) } {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let outcome = run("send", fd, || api::send(&h, fd, &[data], flags, None));
+    ssize(outcome, || unsafe { real::send(fd, buf, len, flags) })
+}
+
+/// `sendto(2)`.
+///
+/// # Safety
+/// C contract of `sendto`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
+    };
+    // SAFETY: `buf`/`addr` valid for their lengths per the C contract.
+    let (data, dst) = match unsafe { slice(buf, len) } {
+        Ok(d) => (d, unsafe { read_addr(addr, alen) }),
+        Err(e) => return fail(e),
+    };
+    let outcome = run("sendto", fd, || {
+        api::send(&h, fd, &[data], flags, dst.as_ref())
+    });
+    ssize(outcome, || unsafe {
+        real::sendto(fd, buf, len, flags, addr, alen)
+    })
+}
+
+/// `sendmsg(2)`. Ancillary data (`msg_control`) is ignored on msock sockets.
+///
+/// # Safety
+/// C contract of `sendmsg`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::sendmsg(fd, msg, flags) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::sendmsg(fd, msg, flags) };
+    };
+    // SAFETY: `msg` per the C contract.
+    let outcome = unsafe { send_msg(&h, fd, msg, flags) };
+    ssize(outcome, || unsafe { real::sendmsg(fd, msg, flags) })
+}
+
+/// `sendmmsg(2)`: sends until one fails; an error is returned only if nothing was sent.
+///
+/// # Safety
+/// C contract of `sendmmsg`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::sendmmsg(fd, msgs, vlen, flags) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::sendmmsg(fd, msgs, vlen, flags) };
+    };
+    if vlen > 0 && msgs.is_null() {
+        return fail(libc::EFAULT);
+    }
+    let vlen = vlen.min(libc::UIO_MAXIOV as c_uint) as usize;
+    let mut sent = 0usize;
+    while sent < vlen {
+        // SAFETY: `msgs` holds `vlen` entries per the C contract.
+        let entry = unsafe { &mut *msgs.add(sent) };
+        // SAFETY: each entry's msghdr per the C contract.
+        match unsafe { send_msg(&h, fd, &entry.msg_hdr, flags) } {
+            Outcome::Done(n) => {
+                entry.msg_len = n as c_uint;
+                sent += 1;
+            }
+            Outcome::Bypass => {
+                // Decided for the kernel on the first send: let libc do the whole call.
+                return unsafe {
+                    real::sendmmsg(fd, msgs.add(sent), (vlen - sent) as c_uint, flags)
+                };
+            }
+            Outcome::Error(e) if sent == 0 => return fail(e),
+            Outcome::Error(_) => break,
+        }
+    }
+    sent as c_int
+}
+
+/// `recv(2)`.
+///
+/// # Safety
+/// C contract of `recv`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::recv(fd, buf, len, flags) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::recv(fd, buf, len, flags) };
+    };
+    // SAFETY: buffer per the C contract; no address wanted.
+    let outcome = unsafe {
+        recv_one(
+            &h,
+            fd,
+            buf,
+            len,
+            flags,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    ssize(outcome, || unsafe { real::recv(fd, buf, len, flags) })
+}
+
+/// `recvfrom(2)`.
+///
+/// # Safety
+/// C contract of `recvfrom`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) };
+    };
+    // SAFETY: buffers per the C contract.
+    let outcome = unsafe { recv_one(&h, fd, buf, len, flags, addr, alen) };
+    ssize(outcome, || unsafe {
+        real::recvfrom(fd, buf, len, flags, addr, alen)
+    })
+}
+
+/// `recvmsg(2)`: fills `msg_name`, sets `msg_flags` (MSG_TRUNC), produces no ancillary data.
+///
+/// # Safety
+/// C contract of `recvmsg`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::recvmsg(fd, msg, flags) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::recvmsg(fd, msg, flags) };
+    };
+    // SAFETY: `msg` per the C contract.
+    let outcome = unsafe { recv_msg(&h, fd, msg, flags) };
+    ssize(outcome, || unsafe { real::recvmsg(fd, msg, flags) })
+}
+
+/// `recvmmsg(2)`. Like Linux, the timeout is checked only after each datagram; with
+/// MSG_WAITFORONE only the first receive may block.
+///
+/// # Safety
+/// C contract of `recvmmsg`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::recvmmsg(fd, msgs, vlen, flags, timeout) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::recvmmsg(fd, msgs, vlen, flags, timeout) };
+    };
+    if vlen > 0 && msgs.is_null() {
+        return fail(libc::EFAULT);
+    }
+    let deadline = if timeout.is_null() {
+        None
+    } else {
+        // SAFETY: non-null timespec per the C contract.
+        let ts = unsafe { *timeout };
+        if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+            return fail(libc::EINVAL);
+        }
+        Some(Instant::now() + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    };
+    let vlen = vlen.min(libc::UIO_MAXIOV as c_uint) as usize;
+    let mut got = 0usize;
+    let mut flags_now = flags & !libc::MSG_WAITFORONE;
+    while got < vlen {
+        // SAFETY: `msgs` holds `vlen` entries per the C contract.
+        let entry = unsafe { &mut *msgs.add(got) };
+        // SAFETY: each entry's msghdr per the C contract.
+        match unsafe { recv_msg(&h, fd, &mut entry.msg_hdr, flags_now) } {
+            Outcome::Done(n) => {
+                entry.msg_len = n as c_uint;
+                got += 1;
+            }
+            Outcome::Bypass => {
+                return unsafe { real::recvmmsg(fd, msgs, vlen as c_uint, flags, timeout) };
+            }
+            Outcome::Error(e) if got == 0 => return fail(e),
+            Outcome::Error(_) => break,
+        }
+        if flags & libc::MSG_WAITFORONE != 0 {
+            flags_now |= libc::MSG_DONTWAIT;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    got as c_int
+}
+
+/// `read(2)`: on a msock socket, `recv(fd, buf, len, 0)`.
+///
+/// # Safety
+/// C contract of `read`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, len: size_t) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::read(fd, buf, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::read(fd, buf, len) };
+    };
+    // SAFETY: buffer per the C contract.
+    let outcome = unsafe {
+        recv_one(
+            &h,
+            fd,
+            buf,
+            len,
+            0,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    ssize(outcome, || unsafe { real::read(fd, buf, len) })
+}
+
+/// `__read_chk` (`read` under `_FORTIFY_SOURCE`).
+///
+/// # Safety
+/// C contract of `__read_chk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    if len > buflen {
+        // libc's version reports the overflow and aborts.
+        return unsafe { real::__read_chk(fd, buf, len, buflen) };
+    }
+    // SAFETY: same contract as `read` once the bound is checked.
+    unsafe { read(fd, buf, len) }
+}
+
+/// `write(2)`: on a msock socket, `send(fd, buf, len, 0)`.
+///
+/// # Safety
+/// C contract of `write`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, len: size_t) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::write(fd, buf, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::write(fd, buf, len) };
+    };
+    // SAFETY: buffer per the C contract.
+    let data = match unsafe { slice(buf, len) } {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let outcome = run("write", fd, || api::send(&h, fd, &[data], 0, None));
+    ssize(outcome, || unsafe { real::write(fd, buf, len) })
+}
+
+/// `readv(2)`.
+///
+/// # Safety
+/// C contract of `readv`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::readv(fd, iov, cnt) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::readv(fd, iov, cnt) };
+    };
+    if cnt < 0 {
+        return fail(libc::EINVAL);
+    }
+    // SAFETY: iovecs per the C contract.
+    let mut bufs = match unsafe { iov_slices_mut(iov, cnt as usize) } {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let outcome = run("readv", fd, || api::recv(&h, fd, &mut bufs, 0)).map(|r| r.len);
+    ssize(outcome, || unsafe { real::readv(fd, iov, cnt) })
+}
+
+/// `writev(2)`.
+///
+/// # Safety
+/// C contract of `writev`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::writev(fd, iov, cnt) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::writev(fd, iov, cnt) };
+    };
+    if cnt < 0 {
+        return fail(libc::EINVAL);
+    }
+    // SAFETY: iovecs per the C contract.
+    let bufs = match unsafe { iov_slices(iov, cnt as usize) } {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let outcome = run("writev", fd, || api::send(&h, fd, &bufs, 0, None));
+    ssize(outcome, || unsafe { real::writev(fd, iov, cnt) })
+}
+
+/// `__recv_chk` (`recv` under `_FORTIFY_SOURCE`).
+///
+/// # Safety
+/// C contract of `__recv_chk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
+    if len > buflen {
+        return unsafe { real::__recv_chk(fd, buf, len, buflen, flags) };
+    }
+    // SAFETY: same contract as `recv` once the bound is checked.
+    unsafe { recv(fd, buf, len, flags) }
+}
+
+/// `__recvfrom_chk` (`recvfrom` under `_FORTIFY_SOURCE`).
+///
+/// # Safety
+/// C contract of `__recvfrom_chk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    if len > buflen {
+        return unsafe { real::__recvfrom_chk(fd, buf, len, buflen, flags, addr, alen) };
+    }
+    // SAFETY: same contract as `recvfrom` once the bound is checked.
+    unsafe { recvfrom(fd, buf, len, flags, addr, alen) }
+}
+
+/// `close(2)`: a msock socket is released when its last descriptor closes; the descriptor
+/// itself is always closed with the real `close`.
+///
+/// # Safety
+/// C contract of `close`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::close(fd) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::close(fd) };
+    };
+    int(run("close", fd, || api::close(&h, fd)), || unsafe {
+        real::close(fd)
+    })
+}
+
+/// `getsockname(2)`.
+///
+/// # Safety
+/// C contract of `getsockname`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::getsockname(fd, addr, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::getsockname(fd, addr, len) };
+    };
+    if addr.is_null() || len.is_null() {
+        return fail(libc::EFAULT);
+    }
+    match run("getsockname", fd, || api::getsockname(&h, fd)) {
+        // SAFETY: `addr`/`len` per the C contract.
+        Outcome::Done(a) => match unsafe { write_addr(&a, addr, len) } {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        },
+        Outcome::Bypass => unsafe { real::getsockname(fd, addr, len) },
+        Outcome::Error(e) => fail(e),
+    }
+}
+
+/// `getpeername(2)`.
+///
+/// # Safety
+/// C contract of `getpeername`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::getpeername(fd, addr, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::getpeername(fd, addr, len) };
+    };
+    if addr.is_null() || len.is_null() {
+        return fail(libc::EFAULT);
+    }
+    match run("getpeername", fd, || api::getpeername(&h, fd)) {
+        // SAFETY: `addr`/`len` per the C contract.
+        Outcome::Done(a) => match unsafe { write_addr(&a, addr, len) } {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        },
+        Outcome::Bypass => unsafe { real::getpeername(fd, addr, len) },
+        Outcome::Error(e) => fail(e),
+    }
+}
+
+/// `getsockopt(2)`: values are truncated to `*optlen` like the kernel does.
+///
+/// # Safety
+/// C contract of `getsockopt`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::getsockopt(fd, level, name, val, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::getsockopt(fd, level, name, val, len) };
+    };
+    if len.is_null() {
+        return fail(libc::EFAULT);
+    }
+    // SAFETY: `len` non-null per the C contract.
+    let cap = unsafe { *len } as i32;
+    if cap < 0 {
+        return fail(libc::EINVAL);
+    }
+    match run("getsockopt", fd, || api::getsockopt(&h, fd, level, name)) {
+        Outcome::Done(v) => {
+            let v: OptValue = v;
+            let n = v.len.min(cap as usize);
+            if n > 0 && val.is_null() {
+                return fail(libc::EFAULT);
+            }
+            // SAFETY: `val` holds `cap` ≥ n bytes per the C contract.
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.bytes.as_ptr(), val.cast::<u8>(), n);
+                *len = n as socklen_t;
+            }
+            0
+        }
+        Outcome::Bypass => unsafe { real::getsockopt(fd, level, name, val, len) },
+        Outcome::Error(e) => fail(e),
+    }
+}
+
+/// `setsockopt(2)`.
+///
+/// # Safety
+/// C contract of `setsockopt`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::setsockopt(fd, level, name, val, len) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::setsockopt(fd, level, name, val, len) };
+    };
+    // SAFETY: `val` valid for `len` bytes per the C contract.
+    let value = match unsafe { slice(val, len as size_t) } {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let outcome = run("setsockopt", fd, || {
+        api::setsockopt(&h, fd, level, name, value)
+    });
+    unit(outcome, || unsafe {
+        real::setsockopt(fd, level, name, val, len)
+    })
+}
+
+fn fcntl_common(
+    fd: c_int,
+    cmd: c_int,
+    arg: c_ulong,
+    real_fn: unsafe fn(c_int, c_int, c_ulong) -> c_int,
+) -> c_int {
+    // SAFETY (all `real_fn` calls): forwarded under the caller's C contract.
+    let Some(_g) = guard::enter() else {
+        return unsafe { real_fn(fd, cmd, arg) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real_fn(fd, cmd, arg) };
+    };
+    int(
+        run("fcntl", fd, || api::fcntl(&h, fd, cmd, arg)),
+        || unsafe { real_fn(fd, cmd, arg) },
+    )
+}
+
+/// `fcntl(2)`: F_GETFL/F_SETFL track O_NONBLOCK, F_DUPFD* keep the fd table right; the rest
+/// applies to the descriptor. Fixed three-argument form: see the crate documentation.
+///
+/// # Safety
+/// C contract of `fcntl`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_common(fd, cmd, arg, real::fcntl)
+}
+
+/// `fcntl64`: as [`fcntl`].
+///
+/// # Safety
+/// C contract of `fcntl64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_common(fd, cmd, arg, real::fcntl64)
+}
+
+/// `ioctl(2)`: FIONREAD/SIOCINQ (size of the next datagram), SIOCOUTQ (0: sends complete
+/// synchronously) and FIONBIO are served by msock; every other request goes to the real ioctl
+/// on the placeholder socket (interface queries such as SIOCGIFINDEX work on any socket).
+///
+/// # Safety
+/// C contract of `ioctl`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::ioctl(fd, request, arg) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::ioctl(fd, request, arg) };
+    };
+    let ptr = arg as *mut c_int;
+    let outcome = match request {
+        libc::FIONREAD | libc::TIOCOUTQ if ptr.is_null() => Outcome::Error(libc::EFAULT),
+        libc::FIONREAD => run("ioctl", fd, || api::fionread(&h, fd)).map(|n| {
+            // SAFETY: FIONREAD's argument is an `int *` (checked non-null).
+            unsafe { *ptr = n };
+            0
+        }),
+        // SIOCOUTQ has the value of TIOCOUTQ.
+        libc::TIOCOUTQ => run("ioctl", fd, || api::outq(&h, fd)).map(|n| {
+            // SAFETY: SIOCOUTQ's argument is an `int *` (checked non-null).
+            unsafe { *ptr = n };
+            0
+        }),
+        libc::FIONBIO if ptr.is_null() => Outcome::Error(libc::EFAULT),
+        libc::FIONBIO => {
+            // SAFETY: FIONBIO's argument is a readable `int *` (checked non-null).
+            let on = unsafe { *ptr } != 0;
+            run("ioctl", fd, || api::fionbio(&h, fd, on)).map(|()| 0)
+        }
+        _ => Outcome::Bypass,
+    };
+    int(outcome, || unsafe { real::ioctl(fd, request, arg) })
+}
+
+/// `dup(2)`: a duplicate of a msock descriptor is the same socket.
+///
+/// # Safety
+/// C contract of `dup`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::dup(fd) };
+    };
+    let Some(h) = api::lookup(fd) else {
+        return unsafe { real::dup(fd) };
+    };
+    int(run("dup", fd, || api::dup(&h, fd)), || unsafe {
+        real::dup(fd)
+    })
+}
+
+/// `dup2(2)`: also releases the socket `new` referred to, if it was msock's.
+///
+/// # Safety
+/// C contract of `dup2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::dup2(old, new) };
+    };
+    let (ho, hn) = (api::lookup(old), api::lookup(new));
+    if ho.is_none() && hn.is_none() {
+        return unsafe { real::dup2(old, new) };
+    }
+    int(
+        run("dup2", old, || api::dup3(ho.as_ref(), old, new, None)),
+        || unsafe { real::dup2(old, new) },
+    )
+}
+
+/// `dup3(2)`.
+///
+/// # Safety
+/// C contract of `dup3`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::dup3(old, new, flags) };
+    };
+    let (ho, hn) = (api::lookup(old), api::lookup(new));
+    if ho.is_none() && hn.is_none() {
+        return unsafe { real::dup3(old, new, flags) };
+    }
+    int(
+        run("dup3", old, || {
+            api::dup3(ho.as_ref(), old, new, Some(flags))
+        }),
+        || unsafe { real::dup3(old, new, flags) },
+    )
+}
+
+/// Busy-poll budget (`MSOCK_BUSY_POLL=<microseconds>`, default 0 = off): before sleeping in
+/// poll/select, spin for up to this long, processing the channels of the msock sockets in the
+/// set inline and re-checking readiness without blocking.
+fn busy_poll(
+    timeout: Option<Duration>,
+    fds: impl Fn() -> Vec<c_int>,
+    mut try_once: impl FnMut() -> c_int,
+) -> Option<c_int> {
+    let budget = api::busy_poll_budget()?;
+    if timeout == Some(Duration::ZERO) {
+        return None;
+    }
+    let ours: Vec<Handle> = fds().into_iter().filter_map(api::lookup).collect();
+    if ours.is_empty() {
+        return None;
+    }
+    let budget = timeout.map_or(budget, |t| t.min(budget));
+    let start = Instant::now();
+    loop {
+        for h in &ours {
+            api::drive(h);
+        }
+        let n = try_once();
+        if n != 0 || start.elapsed() >= budget {
+            return (n != 0).then_some(n);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// `poll(2)`: placeholders' kernel readiness mirrors the sockets, so this passes through (after
+/// the optional `MSOCK_BUSY_POLL` spin).
+///
+/// # Safety
+/// C contract of `poll`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::poll(fds, n, timeout) };
+    };
+    if !api::active() || fds.is_null() {
+        return unsafe { real::poll(fds, n, timeout) };
+    }
+    let t = (timeout >= 0).then(|| Duration::from_millis(timeout as u64));
+    let list = || {
+        // SAFETY: `fds` holds `n` entries per the C contract.
+        unsafe { std::slice::from_raw_parts(fds, n as usize) }
+            .iter()
+            .map(|p| p.fd)
+            .collect()
+    };
+    let started = Instant::now();
+    // SAFETY: a zero-timeout poll on the caller's array.
+    if let Some(r) = busy_poll(t, list, || unsafe { real::poll(fds, n, 0) }) {
+        return r;
+    }
+    let remaining = match t {
+        Some(t) => t
+            .saturating_sub(started.elapsed())
+            .as_millis()
+            .min(c_int::MAX as u128) as c_int,
+        None => timeout,
+    };
+    unsafe { real::poll(fds, n, remaining) }
+}
+
+/// `ppoll(2)`: as [`poll`].
+///
+/// # Safety
+/// C contract of `ppoll`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::ppoll(fds, n, ts, mask) };
+    };
+    if !api::active() || fds.is_null() {
+        return unsafe { real::ppoll(fds, n, ts, mask) };
+    }
+    // SAFETY: a non-null timespec per the C contract.
+    let t = (!ts.is_null()).then(|| unsafe { *ts });
+    let t = t.map(|t| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    });
+    let list = || {
+        // SAFETY: `fds` holds `n` entries per the C contract.
+        unsafe { std::slice::from_raw_parts(fds, n as usize) }
+            .iter()
+            .map(|p| p.fd)
+            .collect()
+    };
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a zero-timeout ppoll on the caller's array and mask.
+    if let Some(r) = busy_poll(t, list, || unsafe { real::ppoll(fds, n, &zero, mask) }) {
+        return r;
+    }
+    unsafe { real::ppoll(fds, n, ts, mask) }
+}
+
+/// The descriptors set in an fd_set triple.
+///
+/// # Safety
+/// Each set pointer is null or valid for `n` bits.
+unsafe fn fdset_members(n: c_int, sets: [*mut libc::fd_set; 3]) -> Vec<c_int> {
+    let n = n.clamp(0, libc::FD_SETSIZE as c_int);
+    (0..n)
+        // SAFETY: fd < n ≤ FD_SETSIZE and each set is valid per the caller.
+        .filter(|&fd| {
+            sets.iter()
+                .any(|s| !s.is_null() && unsafe { libc::FD_ISSET(fd, *s) })
+        })
+        .collect()
+}
+
+/// `select(2)`: passes through (after the optional `MSOCK_BUSY_POLL` spin).
+///
+/// # Safety
+/// C contract of `select`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::select(n, r, w, e, tv) };
+    };
+    if !api::active() || api::busy_poll_budget().is_none() {
+        return unsafe { real::select(n, r, w, e, tv) };
+    }
+    // SAFETY: a non-null timeval per the C contract.
+    let t = (!tv.is_null()).then(|| unsafe { *tv });
+    let t = t.map(|t| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            (t.tv_usec.clamp(0, 999_999) * 1000) as u32,
+        )
+    });
+    // SAFETY: the caller's sets, `n` bits each.
+    let list = || unsafe { fdset_members(n, [r, w, e]) };
+    let copy = |s: *mut libc::fd_set| (!s.is_null()).then(|| unsafe { *s });
+    let (r0, w0, e0) = (copy(r), copy(w), copy(e));
+    let restore = |s: *mut libc::fd_set, v: Option<libc::fd_set>| {
+        if let Some(v) = v {
+            // SAFETY: `s` is the caller's non-null set.
+            unsafe { *s = v };
+        }
+    };
+    let try_once = || {
+        restore(r, r0);
+        restore(w, w0);
+        restore(e, e0);
+        let mut zero = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        // SAFETY: zero-timeout select on the caller's sets.
+        unsafe { real::select(n, r, w, e, &mut zero) }
+    };
+    if let Some(res) = busy_poll(t, list, try_once) {
+        return res;
+    }
+    restore(r, r0);
+    restore(w, w0);
+    restore(e, e0);
+    unsafe { real::select(n, r, w, e, tv) }
+}
+
+/// `pselect(2)`: as [`select`].
+///
+/// # Safety
+/// C contract of `pselect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let Some(_g) = guard::enter() else {
+        return unsafe { real::pselect(n, r, w, e, ts, mask) };
+    };
+    if !api::active() || api::busy_poll_budget().is_none() {
+        return unsafe { real::pselect(n, r, w, e, ts, mask) };
+    }
+    // SAFETY: a non-null timespec per the C contract.
+    let t = (!ts.is_null()).then(|| unsafe { *ts });
+    let t = t.map(|t| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    });
+    // SAFETY: the caller's sets, `n` bits each.
+    let list = || unsafe { fdset_members(n, [r, w, e]) };
+    let copy = |s: *mut libc::fd_set| (!s.is_null()).then(|| unsafe { *s });
+    let (r0, w0, e0) = (copy(r), copy(w), copy(e));
+    let restore = |s: *mut libc::fd_set, v: Option<libc::fd_set>| {
+        if let Some(v) = v {
+            // SAFETY: `s` is the caller's non-null set.
+            unsafe { *s = v };
+        }
+    };
+    let try_once = || {
+        restore(r, r0);
+        restore(w, w0);
+        restore(e, e0);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: zero-timeout pselect on the caller's sets and mask.
+        unsafe { real::pselect(n, r, w, e, &zero, mask) }
+    };
+    if let Some(res) = busy_poll(t, list, try_once) {
+        return res;
+    }
+    restore(r, r0);
+    restore(w, w0);
+    restore(e, e0);
+    unsafe { real::pselect(n, r, w, e, ts, mask) }
+}
+
+/// Body of `msock_is_msock_fd` (see `capi`).
+pub(crate) fn is_msock_fd(fd: c_int) -> c_int {
+    let Some(_g) = guard::enter() else { return 0 };
+    match catch_unwind(|| api::is_msock_fd(fd)) {
+        Ok(true) => 1,
+        _ => 0,
+    }
+}

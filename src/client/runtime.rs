@@ -1,0 +1,509 @@
+//! Process-wide state of the client runtime (paper §3.2): the fd table, the session with the
+//! netserver, and the receive thread.
+//!
+//! - **Fd table**: descriptor number → `Arc<UdpSocket>`. Several numbers may map to one socket
+//!   (dup); a socket's identity is its placeholder's inode. Lookups take a read lock only after
+//!   an atomic "any entry?" check, so programs with no msock socket pay one atomic load per
+//!   interposed call.
+//! - **Session**: the control connection (Hello with our pid and the stats page memfd), the
+//!   routing region, the upcall socket, the epoll set and the unresolved-neighbour queues. It is
+//!   created lazily by the first AF_INET/AF_INET6 datagram `socket()`; a failed connection is
+//!   retried by the next one. Sessions are leaked on purpose (`&'static`): one per process, plus
+//!   one per fork generation in a child.
+//! - **Receive thread**: one per session; epoll over every cached socket's channel wake fd and
+//!   the upcall socket; the epoll timeout drives the neighbour-queue expiry (3 s). It marks
+//!   itself inside msock for good, so its own libc calls go straight to libc.
+//!
+//! Fork: the `pthread_atfork` child handler only bumps a counter (`guard`). In the child, the
+//! first use of the session notices the new fork generation and connects a fresh session (the
+//! parent's control connection is never used by the child). Sockets inherited from the parent
+//! are *detached* in the child for now: their channel rings and endpoint belong to the parent,
+//! so every operation on them fails with EBADFD except `close`, which only forgets the
+//! descriptor (no `Close` request, the parent's endpoint is untouched). Fork-aware sockets
+//! (handing an endpoint to a child) are a later issue.
+//!
+//! No netserver: `socket(AF_INET|AF_INET6, SOCK_DGRAM)` fails at once with ENETDOWN (the
+//! connect to an abstract name without listener is refused immediately), unless
+//! `MSOCK_FALLBACK=kernel`, which hands such sockets to the kernel.
+#![deny(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use once_cell::sync::Lazy;
+use parking_lot::{Mutex, RwLock};
+
+use crate::control::transport::{Connection, ControlAddress};
+use crate::control::{EndpointId, Reply, Request, Upcall, VERSION};
+use crate::msock_debug;
+use crate::routing::region::RegionReader;
+use crate::routing::table::NextHop;
+use crate::wire::EthernetAddress;
+
+use super::guard;
+use super::stats::StatsPage;
+use super::sys;
+use super::udp::UdpSocket;
+
+/// How long datagrams wait for an unresolved neighbour (design.md "Send path").
+pub const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(3);
+/// Datagrams queued per unresolved neighbour (Linux's `unres_qlen` is byte-based; this bounds
+/// both count and bytes).
+pub const NEIGHBOUR_QUEUE_MAX: usize = 64;
+pub const NEIGHBOUR_QUEUE_BYTES: usize = 256 * 1024;
+
+const UPCALL_TOKEN: u64 = 0;
+
+/// Kernel defaults mirrored for SO_RCVBUF/SO_SNDBUF (read once from /proc).
+#[derive(Debug, Clone, Copy)]
+pub struct BufferLimits {
+    pub rmem_default: usize,
+    pub rmem_max: usize,
+    pub wmem_default: usize,
+    pub wmem_max: usize,
+}
+
+impl BufferLimits {
+    /// Linux's compiled-in defaults, used when /proc is unreadable.
+    pub const LINUX: BufferLimits = BufferLimits {
+        rmem_default: 212_992,
+        rmem_max: 212_992,
+        wmem_default: 212_992,
+        wmem_max: 212_992,
+    };
+
+    fn read() -> BufferLimits {
+        let get = |name: &str, dflt: usize| {
+            super::sys::read_proc_int(&format!("/proc/sys/net/core/{name}"))
+                .and_then(|v| usize::try_from(v).ok())
+                .unwrap_or(dflt)
+        };
+        let l = BufferLimits::LINUX;
+        BufferLimits {
+            rmem_default: get("rmem_default", l.rmem_default),
+            rmem_max: get("rmem_max", l.rmem_max),
+            wmem_default: get("wmem_default", l.wmem_default),
+            wmem_max: get("wmem_max", l.wmem_max),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fd table
+
+/// Descriptor number → socket.
+pub struct FdTable {
+    slots: RwLock<Vec<Option<Arc<UdpSocket>>>>,
+    count: AtomicUsize,
+}
+
+impl FdTable {
+    pub const fn new() -> FdTable {
+        FdTable {
+            slots: RwLock::new(Vec::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether any descriptor is registered (one atomic load).
+    pub fn active(&self) -> bool {
+        self.count.load(Ordering::Acquire) != 0
+    }
+
+    pub fn get(&self, fd: RawFd) -> Option<Arc<UdpSocket>> {
+        if !self.active() || fd < 0 {
+            return None;
+        }
+        self.slots.read().get(fd as usize).cloned().flatten()
+    }
+
+    /// Registers `fd`; returns what it replaced (a stale entry of a descriptor closed behind
+    /// our back, e.g. by `close_range`).
+    pub fn insert(&self, fd: RawFd, sock: Arc<UdpSocket>) -> Option<Arc<UdpSocket>> {
+        let idx = usize::try_from(fd).ok()?;
+        let mut slots = self.slots.write();
+        if slots.len() <= idx {
+            slots.resize(idx + 1, None);
+        }
+        let old = slots[idx].replace(sock);
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
+        old
+    }
+
+    pub fn remove(&self, fd: RawFd) -> Option<Arc<UdpSocket>> {
+        let idx = usize::try_from(fd).ok()?;
+        let mut slots = self.slots.write();
+        let old = slots.get_mut(idx)?.take();
+        if old.is_some() {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        old
+    }
+}
+
+impl Default for FdTable {
+    fn default() -> Self {
+        FdTable::new()
+    }
+}
+
+/// The process's fd table.
+pub fn table() -> &'static FdTable {
+    static TABLE: FdTable = FdTable::new();
+    &TABLE
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session
+
+/// A datagram waiting for its next hop's MAC address.
+struct PendingDatagram {
+    sock: Weak<UdpSocket>,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    data: Vec<u8>,
+}
+
+struct PendingNeighbour {
+    since: Instant,
+    bytes: usize,
+    items: VecDeque<PendingDatagram>,
+}
+
+/// One connection to the netserver and everything that hangs off it.
+pub struct Session {
+    /// The fork generation this session belongs to.
+    pub fork_gen: u64,
+    control: Mutex<Connection>,
+    upcall: Connection,
+    pub region: RegionReader,
+    pub stats: Arc<StatsPage>,
+    pub limits: BufferLimits,
+    epoll: OwnedFd,
+    sockets: Mutex<HashMap<EndpointId, Weak<UdpSocket>>>,
+    neighbours: Mutex<HashMap<Ipv4Addr, PendingNeighbour>>,
+}
+
+/// Why the netserver could not be used.
+fn netdown(e: &io::Error) -> i32 {
+    msock_debug!("netserver unreachable: {e}");
+    libc::ENETDOWN
+}
+
+impl Session {
+    fn connect(fork_gen: u64) -> Result<Session, i32> {
+        let address = ControlAddress::from_env();
+        let mut control = Connection::connect(&address).map_err(|e| netdown(&e))?;
+        let stats =
+            Arc::new(StatsPage::create().map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?);
+        let hello = Request::Hello {
+            version: VERSION,
+            pid: std::process::id(),
+        };
+        let (reply, fds) = control
+            .call(&hello, &[stats.fd()])
+            .map_err(|e| netdown(&e))?;
+        let mut fds = fds.into_iter();
+        let (region_fd, upcall_fd) = match (reply, fds.next(), fds.next()) {
+            (Reply::Hello { .. }, Some(region), Some(upcall)) => (region, upcall),
+            (Reply::Error { errno }, _, _) => return Err(errno),
+            _ => return Err(libc::EPROTO),
+        };
+        let region =
+            RegionReader::map(region_fd).map_err(|e| e.raw_os_error().unwrap_or(libc::EPROTO))?;
+        let upcall = Connection::from_fd(upcall_fd);
+        upcall
+            .set_nonblocking(true)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let epoll = sys::epoll_create().map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))?;
+        sys::epoll_add(epoll.as_fd(), upcall.as_fd().as_raw_fd(), UPCALL_TOKEN)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+        Ok(Session {
+            fork_gen,
+            control: Mutex::new(control),
+            upcall,
+            region,
+            stats,
+            limits: BufferLimits::read(),
+            epoll,
+            sockets: Mutex::new(HashMap::new()),
+            neighbours: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The netserver's address (msock's address), from the routing region.
+    pub fn local_addr(&self) -> Option<Ipv4Addr> {
+        self.region.interface().map(|i| i.addr)
+    }
+
+    /// Limited broadcast or the subnet broadcast of msock's interface.
+    pub fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
+        if ip.is_broadcast() {
+            return true;
+        }
+        self.region.interface().is_some_and(|i| {
+            i.prefix_len < 31 && {
+                let host_mask = u32::MAX >> i.prefix_len;
+                u32::from(ip) == (u32::from(i.addr) | host_mask)
+            }
+        })
+    }
+
+    /// The link-level hop of a broadcast: out of msock's interface to ff:ff:ff:ff:ff:ff.
+    pub fn broadcast_hop(&self) -> Option<NextHop> {
+        let i = self.region.interface()?;
+        Some(NextHop {
+            ip: Ipv4Addr::BROADCAST,
+            src: i.addr,
+            mtu: i.mtu,
+            src_mac: i.mac,
+            dst_mac: Some(EthernetAddress::BROADCAST),
+        })
+    }
+
+    /// Whether this session belongs to the current process (not inherited through fork).
+    pub fn is_current(&self) -> bool {
+        self.fork_gen == guard::forked_generation()
+    }
+
+    /// One request/reply exchange. Errors are errno values: the netserver's, or ENETDOWN when
+    /// the connection is gone.
+    pub fn request(
+        &self,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Reply, Vec<OwnedFd>), i32> {
+        let mut control = self.control.lock();
+        match control.call(req, fds) {
+            Ok((Reply::Error { errno }, _)) => Err(errno),
+            Ok(r) => Ok(r),
+            Err(e) => Err(netdown(&e)),
+        }
+    }
+
+    /// Starts receiving for a newly cached socket.
+    pub fn add_socket(&self, id: EndpointId, sock: &Arc<UdpSocket>, wake: RawFd) -> io::Result<()> {
+        self.sockets.lock().insert(id, Arc::downgrade(sock));
+        sys::epoll_add(self.epoll.as_fd(), wake, id)
+    }
+
+    /// Stops receiving for a socket (before its channel is dropped).
+    pub fn remove_socket(&self, id: EndpointId, wake: Option<RawFd>) {
+        self.sockets.lock().remove(&id);
+        if let Some(fd) = wake {
+            let _ = sys::epoll_del(self.epoll.as_fd(), fd);
+        }
+    }
+
+    fn socket_by_id(&self, id: EndpointId) -> Option<Arc<UdpSocket>> {
+        self.sockets.lock().get(&id).and_then(Weak::upgrade)
+    }
+
+    /// Queues a datagram for an unresolved neighbour; returns true if the caller must send the
+    /// `Resolve` request (first datagram for this neighbour). The oldest datagram is dropped
+    /// when the queue is full (as Linux's `__neigh_event_send`); the drop is returned.
+    pub fn queue_for_neighbour(
+        &self,
+        next_hop: Ipv4Addr,
+        sock: &Arc<UdpSocket>,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        data: Vec<u8>,
+    ) -> (bool, Option<Weak<UdpSocket>>) {
+        let mut map = self.neighbours.lock();
+        let mut first = false;
+        let entry = map.entry(next_hop).or_insert_with(|| {
+            first = true;
+            PendingNeighbour {
+                since: Instant::now(),
+                bytes: 0,
+                items: VecDeque::new(),
+            }
+        });
+        entry.bytes += data.len();
+        entry.items.push_back(PendingDatagram {
+            sock: Arc::downgrade(sock),
+            src,
+            dst,
+            data,
+        });
+        let mut dropped = None;
+        while entry.items.len() > NEIGHBOUR_QUEUE_MAX
+            || (entry.bytes > NEIGHBOUR_QUEUE_BYTES && entry.items.len() > 1)
+        {
+            if let Some(old) = entry.items.pop_front() {
+                entry.bytes -= old.data.len();
+                dropped = Some(old.sock);
+            }
+        }
+        (first, dropped)
+    }
+
+    /// The outcome of a resolution: flush (`Some`) or fail (`None`) everything queued.
+    pub fn neighbour_resolved(&self, addr: Ipv4Addr, mac: Option<EthernetAddress>) {
+        let Some(entry) = self.neighbours.lock().remove(&addr) else {
+            return;
+        };
+        for p in entry.items {
+            let Some(sock) = p.sock.upgrade() else {
+                continue;
+            };
+            match mac {
+                Some(mac) => sock.send_resolved(mac, p.src, p.dst, &p.data),
+                None => sock.neighbour_failed(p.dst),
+            }
+        }
+    }
+
+    fn expire_neighbours(&self, now: Instant) -> Option<Duration> {
+        let expired: Vec<Ipv4Addr> = {
+            let map = self.neighbours.lock();
+            map.iter()
+                .filter(|(_, e)| now.duration_since(e.since) >= NEIGHBOUR_TIMEOUT)
+                .map(|(a, _)| *a)
+                .collect()
+        };
+        for addr in expired {
+            self.neighbour_resolved(addr, None);
+        }
+        let map = self.neighbours.lock();
+        map.values()
+            .map(|e| (e.since + NEIGHBOUR_TIMEOUT).saturating_duration_since(now))
+            .min()
+    }
+
+    fn drain_upcalls(&self) -> bool {
+        loop {
+            match self.upcall.recv_upcall() {
+                Ok(Upcall::Datagram {
+                    id,
+                    src,
+                    dst,
+                    payload,
+                }) => {
+                    if let Some(sock) = self.socket_by_id(id) {
+                        sock.deliver_upcall(src, dst, payload);
+                    }
+                }
+                Ok(Upcall::Resolved { addr, mac }) => self.neighbour_resolved(addr, mac),
+                Ok(Upcall::IcmpError { id, remote, errno }) => {
+                    if let Some(sock) = self.socket_by_id(id) {
+                        sock.icmp_error(remote, errno);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    msock_debug!("bad upcall ignored: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    msock_debug!("upcall socket closed: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn receive_loop(&'static self) {
+        guard::mark_thread_inside();
+        let mut timeout: Option<Duration> = None;
+        loop {
+            let tokens = match sys::epoll_wait(
+                self.epoll.as_fd(),
+                64,
+                timeout.map(|t| t + Duration::from_millis(1)),
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    msock_debug!("receive thread: epoll_wait: {e}");
+                    return;
+                }
+            };
+            for token in tokens {
+                match token {
+                    UPCALL_TOKEN => {
+                        if !self.drain_upcalls() {
+                            let _ =
+                                sys::epoll_del(self.epoll.as_fd(), self.upcall.as_fd().as_raw_fd());
+                        }
+                    }
+                    id => {
+                        if let Some(sock) = self.socket_by_id(id) {
+                            sock.drive();
+                        }
+                    }
+                }
+            }
+            timeout = self.expire_neighbours(Instant::now());
+        }
+    }
+}
+
+/// The current session (one per fork generation), leaked so sockets and the receive thread
+/// can hold `&'static` references; swapped without locks so a child of fork never waits on a
+/// lock held by a thread that did not survive the fork.
+static SESSION: AtomicPtr<Session> = AtomicPtr::new(std::ptr::null_mut());
+
+static CONNECT_LOCK: Lazy<Mutex<()>> = Lazy::new(|| Mutex::new(()));
+
+#[allow(unsafe_code)]
+fn load_session() -> Option<&'static Session> {
+    let p = SESSION.load(Ordering::Acquire);
+    // SAFETY: every non-null pointer stored in SESSION comes from `Box::leak` in `session()`
+    // and is never freed, so it is valid for 'static and only shared references are made.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// The session of this process, connecting (and starting the receive thread) if needed.
+pub fn session() -> Result<&'static Session, i32> {
+    let gen_now = guard::forked_generation();
+    if let Some(s) = load_session()
+        && s.fork_gen == gen_now
+    {
+        return Ok(s);
+    }
+    // In a fork child the lock may have been held by a vanished thread: try briefly, then
+    // proceed without it (two racing connects only cost a redundant connection).
+    let _g = CONNECT_LOCK.try_lock_for(Duration::from_millis(100));
+    if let Some(s) = load_session()
+        && s.fork_gen == gen_now
+    {
+        return Ok(s);
+    }
+    let session: &'static Session = Box::leak(Box::new(Session::connect(gen_now)?));
+    SESSION.store(std::ptr::from_ref(session).cast_mut(), Ordering::Release);
+    std::thread::Builder::new()
+        .name("msock-rx".into())
+        .spawn(move || session.receive_loop())
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
+    Ok(session)
+}
+
+/// `MSOCK_FALLBACK=kernel`: sockets go to the kernel when no netserver answers.
+pub fn fallback_to_kernel() -> bool {
+    std::env::var_os("MSOCK_FALLBACK").is_some_and(|v| v == "kernel")
+}
+
+/// Raw fd of something, for logging.
+pub fn raw(fd: BorrowedFd<'_>) -> RawFd {
+    fd.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_limits_are_sane() {
+        let l = BufferLimits::read();
+        assert!(l.rmem_default > 0 && l.rmem_max > 0 && l.wmem_default > 0);
+    }
+}

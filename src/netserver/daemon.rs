@@ -1,0 +1,577 @@
+//! The netserver's event loop: the I/O shell around [`Host`] and the endpoint and port tables.
+//!
+//! One thread, one epoll set: the interface channel, the control listener, every client's
+//! control connection, and a signalfd for SIGINT/SIGTERM. Timers (ARP retries and expiry,
+//! reassembly timeouts) run from the epoll timeout. Every client message is untrusted: a bad one
+//! gets an error reply (or the connection is dropped), never a crash of the netserver.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use super::Config;
+use super::endpoints::{ClientId, EndpointState, EndpointTable};
+use super::host::{Event, Host, HostConfig, PortLookup};
+use crate::channel::{Channel, PacketChannel, RingConfig, RingVersion, bpf};
+use crate::client::stats::{StatsPage, StatsView};
+use crate::control::codec;
+use crate::control::transport::{Connection, ControlAddress, ControlListener, PeerCred};
+use crate::control::{EndpointId, Family, Reply, Request, SockKind, Upcall, VERSION};
+use crate::routing::region::RegionWriter;
+use crate::routing::table::{InterfaceConfig, Route};
+use crate::stack::ports::{BindError, BindRequest, PortTable};
+use crate::stack::stats::DropReason;
+use crate::wire::EthernetAddress;
+
+const TOKEN_CHANNEL: u64 = 1;
+const TOKEN_LISTENER: u64 = 2;
+const TOKEN_SIGNAL: u64 = 3;
+const TOKEN_CLIENT_BASE: u64 = 1 << 32;
+
+/// Interface facts read from sysfs.
+#[derive(Debug, Clone)]
+pub(crate) struct InterfaceInfo {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: EthernetAddress,
+    pub mtu: u16,
+}
+
+impl InterfaceInfo {
+    fn read(name: &str) -> io::Result<InterfaceInfo> {
+        let base = format!("/sys/class/net/{name}");
+        let read = |file: &str| -> io::Result<String> {
+            std::fs::read_to_string(format!("{base}/{file}"))
+                .map(|s| s.trim().to_string())
+                .map_err(|e| io::Error::new(e.kind(), format!("interface {name}: {file}: {e}")))
+        };
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("interface {name}: bad {what}"));
+        let ifindex = read("ifindex")?.parse().map_err(|_| bad("ifindex"))?;
+        let mac = read("address")?.parse().map_err(|_| bad("address"))?;
+        let mtu: u32 = read("mtu")?.parse().map_err(|_| bad("mtu"))?;
+        Ok(InterfaceInfo { name: name.to_string(), ifindex, mac, mtu: mtu.min(u32::from(u16::MAX)) as u16 })
+    }
+}
+
+/// One connected client process.
+pub(crate) struct Client {
+    pub conn: Connection,
+    pub upcall: Option<Connection>,
+    pub cred: PeerCred,
+    pub registered: bool,
+    pub stats: Option<StatsView>,
+    pub upcalls_dropped: u64,
+}
+
+/// Control-plane counters for `msock stat`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ControlCounters {
+    pub clients_accepted: u64,
+    pub requests: u64,
+    pub bad_messages: u64,
+    pub errors_returned: u64,
+    pub upcalls_sent: u64,
+    pub upcalls_dropped: u64,
+    pub filter_updates: u64,
+}
+
+struct Ports<'a> {
+    table: &'a PortTable,
+}
+
+impl PortLookup for Ports<'_> {
+    fn udp_owner(&self, local: SocketAddrV4) -> Option<EndpointId> {
+        self.table.lookup(local.port(), *local.ip(), 0)
+    }
+}
+
+pub(crate) struct Server {
+    pub config: Config,
+    pub iface: InterfaceInfo,
+    pub host: Host,
+    channel: PacketChannel,
+    region: RegionWriter,
+    listener: ControlListener,
+    address: ControlAddress,
+    pub endpoints: EndpointTable,
+    ports: PortTable,
+    pub clients: HashMap<ClientId, Client>,
+    next_client: ClientId,
+    epoll: Epoll,
+    signals: SignalFd,
+    started: std::time::Instant,
+    resolve_waiters: HashMap<Ipv4Addr, Vec<ClientId>>,
+    events: Vec<Event>,
+    filter_dirty: bool,
+    endpoint_ring: RingConfig,
+    pub control: ControlCounters,
+}
+
+/// Runs the netserver until SIGINT or SIGTERM.
+pub fn run(config: &Config) -> io::Result<()> {
+    // Block the stop signals before anything else so the signalfd sees them.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block().map_err(io::Error::from)?;
+    // A client that vanished must not kill us with SIGPIPE.
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut server = Server::new(config, signals)?;
+    eprintln!(
+        "msock netserver: {} on {} ({}, ifindex {}, mtu {}), control {}",
+        config.addr, server.iface.name, server.iface.mac, server.iface.ifindex, server.iface.mtu, server.address
+    );
+    let result = server.serve();
+    eprintln!("msock netserver: shutting down");
+    result
+}
+
+fn endpoint_ring_from_env() -> RingConfig {
+    match std::env::var("MSOCK_RX_RING").as_deref() {
+        Ok("v3") => RingConfig::endpoint(RingVersion::V3),
+        _ => RingConfig::endpoint(RingVersion::V2),
+    }
+}
+
+impl Server {
+    fn new(config: &Config, signals: SignalFd) -> io::Result<Server> {
+        let iface = InterfaceInfo::read(&config.iface)?;
+        let host = Host::new(HostConfig {
+            mac: iface.mac,
+            addr: config.addr,
+            prefix_len: config.prefix_len,
+            mtu: iface.mtu,
+        });
+        let filter = bpf::netserver(config.addr, iface.mac, &[]);
+        let channel = PacketChannel::open(iface.ifindex, &RingConfig::netserver(), &filter, false)
+            .map_err(|e| io::Error::new(e.kind(), format!("packet channel on {}: {e}", iface.name)))?;
+        let mut region = RegionWriter::create()?;
+        region.set_interface(&InterfaceConfig {
+            ifindex: iface.ifindex,
+            mac: iface.mac,
+            addr: config.addr,
+            prefix_len: config.prefix_len,
+            mtu: iface.mtu,
+        });
+        let mask = super::host::prefix_mask(config.prefix_len);
+        region.add_route(&Route {
+            dest: Ipv4Addr::from(u32::from(config.addr) & mask),
+            prefix_len: config.prefix_len,
+            gateway: None,
+        })?;
+        if let Some(gw) = config.gateway {
+            region.add_route(&Route { dest: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(gw) })?;
+        }
+        let address = ControlAddress::from_env();
+        let listener = ControlListener::bind(&address).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                io::Error::new(e.kind(), format!("control socket {address} in use: is a netserver already running here?"))
+            } else {
+                io::Error::new(e.kind(), format!("control socket {address}: {e}"))
+            }
+        })?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        epoll.add(channel.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_CHANNEL)).map_err(io::Error::from)?;
+        epoll.add(listener.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER)).map_err(io::Error::from)?;
+        epoll.add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL)).map_err(io::Error::from)?;
+        Ok(Server {
+            config: config.clone(),
+            iface,
+            host,
+            channel,
+            region,
+            listener,
+            address,
+            endpoints: EndpointTable::new(),
+            ports: PortTable::new(),
+            clients: HashMap::new(),
+            next_client: 1,
+            epoll,
+            signals,
+            started: std::time::Instant::now(),
+            resolve_waiters: HashMap::new(),
+            events: Vec::new(),
+            filter_dirty: false,
+            endpoint_ring: endpoint_ring_from_env(),
+            control: ControlCounters::default(),
+        })
+    }
+
+    fn now(&self) -> crate::stack::Instant {
+        crate::stack::Instant::from_micros(self.started.elapsed().as_micros() as u64)
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        let mut ready = vec![EpollEvent::empty(); 64];
+        loop {
+            let now = self.now();
+            let timeout_ms = match self.host.poll_at() {
+                Some(at) => at.saturating_duration_since(now).as_millis().min(1000) as u16,
+                None => 1000,
+            };
+            let n = match self.epoll.wait(&mut ready, EpollTimeout::from(timeout_ms)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            for event in &ready[..n] {
+                match event.data() {
+                    TOKEN_CHANNEL => self.receive_frames()?,
+                    TOKEN_LISTENER => self.accept_clients(),
+                    TOKEN_SIGNAL => {
+                        if let Ok(Some(info)) = self.signals.read_signal() {
+                            eprintln!("msock netserver: signal {}", info.ssi_signo);
+                            return Ok(());
+                        }
+                    }
+                    token if token >= TOKEN_CLIENT_BASE => {
+                        self.serve_client((token - TOKEN_CLIENT_BASE) as ClientId);
+                    }
+                    _ => {}
+                }
+            }
+            let now = self.now();
+            let mut events = std::mem::take(&mut self.events);
+            self.host.poll(now, &mut events);
+            self.handle_events(&mut events);
+            self.events = events;
+            if self.filter_dirty {
+                self.update_filter();
+            }
+            self.channel.flush().or_else(ignore_would_block)?;
+        }
+    }
+
+    fn receive_frames(&mut self) -> io::Result<()> {
+        let now = self.now();
+        let mut events = std::mem::take(&mut self.events);
+        loop {
+            let host = &mut self.host;
+            let ports = Ports { table: &self.ports };
+            let n = self.channel.recv_batch(64, &mut |frame| host.receive(now, frame, &ports, &mut events))?;
+            self.handle_events(&mut events);
+            if n < 64 {
+                break;
+            }
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    fn handle_events(&mut self, events: &mut Vec<Event>) {
+        for event in events.drain(..) {
+            match event {
+                Event::Transmit(frame) => {
+                    if let Err(e) = self.channel.send(&frame) {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            eprintln!("msock netserver: send: {e}");
+                        }
+                    }
+                }
+                Event::Neighbor { ip, mac: Some(mac) } => {
+                    if let Err(e) = self.region.set_neighbor(ip, mac) {
+                        eprintln!("msock netserver: routing region: {e}");
+                    }
+                }
+                Event::Neighbor { ip, mac: None } => self.region.remove_neighbor(ip),
+                Event::Resolved { ip, mac } => {
+                    for client in self.resolve_waiters.remove(&ip).unwrap_or_default() {
+                        self.upcall(client, &Upcall::Resolved { addr: ip, mac });
+                    }
+                }
+                Event::Deliver { id, src, dst, payload } => match self.endpoints.get(id) {
+                    Some(ep) => {
+                        let owner = ep.owner;
+                        self.upcall(owner, &Upcall::Datagram { id, src, dst, payload });
+                    }
+                    None => self.host.drops.count(DropReason::NoSocket),
+                },
+                Event::IcmpError { id, remote, errno } => {
+                    if let Some(ep) = self.endpoints.get(id) {
+                        let owner = ep.owner;
+                        self.upcall(owner, &Upcall::IcmpError { id, remote, errno });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Best effort and non-blocking: a client that does not drain its upcall socket loses
+    /// upcalls (counted), it never stalls the netserver.
+    fn upcall(&mut self, client: ClientId, upcall: &Upcall) {
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        let Some(conn) = c.upcall.as_ref() else { return };
+        let mut buf = Vec::new();
+        codec::encode_upcall(upcall, &mut buf);
+        match conn.send(&buf, &[]) {
+            Ok(()) => self.control.upcalls_sent += 1,
+            Err(_) => {
+                c.upcalls_dropped += 1;
+                self.control.upcalls_dropped += 1;
+            }
+        }
+    }
+
+    fn update_filter(&mut self) {
+        let ports = self.endpoints.cached_udp_ports();
+        let filter = bpf::netserver(self.config.addr, self.iface.mac, &ports);
+        match self.channel.set_filter(&filter) {
+            Ok(()) => {
+                self.control.filter_updates += 1;
+                self.filter_dirty = false;
+            }
+            Err(e) => eprintln!("msock netserver: filter update: {e}"),
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((conn, cred)) => {
+                    let id = self.next_client;
+                    self.next_client = self.next_client.wrapping_add(1).max(1);
+                    let token = TOKEN_CLIENT_BASE + u64::from(id);
+                    if let Err(e) = self.epoll.add(conn.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+                        eprintln!("msock netserver: epoll: {e}");
+                        continue;
+                    }
+                    self.control.clients_accepted += 1;
+                    self.clients.insert(
+                        id,
+                        Client { conn, upcall: None, cred, registered: false, stats: None, upcalls_dropped: 0 },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("msock netserver: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve_client(&mut self, id: ClientId) {
+        let mut buf = Vec::new();
+        // Serve what is queued, a bounded number per wake-up so one client cannot starve others.
+        for _ in 0..64 {
+            let Some(client) = self.clients.get(&id) else { return };
+            let (n, fds) = match client.conn.recv(&mut buf) {
+                Ok((0, _)) => return self.drop_client(id),
+                Ok(v) => v,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // Truncated or fd-abusing message: the transport closed the fds; answer.
+                    self.control.bad_messages += 1;
+                    self.reply(id, &Reply::Error { errno: libc::EMSGSIZE }, Vec::new());
+                    continue;
+                }
+            };
+            self.control.requests += 1;
+            let (reply, out_fds) = match codec::decode_request(&buf[..n]) {
+                Ok(request) => self.handle_request(id, request, fds),
+                Err(e) => {
+                    self.control.bad_messages += 1;
+                    (Reply::Error { errno: e.errno() }, Vec::new())
+                }
+            };
+            if matches!(reply, Reply::Error { .. }) {
+                self.control.errors_returned += 1;
+            }
+            self.reply(id, &reply, out_fds);
+        }
+    }
+
+    fn reply(&mut self, id: ClientId, reply: &Reply, fds: Vec<OwnedFd>) {
+        let Some(client) = self.clients.get(&id) else { return };
+        let mut buf = Vec::new();
+        codec::encode_reply(reply, &mut buf);
+        let raw: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        if client.conn.send(&buf, &raw).is_err() {
+            self.drop_client(id);
+        }
+    }
+
+    /// The client's control socket closed (exit, crash or kill): reclaim everything it held,
+    /// as the kernel does on process exit.
+    fn drop_client(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.remove(&id) {
+            let _ = self.epoll.delete(client.conn.as_fd());
+        }
+        for ep in self.endpoints.remove_client(id) {
+            self.ports.release(ep.id);
+            self.filter_dirty = true;
+        }
+        for waiters in self.resolve_waiters.values_mut() {
+            waiters.retain(|&c| c != id);
+        }
+    }
+
+    fn handle_request(&mut self, client: ClientId, request: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let registered = self.clients.get(&client).is_some_and(|c| c.registered);
+        match request {
+            Request::Hello { version, pid } => {
+                if version != VERSION {
+                    return err(libc::EPROTO);
+                }
+                if registered {
+                    return err(libc::EISCONN);
+                }
+                self.hello(client, pid, fds)
+            }
+            Request::Stat { json } => (Reply::Stat { text: super::stat::render(self, json) }, Vec::new()),
+            _ if !registered => err(libc::EPROTO),
+            Request::Socket { family, kind } => {
+                if kind != SockKind::Datagram {
+                    return err(libc::EPROTONOSUPPORT);
+                }
+                let pid = self.clients.get(&client).map_or(0, |c| c.cred.pid);
+                match self.endpoints.create(client, pid, family, kind) {
+                    Ok(id) => (Reply::Socket { id }, Vec::new()),
+                    Err(e) => err(e.errno()),
+                }
+            }
+            Request::Bind { id, local, reuse_addr, reuse_port } => self.bind(client, id, local, reuse_addr, reuse_port),
+            Request::Connect { id, remote } => match self.endpoints.request(client, id) {
+                Ok(ep) => {
+                    ep.remote = remote;
+                    (Reply::Ok, Vec::new())
+                }
+                Err(e) => err(e.errno()),
+            },
+            Request::Close { id } => match self.endpoints.request(client, id) {
+                Ok(_) => {
+                    self.endpoints.remove(id);
+                    self.ports.release(id);
+                    self.filter_dirty = true;
+                    (Reply::Ok, Vec::new())
+                }
+                Err(e) => err(e.errno()),
+            },
+            Request::Resolve { addr } => self.resolve(client, addr),
+        }
+    }
+
+    fn hello(&mut self, client: ClientId, pid: u32, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let Some(c) = self.clients.get_mut(&client) else { return err(libc::EPROTO) };
+        // The kernel's word on the pid counts, not the message's.
+        if pid != c.cred.pid {
+            return err(libc::EPERM);
+        }
+        if fds.len() > 1 {
+            return err(libc::EINVAL);
+        }
+        c.stats = fds.into_iter().next().and_then(|fd| StatsPage::map_readonly(fd).ok());
+        let (ours, theirs) = match Connection::pair() {
+            Ok(pair) => pair,
+            Err(e) => return err(e.raw_os_error().unwrap_or(libc::ENOMEM)),
+        };
+        if let Err(e) = ours.set_nonblocking(true) {
+            return err(e.raw_os_error().unwrap_or(libc::EIO));
+        }
+        let region = match self.region.readonly_fd() {
+            Ok(fd) => fd,
+            Err(e) => return err(e.raw_os_error().unwrap_or(libc::EIO)),
+        };
+        c.upcall = Some(ours);
+        c.registered = true;
+        (Reply::Hello { client_id: client, region_len: self.region.len() as u64 }, vec![region, theirs.into()])
+    }
+
+    fn bind(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        local: SocketAddrV4,
+        reuse_addr: bool,
+        reuse_port: bool,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let uid = self.clients.get(&client).map_or(u32::MAX, |c| c.cred.uid);
+        let our_addr = self.config.addr;
+        let ep = match self.endpoints.request(client, id) {
+            Ok(ep) => ep,
+            Err(e) => return err(e.errno()),
+        };
+        if ep.state != EndpointState::Unbound {
+            return err(libc::EINVAL);
+        }
+        if let Family::Inet6 { v6only: true } = ep.family {
+            return err(libc::EAFNOSUPPORT);
+        }
+        if !local.ip().is_unspecified() && *local.ip() != our_addr {
+            return err(libc::EADDRNOTAVAIL);
+        }
+        let bound = match self.ports.bind(BindRequest { local, owner: id, reuse_addr, reuse_port, uid }) {
+            Ok(bound) => bound,
+            Err(e) => return err(bind_errno(e)),
+        };
+        let filter = bpf::endpoint_udp(our_addr, bound.port());
+        let fd = match PacketChannel::create_fd(self.iface.ifindex, &self.endpoint_ring, &filter, true) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.ports.release(id);
+                return err(e.raw_os_error().unwrap_or(libc::ENOBUFS));
+            }
+        };
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.state = EndpointState::Cached { local: bound };
+        }
+        self.filter_dirty = true;
+        (Reply::Bound { local: bound, ring: self.endpoint_ring.spec() }, vec![fd])
+    }
+
+    fn resolve(&mut self, client: ClientId, addr: Ipv4Addr) -> (Reply, Vec<OwnedFd>) {
+        let mask = super::host::prefix_mask(self.config.prefix_len);
+        if u32::from(addr) & mask != u32::from(self.config.addr) & mask || addr == self.config.addr {
+            return (Reply::Error { errno: libc::EHOSTUNREACH }, Vec::new());
+        }
+        let now = self.now();
+        let mut events = std::mem::take(&mut self.events);
+        let known = self.host.resolve(now, addr, &mut events);
+        let failed_now = events.iter().any(|e| matches!(e, Event::Resolved { ip, mac: None } if *ip == addr));
+        if known.is_none() && !failed_now {
+            let waiters = self.resolve_waiters.entry(addr).or_default();
+            if !waiters.contains(&client) {
+                waiters.push(client);
+            }
+        }
+        self.handle_events(&mut events);
+        self.events = events;
+        if failed_now {
+            return (Reply::Error { errno: libc::EHOSTUNREACH }, Vec::new());
+        }
+        (Reply::Resolve { mac: known }, Vec::new())
+    }
+
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    pub(crate) fn channel_stats(&self) -> crate::channel::ChannelStats {
+        self.channel.stats()
+    }
+
+    pub(crate) fn neighbors(&self) -> Vec<(Ipv4Addr, EthernetAddress)> {
+        self.host.neighbors()
+    }
+}
+
+fn ignore_would_block(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::WouldBlock { Ok(()) } else { Err(e) }
+}
+
+fn bind_errno(e: BindError) -> i32 {
+    e.errno()
+}

@@ -1,0 +1,243 @@
+//! `msock stat`: every endpoint and every counter, as text for people or JSON for scripts.
+//!
+//! Per-socket data-path counters come from each client's stats page (read-only, bounds-checked);
+//! the request counter is the netserver's own count of control requests naming the endpoint, the
+//! proof that a cached socket's sends and receives make no netserver call.
+
+use std::fmt::Write;
+
+use super::daemon::Server;
+use super::endpoints::{Endpoint, EndpointState};
+use crate::control::{Family, SockKind};
+use crate::stack::stats::DropReason;
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn proto(ep: &Endpoint) -> &'static str {
+    match (ep.kind, ep.family) {
+        (SockKind::Datagram, Family::Inet) => "udp",
+        (SockKind::Datagram, Family::Inet6 { .. }) => "udp6",
+        (SockKind::Stream, Family::Inet) => "tcp",
+        (SockKind::Stream, Family::Inet6 { .. }) => "tcp6",
+    }
+}
+
+fn state(ep: &Endpoint) -> (&'static str, String) {
+    match ep.state {
+        EndpointState::Unbound => ("UNBOUND", "-".into()),
+        EndpointState::Cached { local } => ("CACHED", local.to_string()),
+    }
+}
+
+/// Per-socket client counters, if the owner published a stats page.
+struct SocketRow {
+    datagrams_in: u64,
+    datagrams_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    drops: u64,
+}
+
+fn socket_row(server: &Server, ep: &Endpoint) -> Option<SocketRow> {
+    let view = server.clients.get(&ep.owner)?.stats.as_ref()?;
+    let s = view.sockets().into_iter().find(|s| s.endpoint == ep.id)?;
+    Some(SocketRow {
+        datagrams_in: s.datagrams_in,
+        datagrams_out: s.datagrams_out,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        drops: s.drops.iter().sum(),
+    })
+}
+
+pub(crate) fn render(server: &Server, json: bool) -> String {
+    if json { render_json(server) } else { render_text(server) }
+}
+
+fn drops(server: &Server) -> Vec<(&'static str, u64)> {
+    let all = server.host.all_drops();
+    DropReason::ALL
+        .iter()
+        .map(|&r| (r.as_str(), all.get(r)))
+        .filter(|&(_, n)| n > 0)
+        .collect()
+}
+
+fn render_text(server: &Server) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "netserver {}/{} on {} ({}) up {}s, {} client(s), {} endpoint(s)",
+        server.config.addr,
+        server.config.prefix_len,
+        server.iface.name,
+        server.iface.mac,
+        server.uptime().as_secs(),
+        server.clients.len(),
+        server.endpoints.len()
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}",
+        "proto", "id", "local", "remote", "state", "pid", "requests", "dgr-in", "dgr-out", "bytes-in", "bytes-out", "drops"
+    );
+    for ep in server.endpoints.iter() {
+        let (st, local) = state(ep);
+        let remote = ep.remote.map_or("*".to_string(), |r| r.to_string());
+        let row = socket_row(server, ep);
+        let num = |f: fn(&SocketRow) -> u64| row.as_ref().map_or("-".to_string(), |r| f(r).to_string());
+        let _ = writeln!(
+            out,
+            "{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}",
+            proto(ep),
+            ep.id,
+            local,
+            remote,
+            st,
+            ep.owner_pid,
+            ep.requests,
+            num(|r| r.datagrams_in),
+            num(|r| r.datagrams_out),
+            num(|r| r.bytes_in),
+            num(|r| r.bytes_out),
+            num(|r| r.drops)
+        );
+    }
+    let h = &server.host.counters;
+    let c = &server.control;
+    let ch = server.channel_stats();
+    let _ = writeln!(
+        out,
+        "\nhost: frames-in {} arp-requests {} arp-replies {} echo-replies {} port-unreachables {} \
+         icmp-rate-limited {} reassembled {} delivered-upcall {} icmp-errors-forwarded {}",
+        h.frames_in,
+        h.arp_requests,
+        h.arp_replies,
+        h.echo_replies,
+        h.port_unreachables,
+        h.icmp_rate_limited,
+        h.reassembled,
+        h.delivered,
+        h.icmp_errors_forwarded
+    );
+    let _ = writeln!(
+        out,
+        "channel: frames-in {} frames-out {} bytes-in {} bytes-out {} kernel-drops {}",
+        ch.frames_in, ch.frames_out, ch.bytes_in, ch.bytes_out, ch.kernel_drops
+    );
+    let _ = writeln!(
+        out,
+        "control: clients {} requests {} bad-messages {} errors {} upcalls {} upcalls-dropped {} filter-updates {}",
+        c.clients_accepted, c.requests, c.bad_messages, c.errors_returned, c.upcalls_sent, c.upcalls_dropped, c.filter_updates
+    );
+    let drops = drops(server);
+    if drops.is_empty() {
+        let _ = writeln!(out, "drops: none");
+    } else {
+        let list: Vec<String> = drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let _ = writeln!(out, "drops: {}", list.join(" "));
+    }
+    let neighbors = server.neighbors();
+    let list: Vec<String> = neighbors.iter().map(|(ip, mac)| format!("{ip} {mac}")).collect();
+    let _ = writeln!(out, "neighbors: {}", if list.is_empty() { "none".into() } else { list.join(", ") });
+    out
+}
+
+fn render_json(server: &Server) -> String {
+    let mut eps = Vec::new();
+    for ep in server.endpoints.iter() {
+        let (st, local) = state(ep);
+        let mut o = format!(
+            "{{\"id\":{},\"proto\":{},\"local\":{},\"remote\":{},\"state\":{},\"pid\":{},\"requests\":{}",
+            ep.id,
+            json_str(proto(ep)),
+            json_str(&local),
+            ep.remote.map_or("null".to_string(), |r| json_str(&r.to_string())),
+            json_str(st),
+            ep.owner_pid,
+            ep.requests
+        );
+        if let Some(r) = socket_row(server, ep) {
+            let _ = write!(
+                o,
+                ",\"datagrams_in\":{},\"datagrams_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"drops\":{}",
+                r.datagrams_in, r.datagrams_out, r.bytes_in, r.bytes_out, r.drops
+            );
+        }
+        o.push('}');
+        eps.push(o);
+    }
+    let h = &server.host.counters;
+    let c = &server.control;
+    let ch = server.channel_stats();
+    let drops: Vec<String> = drops(server).iter().map(|(r, n)| format!("{}:{n}", json_str(r))).collect();
+    let neighbors: Vec<String> = server
+        .neighbors()
+        .iter()
+        .map(|(ip, mac)| format!("{{\"ip\":{},\"mac\":{}}}", json_str(&ip.to_string()), json_str(&mac.to_string())))
+        .collect();
+    format!(
+        "{{\"addr\":{},\"prefix_len\":{},\"iface\":{},\"mac\":{},\"uptime_s\":{},\"clients\":{},\
+         \"endpoints\":[{}],\
+         \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{}}},\
+         \"channel\":{{\"frames_in\":{},\"frames_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"kernel_drops\":{}}},\
+         \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{}}},\
+         \"drops\":{{{}}},\"neighbors\":[{}]}}",
+        json_str(&server.config.addr.to_string()),
+        server.config.prefix_len,
+        json_str(&server.iface.name),
+        json_str(&server.iface.mac.to_string()),
+        server.uptime().as_secs(),
+        server.clients.len(),
+        eps.join(","),
+        h.frames_in,
+        h.arp_requests,
+        h.arp_replies,
+        h.echo_replies,
+        h.port_unreachables,
+        h.icmp_rate_limited,
+        h.reassembled,
+        h.delivered,
+        h.icmp_errors_forwarded,
+        ch.frames_in,
+        ch.frames_out,
+        ch.bytes_in,
+        ch.bytes_out,
+        ch.kernel_drops,
+        c.clients_accepted,
+        c.requests,
+        c.bad_messages,
+        c.errors_returned,
+        c.upcalls_sent,
+        c.upcalls_dropped,
+        c.filter_updates,
+        drops.join(","),
+        neighbors.join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_str;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
