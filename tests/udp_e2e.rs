@@ -56,7 +56,7 @@ impl Bridge {
         let peer = dir.path().join("socat.sock");
         let test = UnixDatagram::bind(&test_path).expect("bind unix dgram");
         test.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let addr = format!("UNIX-DGRAM:{},bind={}", test_path.display(), peer.display());
+        let addr = format!("UNIX-SENDTO:{},bind={}", test_path.display(), peer.display());
         (Bridge { test, peer, _dir: dir }, addr)
     }
 

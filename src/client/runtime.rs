@@ -200,7 +200,7 @@ fn netdown(e: &io::Error) -> i32 {
 impl Session {
     fn connect(fork_gen: u64) -> Result<Session, i32> {
         let address = ControlAddress::from_env();
-        let mut control = Connection::connect(&address).map_err(|e| netdown(&e))?;
+        let control = Connection::connect(&address).map_err(|e| netdown(&e))?;
         let stats =
             Arc::new(StatsPage::create().map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?);
         let hello = Request::Hello {
@@ -280,7 +280,7 @@ impl Session {
         req: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<OwnedFd>), i32> {
-        let mut control = self.control.lock();
+        let control = self.control.lock();
         match control.call(req, fds) {
             Ok((Reply::Error { errno }, _)) => Err(errno),
             Ok(r) => Ok(r),
@@ -400,14 +400,18 @@ impl Session {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    msock_debug!("bad upcall ignored: {e}");
-                    continue;
-                }
-                Err(e) => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        || matches!(
+                            e.raw_os_error(),
+                            Some(libc::ECONNRESET | libc::EPIPE | libc::EBADF | libc::ENOTCONN)
+                        ) =>
+                {
                     msock_debug!("upcall socket closed: {e}");
                     return false;
                 }
+                // A malformed or oversize upcall was consumed: skip it.
+                Err(e) => msock_debug!("bad upcall ignored: {e}"),
             }
         }
     }

@@ -25,6 +25,7 @@ use crate::control::{EndpointId, Family, Reply, Request, SockKind, Upcall, VERSI
 use crate::routing::region::RegionWriter;
 use crate::routing::table::{InterfaceConfig, Route};
 use crate::stack::ports::{BindError, BindRequest, PortTable};
+use crate::stack::reassembly::ReassemblyLimits;
 use crate::stack::stats::DropReason;
 use crate::wire::EthernetAddress;
 
@@ -134,6 +135,16 @@ pub fn run(config: &Config) -> io::Result<()> {
     result
 }
 
+/// RFC 791's reassembly timeout is 30 s (the default); `MSOCK_FRAG_TIMEOUT_MS` shortens it so
+/// tests can watch never-completed datagrams being freed.
+fn reassembly_limits_from_env() -> ReassemblyLimits {
+    let mut limits = ReassemblyLimits::default();
+    if let Some(ms) = std::env::var("MSOCK_FRAG_TIMEOUT_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        limits.timeout = crate::stack::Duration::from_millis(ms.clamp(1, 30_000));
+    }
+    limits
+}
+
 fn endpoint_ring_from_env() -> RingConfig {
     match std::env::var("MSOCK_RX_RING").as_deref() {
         Ok("v3") => RingConfig::endpoint(RingVersion::V3),
@@ -144,12 +155,10 @@ fn endpoint_ring_from_env() -> RingConfig {
 impl Server {
     fn new(config: &Config, signals: SignalFd) -> io::Result<Server> {
         let iface = InterfaceInfo::read(&config.iface)?;
-        let host = Host::new(HostConfig {
-            mac: iface.mac,
-            addr: config.addr,
-            prefix_len: config.prefix_len,
-            mtu: iface.mtu,
-        });
+        let host = Host::with_reassembly(
+            HostConfig { mac: iface.mac, addr: config.addr, prefix_len: config.prefix_len, mtu: iface.mtu },
+            reassembly_limits_from_env(),
+        );
         let filter = bpf::netserver(config.addr, iface.mac, &[]);
         let channel = PacketChannel::open(iface.ifindex, &RingConfig::netserver(), &filter, false)
             .map_err(|e| io::Error::new(e.kind(), format!("packet channel on {}: {e}", iface.name)))?;

@@ -114,10 +114,14 @@ pub struct Host {
 
 impl Host {
     pub fn new(config: HostConfig) -> Self {
+        Self::with_reassembly(config, ReassemblyLimits::default())
+    }
+
+    pub fn with_reassembly(config: HostConfig, limits: ReassemblyLimits) -> Self {
         Host {
             config,
             arp: ArpCache::new(ArpConfig::default()),
-            reassembler: Reassembler::new(ReassemblyLimits::default()),
+            reassembler: Reassembler::new(limits),
             icmp_limiter: TokenBucket::new(1000, 50),
             next_ident: 1,
             drops: DropCounters::default(),
@@ -284,6 +288,10 @@ impl Host {
     ) {
         let packet = match Ipv4Packet::new_checked(payload) {
             Ok(p) => p,
+            Err(crate::wire::Error::Truncated) => {
+                self.drops.count(DropReason::Truncated);
+                return;
+            }
             Err(_) => {
                 self.drops.count(DropReason::BadIpHeader);
                 return;

@@ -149,13 +149,20 @@ impl RoutingTable {
     /// Adds a route, or replaces the gateway of the route with the same destination and prefix.
     pub fn add_route(&mut self, route: &Route) -> Result<(), TableError> {
         let route = validate_route(route)?;
-        match self.routes.iter_mut().find(|r| r.dest == route.dest && r.prefix_len == route.prefix_len) {
+        match self
+            .routes
+            .iter_mut()
+            .find(|r| r.dest == route.dest && r.prefix_len == route.prefix_len)
+        {
             Some(existing) => existing.gateway = route.gateway,
             None => {
                 let at = self
                     .routes
                     .iter()
-                    .position(|r| (r.prefix_len, u32::from(route.dest)) < (route.prefix_len, u32::from(r.dest)))
+                    .position(|r| {
+                        (r.prefix_len, u32::from(route.dest))
+                            < (route.prefix_len, u32::from(r.dest))
+                    })
                     .unwrap_or(self.routes.len());
                 self.routes.insert(at, route);
             }
@@ -165,9 +172,15 @@ impl RoutingTable {
 
     /// Removes the route for `dest/prefix_len` (`dest` is masked first); false if absent.
     pub fn del_route(&mut self, dest: Ipv4Addr, prefix_len: u8) -> bool {
-        let key = Route { dest, prefix_len, gateway: None }.normalized();
+        let key = Route {
+            dest,
+            prefix_len,
+            gateway: None,
+        }
+        .normalized();
         let before = self.routes.len();
-        self.routes.retain(|r| !(r.dest == key.dest && r.prefix_len == prefix_len));
+        self.routes
+            .retain(|r| !(r.dest == key.dest && r.prefix_len == prefix_len));
         self.routes.len() != before
     }
 
@@ -194,7 +207,13 @@ impl RoutingTable {
         let iface = self.interface?;
         let route = self.route_for(dst)?;
         let ip = route.gateway.unwrap_or(dst);
-        Some(NextHop { ip, src: iface.addr, mtu: iface.mtu, src_mac: iface.mac, dst_mac: self.neighbor(ip) })
+        Some(NextHop {
+            ip,
+            src: iface.addr,
+            mtu: iface.mtu,
+            src_mac: iface.mac,
+            dst_mac: self.neighbor(ip),
+        })
     }
 
     /// A JSON object: `{"interface": {...}|null, "routes": [...], "neighbors": [...]}`.
@@ -215,7 +234,11 @@ impl RoutingTable {
             if n > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "{{\"dest\":\"{}\",\"prefix_len\":{},\"gateway\":", r.dest, r.prefix_len);
+            let _ = write!(
+                out,
+                "{{\"dest\":\"{}\",\"prefix_len\":{},\"gateway\":",
+                r.dest, r.prefix_len
+            );
             match r.gateway {
                 Some(gw) => {
                     let _ = write!(out, "\"{gw}\"}}");
@@ -247,7 +270,11 @@ impl fmt::Display for RoutingTable {
             None => writeln!(f, "interface (none)")?,
         }
         for r in &self.routes {
-            let dest = if r.prefix_len == 0 { "default".to_string() } else { format!("{}/{}", r.dest, r.prefix_len) };
+            let dest = if r.prefix_len == 0 {
+                "default".to_string()
+            } else {
+                format!("{}/{}", r.dest, r.prefix_len)
+            };
             match r.gateway {
                 Some(gw) => writeln!(f, "route {dest} via {gw}")?,
                 None => writeln!(f, "route {dest} scope link")?,
@@ -273,8 +300,19 @@ mod tests {
 
     fn table() -> RoutingTable {
         let mut t = RoutingTable::new();
-        t.set_interface(InterfaceConfig { ifindex: 7, mac: MAC, addr: ip("198.18.0.2"), prefix_len: 24, mtu: 1500 });
-        t.add_route(&Route { dest: ip("198.18.0.0"), prefix_len: 24, gateway: None }).unwrap();
+        t.set_interface(InterfaceConfig {
+            ifindex: 7,
+            mac: MAC,
+            addr: ip("198.18.0.2"),
+            prefix_len: 24,
+            mtu: 1500,
+        });
+        t.add_route(&Route {
+            dest: ip("198.18.0.0"),
+            prefix_len: 24,
+            gateway: None,
+        })
+        .unwrap();
         t
     }
 
@@ -282,7 +320,16 @@ mod tests {
     fn on_link_route_resolves_the_destination() {
         let mut t = table();
         let hop = t.lookup(ip("198.18.0.1")).unwrap();
-        assert_eq!(hop, NextHop { ip: ip("198.18.0.1"), src: ip("198.18.0.2"), mtu: 1500, src_mac: MAC, dst_mac: None });
+        assert_eq!(
+            hop,
+            NextHop {
+                ip: ip("198.18.0.1"),
+                src: ip("198.18.0.2"),
+                mtu: 1500,
+                src_mac: MAC,
+                dst_mac: None
+            }
+        );
         t.set_neighbor(ip("198.18.0.1"), GW_MAC);
         assert_eq!(t.lookup(ip("198.18.0.1")).unwrap().dst_mac, Some(GW_MAC));
         assert!(t.lookup(ip("198.19.0.1")).is_none(), "no default route yet");
@@ -291,7 +338,12 @@ mod tests {
     #[test]
     fn default_route_goes_through_the_gateway() {
         let mut t = table();
-        t.add_route(&Route { dest: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(ip("198.18.0.1")) }).unwrap();
+        t.add_route(&Route {
+            dest: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: Some(ip("198.18.0.1")),
+        })
+        .unwrap();
         t.set_neighbor(ip("198.18.0.1"), GW_MAC);
         let hop = t.lookup(ip("8.8.8.8")).unwrap();
         assert_eq!(hop.ip, ip("198.18.0.1"));
@@ -303,10 +355,30 @@ mod tests {
     #[test]
     fn host_route_and_overlapping_prefixes_pick_the_longest() {
         let mut t = table();
-        t.add_route(&Route { dest: ip("10.0.0.0"), prefix_len: 8, gateway: Some(ip("198.18.0.1")) }).unwrap();
-        t.add_route(&Route { dest: ip("10.1.0.0"), prefix_len: 16, gateway: Some(ip("198.18.0.4")) }).unwrap();
-        t.add_route(&Route { dest: ip("10.1.2.3"), prefix_len: 32, gateway: Some(ip("198.18.0.5")) }).unwrap();
-        t.add_route(&Route { dest: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(ip("198.18.0.9")) }).unwrap();
+        t.add_route(&Route {
+            dest: ip("10.0.0.0"),
+            prefix_len: 8,
+            gateway: Some(ip("198.18.0.1")),
+        })
+        .unwrap();
+        t.add_route(&Route {
+            dest: ip("10.1.0.0"),
+            prefix_len: 16,
+            gateway: Some(ip("198.18.0.4")),
+        })
+        .unwrap();
+        t.add_route(&Route {
+            dest: ip("10.1.2.3"),
+            prefix_len: 32,
+            gateway: Some(ip("198.18.0.5")),
+        })
+        .unwrap();
+        t.add_route(&Route {
+            dest: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: Some(ip("198.18.0.9")),
+        })
+        .unwrap();
         assert_eq!(t.lookup(ip("10.9.9.9")).unwrap().ip, ip("198.18.0.1"));
         assert_eq!(t.lookup(ip("10.1.9.9")).unwrap().ip, ip("198.18.0.4"));
         assert_eq!(t.lookup(ip("10.1.2.3")).unwrap().ip, ip("198.18.0.5"));
@@ -322,9 +394,23 @@ mod tests {
     #[test]
     fn add_normalizes_and_replaces() {
         let mut t = table();
-        t.add_route(&Route { dest: ip("10.1.2.3"), prefix_len: 16, gateway: Some(ip("198.18.0.1")) }).unwrap();
-        assert!(t.routes().contains(&Route { dest: ip("10.1.0.0"), prefix_len: 16, gateway: Some(ip("198.18.0.1")) }));
-        t.add_route(&Route { dest: ip("10.1.0.0"), prefix_len: 16, gateway: Some(ip("198.18.0.6")) }).unwrap();
+        t.add_route(&Route {
+            dest: ip("10.1.2.3"),
+            prefix_len: 16,
+            gateway: Some(ip("198.18.0.1")),
+        })
+        .unwrap();
+        assert!(t.routes().contains(&Route {
+            dest: ip("10.1.0.0"),
+            prefix_len: 16,
+            gateway: Some(ip("198.18.0.1"))
+        }));
+        t.add_route(&Route {
+            dest: ip("10.1.0.0"),
+            prefix_len: 16,
+            gateway: Some(ip("198.18.0.6")),
+        })
+        .unwrap();
         assert_eq!(t.routes().len(), 2);
         assert_eq!(t.lookup(ip("10.1.0.1")).unwrap().ip, ip("198.18.0.6"));
         // del_route masks its argument too.
@@ -335,10 +421,18 @@ mod tests {
     #[test]
     fn invalid_routes_are_refused() {
         let mut t = table();
-        let bad = Route { dest: ip("10.0.0.0"), prefix_len: 33, gateway: None };
+        let bad = Route {
+            dest: ip("10.0.0.0"),
+            prefix_len: 33,
+            gateway: None,
+        };
         assert_eq!(t.add_route(&bad), Err(TableError::BadPrefix));
         for gw in ["0.0.0.0", "255.255.255.255", "224.0.0.1"] {
-            let r = Route { dest: ip("10.0.0.0"), prefix_len: 8, gateway: Some(ip(gw)) };
+            let r = Route {
+                dest: ip("10.0.0.0"),
+                prefix_len: 8,
+                gateway: Some(ip(gw)),
+            };
             assert_eq!(t.add_route(&r), Err(TableError::BadGateway), "{gw}");
         }
         assert_eq!(t.routes().len(), 1);
@@ -347,7 +441,12 @@ mod tests {
     #[test]
     fn no_interface_means_no_hop() {
         let mut t = RoutingTable::new();
-        t.add_route(&Route { dest: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: None }).unwrap();
+        t.add_route(&Route {
+            dest: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: None,
+        })
+        .unwrap();
         assert!(t.lookup(ip("1.2.3.4")).is_none());
     }
 
@@ -363,17 +462,33 @@ mod tests {
     #[test]
     fn neighbours_and_text() {
         let mut t = table();
-        t.add_route(&Route { dest: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(ip("198.18.0.1")) }).unwrap();
+        t.add_route(&Route {
+            dest: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: Some(ip("198.18.0.1")),
+        })
+        .unwrap();
         t.set_neighbor(ip("198.18.0.1"), GW_MAC);
         assert_eq!(t.neighbor(ip("198.18.0.1")), Some(GW_MAC));
         let text = t.to_string();
         assert!(text.contains("route 198.18.0.0/24 scope link"), "{text}");
         assert!(text.contains("route default via 198.18.0.1"), "{text}");
-        assert!(text.contains("neigh 198.18.0.1 lladdr 02:00:00:00:00:01"), "{text}");
+        assert!(
+            text.contains("neigh 198.18.0.1 lladdr 02:00:00:00:00:01"),
+            "{text}"
+        );
         let json = t.to_json();
         assert!(json.starts_with("{\"interface\":{\"ifindex\":7,"), "{json}");
-        assert!(json.contains("{\"dest\":\"0.0.0.0\",\"prefix_len\":0,\"gateway\":\"198.18.0.1\"}"), "{json}");
-        assert!(json.ends_with("\"neighbors\":[{\"ip\":\"198.18.0.1\",\"mac\":\"02:00:00:00:00:01\"}]}"), "{json}");
+        assert!(
+            json.contains("{\"dest\":\"0.0.0.0\",\"prefix_len\":0,\"gateway\":\"198.18.0.1\"}"),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(
+                "\"neighbors\":[{\"ip\":\"198.18.0.1\",\"mac\":\"02:00:00:00:00:01\"}]}"
+            ),
+            "{json}"
+        );
         assert!(t.remove_neighbor(ip("198.18.0.1")));
         assert!(!t.remove_neighbor(ip("198.18.0.1")));
         assert_eq!(t.lookup(ip("9.9.9.9")).unwrap().dst_mac, None);

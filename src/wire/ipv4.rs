@@ -200,8 +200,9 @@ impl<'a> Iterator for Ipv4OptionsIter<'a> {
 
 /// A validated list of IPv4 options stored inline in their encoded form (at most 40 bytes).
 ///
-/// Holds the options up to and including an end-of-list; [`Ipv4Repr::emit`] pads with zeros
-/// (end-of-list) to a multiple of 4.
+/// The end of the list is implicit: [`Ipv4Options::parse`] drops an end-of-list and the padding
+/// after it, and [`Ipv4Repr::emit`] pads with zeros (end-of-list) to a multiple of 4, so a
+/// parsed list emits and parses back to itself.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ipv4Options {
     bytes: [u8; MAX_OPTIONS_LEN],
@@ -229,16 +230,18 @@ impl Ipv4Options {
         }
     }
 
-    /// Validates encoded options (e.g. a header's options area). Bytes after an end-of-list are
-    /// padding and are not kept.
+    /// Validates encoded options (e.g. a header's options area). An end-of-list and the
+    /// padding after it are not kept.
     pub fn parse(encoded: &[u8]) -> Result<Self> {
         if encoded.len() > MAX_OPTIONS_LEN {
             return Err(Error::Malformed);
         }
-        let mut iter = Ipv4OptionsIter::new(encoded);
         let mut end = 0;
-        for option in &mut iter {
-            end += option?.encoded_len();
+        for option in Ipv4OptionsIter::new(encoded) {
+            match option? {
+                Ipv4Option::EndOfList => break,
+                option => end += option.encoded_len(),
+            }
         }
         let mut out = Ipv4Options::new();
         out.bytes[..end].copy_from_slice(&encoded[..end]);
@@ -246,17 +249,18 @@ impl Ipv4Options {
         Ok(out)
     }
 
-    /// Appends an option; `Err(Malformed)` when it does not fit in 40 bytes, follows an
-    /// end-of-list, or is an [`Ipv4Option::Unknown`] with more than 38 data bytes.
+    /// Appends an option; `Err(Malformed)` when it does not fit in 40 bytes, is an
+    /// end-of-list (implicit, see above), or is an [`Ipv4Option::Unknown`] that would not parse
+    /// back as itself (a known type).
     pub fn push(&mut self, option: Ipv4Option<'_>) -> Result<()> {
         let len = option.encoded_len();
         let start = usize::from(self.len);
-        if start + len > MAX_OPTIONS_LEN || self.ends_with_eol() {
+        if start + len > MAX_OPTIONS_LEN || option == Ipv4Option::EndOfList {
             return Err(Error::Malformed);
         }
         let out = &mut self.bytes[start..start + len];
         match option {
-            Ipv4Option::EndOfList => out[0] = IPOPT_EOL,
+            Ipv4Option::EndOfList => return Err(Error::Malformed),
             Ipv4Option::NoOperation => out[0] = IPOPT_NOP,
             Ipv4Option::DemuxEnclosed { handle, nonce } => {
                 out[0] = IPOPT_DEMUX_ENCLOSED;
@@ -276,12 +280,6 @@ impl Ipv4Options {
         }
         self.len = (start + len) as u8;
         Ok(())
-    }
-
-    fn ends_with_eol(&self) -> bool {
-        // Every stored option was validated, so a trailing 0 byte can only be an EOL if the
-        // walk ends on it.
-        self.iter().last() == Some(Ok(Ipv4Option::EndOfList))
     }
 
     /// The options in order.
@@ -740,7 +738,6 @@ mod tests {
             })
             .unwrap();
         options.push(Ipv4Option::NoOperation).unwrap();
-        options.push(Ipv4Option::EndOfList).unwrap();
         Ipv4Repr {
             dont_frag: false,
             more_frags: true,
@@ -832,10 +829,8 @@ mod tests {
         repr.emit(&mut Ipv4Packet::new_unchecked(&mut out[..]));
         assert_eq!(&out[20..], &[0x94, 0x04, 0, 0, 0x01, 0, 0, 0]);
         let parsed = Ipv4Repr::parse(&Ipv4Packet::new_checked(&out[..]).unwrap()).unwrap();
-        // The padding bytes are the end-of-list.
-        let mut expect = options;
-        expect.push(Ipv4Option::EndOfList).unwrap();
-        assert_eq!(parsed.options, expect);
+        // The padding is an end-of-list, which is implicit.
+        assert_eq!(parsed.options, options);
     }
 
     #[test]
@@ -873,8 +868,8 @@ mod tests {
             }),
             Err(Error::Malformed)
         );
-        options.push(Ipv4Option::EndOfList).unwrap();
-        assert_eq!(options.push(Ipv4Option::NoOperation), Err(Error::Malformed));
+        assert_eq!(options.push(Ipv4Option::EndOfList), Err(Error::Malformed));
+        assert!(options.is_empty());
     }
 
     #[test]
@@ -976,7 +971,7 @@ mod tests {
         // Garbage after an end-of-list is padding.
         let bytes = with_option_bytes(&[0x01, 0x00, 0x07, 0x00]);
         let repr = Ipv4Repr::parse(&Ipv4Packet::new_checked(&bytes[..]).unwrap()).unwrap();
-        assert_eq!(repr.options.as_bytes(), &[0x01, 0x00]);
+        assert_eq!(repr.options.as_bytes(), &[0x01]);
     }
 
     #[test]
@@ -1023,6 +1018,35 @@ mod tests {
         let parsed = Ipv4Repr::parse(&Ipv4Packet::new_checked(&out[..]).unwrap()).unwrap();
         assert_eq!(parsed, last);
         assert_eq!(parsed.frag_offset, 1472);
+    }
+
+    #[test]
+    fn unaligned_option_lists_round_trip() {
+        // Found by fuzzing: a copied-options subset of odd length must emit (padded with an
+        // end-of-list) and parse back to the same list.
+        let mut options = Ipv4Options::new();
+        options.push(Ipv4Option::NoOperation).unwrap();
+        options
+            .push(Ipv4Option::Unknown {
+                kind: 0xc6,
+                data: &[0; 16],
+            })
+            .unwrap();
+        options
+            .push(Ipv4Option::Unknown {
+                kind: 0x07,
+                data: &[4, 0, 0],
+            })
+            .unwrap();
+        let repr = Ipv4Repr { options, ..repr() };
+        let frag = repr.fragment_header(8, 4, true);
+        assert_eq!(frag.options.as_bytes().len(), 18);
+        assert_eq!(frag.buffer_len(), 40);
+        let mut out = vec![0u8; frag.total_len()];
+        frag.emit(&mut Ipv4Packet::new_unchecked(&mut out[..]));
+        assert_eq!(&out[38..40], &[0, 0]);
+        let parsed = Ipv4Repr::parse(&Ipv4Packet::new_checked(&out[..]).unwrap()).unwrap();
+        assert_eq!(parsed, frag);
     }
 
     #[test]

@@ -353,8 +353,9 @@ impl<'a> Iterator for TcpOptionsIter<'a> {
 
 /// A validated list of TCP options stored inline in their encoded form (at most 40 bytes).
 ///
-/// Holds the options up to and including an end-of-list; [`TcpRepr::emit`] pads with zeros
-/// (end-of-list) to a multiple of 4. The accessors (`max_seg_size`, …) return the last
+/// The end of the list is implicit: [`TcpOptions::parse`] drops an end-of-list and the padding
+/// after it, and [`TcpRepr::emit`] pads with zeros (end-of-list) to a multiple of 4, so a parsed
+/// list emits and parses back to itself. The accessors (`max_seg_size`, …) return the last
 /// occurrence of an option, as Linux does.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TcpOptions {
@@ -383,15 +384,18 @@ impl TcpOptions {
         }
     }
 
-    /// Validates encoded options (a header's options area). Bytes after an end-of-list are
-    /// padding and are not kept.
+    /// Validates encoded options (a header's options area). An end-of-list and the padding
+    /// after it are not kept.
     pub fn parse(encoded: &[u8]) -> Result<Self> {
         if encoded.len() > MAX_OPTIONS_LEN {
             return Err(Error::Malformed);
         }
         let mut end = 0;
         for option in TcpOptionsIter::new(encoded) {
-            end += option?.encoded_len();
+            match option? {
+                TcpOption::EndOfList => break,
+                option => end += option.encoded_len(),
+            }
         }
         let mut out = TcpOptions::new();
         out.bytes[..end].copy_from_slice(&encoded[..end]);
@@ -399,12 +403,13 @@ impl TcpOptions {
         Ok(out)
     }
 
-    /// Appends an option; `Err(Malformed)` when it does not fit in 40 bytes, follows an
-    /// end-of-list, or is an [`TcpOption::Unknown`] that would not parse back as itself.
+    /// Appends an option; `Err(Malformed)` when it does not fit in 40 bytes, is an
+    /// end-of-list (implicit, see above), or is an [`TcpOption::Unknown`] that would not parse
+    /// back as itself (a known kind, or a demux ExID and subtype).
     pub fn push(&mut self, option: TcpOption<'_>) -> Result<()> {
         let len = option.encoded_len();
         let start = usize::from(self.len);
-        if start + len > MAX_OPTIONS_LEN || self.ends_with_eol() {
+        if start + len > MAX_OPTIONS_LEN || option == TcpOption::EndOfList {
             return Err(Error::Malformed);
         }
         let out = &mut self.bytes[start..start + len];
@@ -475,10 +480,6 @@ impl TcpOptions {
             self.push(TcpOption::NoOperation)?;
         }
         self.push(option).inspect_err(|_| *self = saved)
-    }
-
-    fn ends_with_eol(&self) -> bool {
-        self.iter().last() == Some(Ok(TcpOption::EndOfList))
     }
 
     /// The options in order.
@@ -1172,7 +1173,30 @@ mod tests {
         let bytes = with_option_bytes(&[0x01, 0x00, 0x02, 0x00]);
         let parsed =
             TcpRepr::parse(&TcpPacket::new_checked(&bytes[..]).unwrap(), SRC, DST).unwrap();
-        assert_eq!(parsed.options.as_bytes(), &[0x01, 0x00]);
+        assert_eq!(parsed.options.as_bytes(), &[0x01]);
+    }
+
+    #[test]
+    fn demux_reserved_byte_is_ignored() {
+        // Found by fuzzing: a non-zero reserved byte parses (ignored on receipt) and is sent
+        // as zero.
+        let raw = [
+            0x01, 0x01, 0xfd, 0x0e, 0x4d, 0x53, 0x01, 0x03, 0x00, 0x00, 0x01, 0x02, 0xde, 0xad,
+            0xbe, 0xef,
+        ];
+        let bytes = with_option_bytes(&raw);
+        let parsed =
+            TcpRepr::parse(&TcpPacket::new_checked(&bytes[..]).unwrap(), SRC, DST).unwrap();
+        assert_eq!(
+            parsed.options.demux_advertise(),
+            Some((0, 0x0102, 0xdeadbeef))
+        );
+        let mut rebuilt = TcpOptions::new();
+        for option in parsed.options.iter() {
+            rebuilt.push(option.unwrap()).unwrap();
+        }
+        assert_eq!(rebuilt.as_bytes()[7], 0);
+        assert!(rebuilt.iter().eq(parsed.options.iter()));
     }
 
     #[test]
@@ -1271,8 +1295,9 @@ mod tests {
             Err(Error::Malformed)
         );
         assert_eq!(o.as_bytes().len(), 32);
-        o.push(TcpOption::EndOfList).unwrap();
-        assert_eq!(o.push(TcpOption::NoOperation), Err(Error::Malformed));
+        assert_eq!(o.push(TcpOption::EndOfList), Err(Error::Malformed));
+        o.push(TcpOption::NoOperation).unwrap();
+        assert_eq!(o.as_bytes().len(), 33);
     }
 
     #[test]

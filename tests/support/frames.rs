@@ -63,7 +63,9 @@ pub fn bad_frames(dst: [u8; 6], src: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
     let payload = b"msock bad input";
     let good_udp = udp(40000, 9, payload);
 
-    out.push(("truncated", ether(dst, src, 0x0800, &[0x45])[..10].to_vec()));
+    // The IPv4 total length claims more than the frame carries (a frame cut in transit; a frame
+    // too short to hold the destination address is already refused by the kernel filter).
+    out.push(("truncated", ip_frame(dst, src, ip_header(20 + good_udp.len() + 100, 9, 0, 17), &good_udp)));
 
     let mut ip = ip_header(20 + good_udp.len(), 1, 0, 17);
     ip[10] ^= 0xff;
