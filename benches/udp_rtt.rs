@@ -52,7 +52,8 @@ fn echo_server(bind: &str) {
 fn client(bind: &str, server: &str) {
     let sock = UdpSocket::bind(bind).expect("bind client");
     sock.connect(server).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
     let payload = [0x5au8; PAYLOAD];
     let mut buf = [0u8; 2048];
     let mut samples = Vec::with_capacity(SAMPLES);
@@ -111,7 +112,13 @@ fn start_netserver(guard: &mut Guard, msock: &PathBuf, ring: &str) -> Result<(),
     let a = format!("{}-a", guard.name);
     let child = netns(&a)
         .arg(msock)
-        .args(["netserver", "--iface", &format!("{}-a0", guard.name), "--addr", "198.18.0.2/24"])
+        .args([
+            "netserver",
+            "--iface",
+            &format!("{}-a0", guard.name),
+            "--addr",
+            "198.18.0.2/24",
+        ])
         .env("MSOCK_RX_RING", ring)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -120,7 +127,12 @@ fn start_netserver(guard: &mut Guard, msock: &PathBuf, ring: &str) -> Result<(),
     guard.children.push(child);
     // Ready when `msock stat` answers.
     for _ in 0..100 {
-        let ok = netns(&a).arg(msock).arg("stat").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let ok = netns(&a)
+            .arg(msock)
+            .arg("stat")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if ok.map(|s| s.success()).unwrap_or(false) {
             return Ok(());
         }
@@ -137,16 +149,24 @@ fn stop_netserver(guard: &mut Guard) {
 }
 
 /// Runs the client role in `N-a`, returns sorted samples (ns) and the loss count.
-fn measure(guard: &Guard, bind: &str, preload: Option<&PathBuf>) -> Result<(Vec<f64>, usize), String> {
+fn measure(
+    guard: &Guard,
+    bind: &str,
+    preload: Option<&PathBuf>,
+) -> Result<(Vec<f64>, usize), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = netns(&format!("{}-a", guard.name));
-    cmd.arg(&me).args(["--client", bind, &format!("198.18.0.1:{PORT}")]);
+    cmd.arg(&me)
+        .args(["--client", bind, &format!("198.18.0.1:{PORT}")]);
     if let Some(lib) = preload {
         cmd.env("LD_PRELOAD", lib);
     }
     let out = cmd.output().map_err(|e| format!("client: {e}"))?;
     if !out.status.success() {
-        return Err(format!("client failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut samples = Vec::new();
@@ -167,11 +187,18 @@ fn measure(guard: &Guard, bind: &str, preload: Option<&PathBuf>) -> Result<(Vec<
 fn run() -> Result<(), String> {
     let (msock, lib) = artifacts();
     if !msock.is_file() || !lib.is_file() {
-        return Err(format!("build first (make build): {} / {}", msock.display(), lib.display()));
+        return Err(format!(
+            "build first (make build): {} / {}",
+            msock.display(),
+            lib.display()
+        ));
     }
     let name = format!("rtt{}", std::process::id() % 100000);
     msock::testnet::up(&name).map_err(|e| format!("testnet: {e}"))?;
-    let mut guard = Guard { name: name.clone(), children: Vec::new() };
+    let mut guard = Guard {
+        name: name.clone(),
+        children: Vec::new(),
+    };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let server = netns(&format!("{name}-b"))
         .arg(&me)
@@ -202,7 +229,11 @@ fn run() -> Result<(), String> {
     for (ring, (samples, lost)) in &results {
         let median = support::median(samples);
         let p99 = support::percentile(samples, 99.0);
-        println!("msock ({ring} ring): median {:.1} µs p99 {:.1} µs", median / 1e3, p99 / 1e3);
+        println!(
+            "msock ({ring} ring): median {:.1} µs p99 {:.1} µs",
+            median / 1e3,
+            p99 / 1e3
+        );
         rows.push(vec![
             format!("msock, TPACKET_{} endpoint ring", ring.to_uppercase()),
             format!("{:.1}", median / 1e3),
@@ -211,7 +242,11 @@ fn run() -> Result<(), String> {
             lost.to_string(),
         ]);
     }
-    println!("kernel: median {:.1} µs p99 {:.1} µs", kernel_median / 1e3, kernel_p99 / 1e3);
+    println!(
+        "kernel: median {:.1} µs p99 {:.1} µs",
+        kernel_median / 1e3,
+        kernel_p99 / 1e3
+    );
     let table = support::Table {
         header: vec![
             "stack".into(),

@@ -28,7 +28,12 @@ impl Rng {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn skip_without(tools: &[&str]) -> bool {
@@ -55,15 +60,31 @@ impl Bridge {
         let test_path = dir.path().join("test.sock");
         let peer = dir.path().join("socat.sock");
         let test = UnixDatagram::bind(&test_path).expect("bind unix dgram");
-        test.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let addr = format!("UNIX-SENDTO:{},bind={}", test_path.display(), peer.display());
-        (Bridge { test, peer, _dir: dir }, addr)
+        test.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let addr = format!(
+            "UNIX-SENDTO:{},bind={}",
+            test_path.display(),
+            peer.display()
+        );
+        (
+            Bridge {
+                test,
+                peer,
+                _dir: dir,
+            },
+            addr,
+        )
     }
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.peer.exists() {
-            assert!(Instant::now() < deadline, "socat did not create {}", self.peer.display());
+            assert!(
+                Instant::now() < deadline,
+                "socat did not create {}",
+                self.peer.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -86,36 +107,49 @@ impl Bridge {
 
 fn workload(seed: u64) -> Vec<Vec<u8>> {
     let mut rng = Rng(seed);
-    let mut v: Vec<Vec<u8>> = (0..1000).map(|_| {
-        let n = 1 + (rng.next() % 1472) as usize;
-        rng.bytes(n)
-    }).collect();
+    let mut v: Vec<Vec<u8>> = (0..1000)
+        .map(|_| {
+            let n = 1 + (rng.next() % 1472) as usize;
+            rng.bytes(n)
+        })
+        .collect();
     v.extend((0..100).map(|_| rng.bytes(8000)));
     v
 }
 
 #[test]
 fn ping_and_arp_answered_by_netserver() {
-    let Some(net) = TestNet::new("png") else { return };
+    let Some(net) = TestNet::new("png") else {
+        return;
+    };
     if skip_without(&["ping"]) {
         return;
     }
     let _ns = net.start_netserver(&[]);
     let out = net.exec_b(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.0.2"]);
-    assert!(out.status.success(), "ping failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("3 received"), "{text}");
     let mac = net.mac_a0();
     let neigh = net.exec_b(&["ip", "neigh", "show", "198.18.0.2"]);
     let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
-    assert!(neigh.contains(&mac), "ip neigh in N-b: {neigh} (want {mac})");
+    assert!(
+        neigh.contains(&mac),
+        "ip neigh in N-b: {neigh} (want {mac})"
+    );
     let stat = net.stat_json();
     assert!(stat.contains("\"echo_replies\":3"), "{stat}");
 }
 
 #[test]
 fn socat_under_msock_to_kernel_echo() {
-    let Some(net) = TestNet::new("ucl") else { return };
+    let Some(net) = TestNet::new("ucl") else {
+        return;
+    };
     if skip_without(&["socat"]) {
         return;
     }
@@ -133,7 +167,9 @@ fn socat_under_msock_to_kernel_echo() {
 
 #[test]
 fn kernel_client_to_echo_server_under_msock() {
-    let Some(net) = TestNet::new("usv") else { return };
+    let Some(net) = TestNet::new("usv") else {
+        return;
+    };
     if skip_without(&["socat"]) {
         return;
     }
@@ -154,13 +190,17 @@ fn endpoint_requests(stat: &str, port: u16) -> Option<u64> {
     let obj_start = stat[..start].rfind('{')?;
     let obj = &stat[obj_start..];
     let obj = &obj[..obj.find('}')?];
-    let field = obj.split(',').find_map(|kv| kv.strip_prefix("\"requests\":"))?;
+    let field = obj
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("\"requests\":"))?;
     field.parse().ok()
 }
 
 #[test]
 fn cached_socket_data_path_makes_no_netserver_request() {
-    let Some(net) = TestNet::new("nrq") else { return };
+    let Some(net) = TestNet::new("nrq") else {
+        return;
+    };
     if skip_without(&["socat", "strace"]) {
         return;
     }
@@ -171,8 +211,18 @@ fn cached_socket_data_path_makes_no_netserver_request() {
     let trace = bridge._dir.path().join("strace.out");
     let trace_arg = trace.display().to_string();
     let _client = net.spawn_a_msock(&[
-        "strace", "-f", "-qq", "-e", "trace=connect,sendmsg,recvmsg", "-o", &trace_arg,
-        "socat", "-b", "65536", &unix, "UDP4:198.18.0.1:7003,sourceport=7103",
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=connect,sendmsg,recvmsg",
+        "-o",
+        &trace_arg,
+        "socat",
+        "-b",
+        "65536",
+        &unix,
+        "UDP4:198.18.0.1:7003,sourceport=7103",
     ]);
     bridge.wait_ready();
     let mut rng = Rng(7);
@@ -197,14 +247,19 @@ fn cached_socket_data_path_makes_no_netserver_request() {
     let tail = &full[trace_before.len().min(full.len())..];
     let calls = tail
         .lines()
-        .filter(|l| l.contains(&format!("sendmsg({control_fd},")) || l.contains(&format!("recvmsg({control_fd},")))
+        .filter(|l| {
+            l.contains(&format!("sendmsg({control_fd},"))
+                || l.contains(&format!("recvmsg({control_fd},"))
+        })
         .count();
     assert_eq!(calls, 0, "control socket used on the data path:\n{tail}");
 }
 
 #[test]
 fn second_bind_of_same_port_gets_eaddrinuse() {
-    let Some(net) = TestNet::new("inu") else { return };
+    let Some(net) = TestNet::new("inu") else {
+        return;
+    };
     if skip_without(&["python3"]) {
         return;
     }
@@ -222,14 +277,20 @@ fn second_bind_of_same_port_gets_eaddrinuse() {
 
 #[test]
 fn no_netserver_gives_enetdown_without_hanging() {
-    let Some(net) = TestNet::new("nod") else { return };
+    let Some(net) = TestNet::new("nod") else {
+        return;
+    };
     if skip_without(&["python3"]) {
         return;
     }
     let probe = "import socket,errno\ntry:\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); print('created')\nexcept OSError as e:\n  print(errno.errorcode[e.errno])";
     let start = Instant::now();
     let out = net.exec_a_msock(&["python3", "-c", probe]);
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ENETDOWN");
     // Non-IP sockets are untouched.
     let unix = "import socket\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); print('ok')";
@@ -253,12 +314,18 @@ fn inject(net: &TestNet, frames: &[Vec<u8>]) {
         file.display()
     );
     let out = net.exec_b(&["python3", "-c", &script]);
-    assert!(out.status.success(), "inject: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "inject: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn drop_count(stat: &str, reason: &str) -> u64 {
     let key = format!("\"{reason}\":");
-    let Some(drops) = stat.split("\"drops\":{").nth(1) else { return 0 };
+    let Some(drops) = stat.split("\"drops\":{").nth(1) else {
+        return 0;
+    };
     let drops = &drops[..drops.find('}').unwrap_or(drops.len())];
     drops
         .split(',')
@@ -269,7 +336,9 @@ fn drop_count(stat: &str, reason: &str) -> u64 {
 
 #[test]
 fn bad_frames_on_the_wire_are_dropped_and_counted() {
-    let Some(net) = TestNet::new("bad") else { return };
+    let Some(net) = TestNet::new("bad") else {
+        return;
+    };
     if skip_without(&["python3", "ping"]) {
         return;
     }
@@ -277,20 +346,32 @@ fn bad_frames_on_the_wire_are_dropped_and_counted() {
     let dst = common::parse_mac(&net.mac_a0());
     let src = common::parse_mac(&net.mac_b0());
     let frames = support::bad_frames(dst, src);
-    inject(&net, &frames.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>());
+    inject(
+        &net,
+        &frames.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
+    );
     // An ARP flood for addresses that are not ours must not grow the neighbour table.
     inject(&net, &support::arp_flood(src, 5000));
     std::thread::sleep(Duration::from_millis(1500));
     let stat = net.stat_json();
     for (reason, _) in &frames {
-        assert!(drop_count(&stat, reason) > 0, "no drop counted as {reason}: {stat}");
+        assert!(
+            drop_count(&stat, reason) > 0,
+            "no drop counted as {reason}: {stat}"
+        );
     }
     assert!(drop_count(&stat, "arp-not-for-us") >= 5000, "{stat}");
     let neighbors = stat.split("\"neighbors\":[").nth(1).unwrap_or("");
-    assert!(neighbors.matches("\"ip\"").count() <= 1, "neighbour table grew: {neighbors}");
+    assert!(
+        neighbors.matches("\"ip\"").count() <= 1,
+        "neighbour table grew: {neighbors}"
+    );
     // Still alive and answering.
     let out = net.exec_b(&["ping", "-c", "1", "-W", "2", "198.18.0.2"]);
-    assert!(out.status.success(), "netserver stopped answering after bad input");
+    assert!(
+        out.status.success(),
+        "netserver stopped answering after bad input"
+    );
 }
 
 #[path = "support/frames.rs"]

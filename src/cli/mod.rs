@@ -43,12 +43,15 @@ usage: msock <command> [args]
   testnet up|down --name N                              test namespaces N-a / N-b joined by veth
 ";
 
+/// Parsed command line: `(name, value)` flags (switches have an empty value) and positionals.
+pub(crate) type ParsedArgs = (Vec<(String, String)>, Vec<String>);
+
 /// Splits `--flag value` / `--flag=value` pairs; returns (flags, positional).
 pub(crate) fn parse_flags(
     args: &[String],
     with_value: &[&str],
     switches: &[&str],
-) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+) -> Result<ParsedArgs, String> {
     let mut flags = Vec::new();
     let mut positional = Vec::new();
     let mut iter = args.iter();
@@ -65,7 +68,10 @@ pub(crate) fn parse_flags(
             if with_value.contains(&name) {
                 let value = match inline {
                     Some(v) => v,
-                    None => iter.next().cloned().ok_or(format!("--{name} needs a value"))?,
+                    None => iter
+                        .next()
+                        .cloned()
+                        .ok_or(format!("--{name} needs a value"))?,
                 };
                 flags.push((name.to_string(), value));
             } else if switches.contains(&name) && inline.is_none() {
@@ -90,16 +96,26 @@ mod tests {
 
     #[test]
     fn flags_and_positional() {
-        let (flags, pos) =
-            parse_flags(&strings(&["--iface", "a0", "--addr=1.2.3.4/24", "x"]), &["iface", "addr"], &[])
-                .unwrap();
-        assert_eq!(flags, vec![("iface".into(), "a0".into()), ("addr".into(), "1.2.3.4/24".into())]);
+        let (flags, pos) = parse_flags(
+            &strings(&["--iface", "a0", "--addr=1.2.3.4/24", "x"]),
+            &["iface", "addr"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            flags,
+            vec![
+                ("iface".into(), "a0".into()),
+                ("addr".into(), "1.2.3.4/24".into())
+            ]
+        );
         assert_eq!(pos, strings(&["x"]));
     }
 
     #[test]
     fn double_dash_ends_flags() {
-        let (flags, pos) = parse_flags(&strings(&["--json", "--", "--iface"]), &[], &["json"]).unwrap();
+        let (flags, pos) =
+            parse_flags(&strings(&["--json", "--", "--iface"]), &[], &["json"]).unwrap();
         assert_eq!(flags.len(), 1);
         assert_eq!(pos, strings(&["--iface"]));
     }

@@ -34,9 +34,16 @@ pub fn command(args: &[String]) -> i32 {
         Ok(existing) if !existing.is_empty() => format!("{} {existing}", lib.display()),
         _ => lib.display().to_string(),
     };
-    let err = Command::new(program).args(program_args).env("LD_PRELOAD", preload).exec();
+    let err = Command::new(program)
+        .args(program_args)
+        .env("LD_PRELOAD", preload)
+        .exec();
     eprintln!("msock run: cannot execute {program}: {err}");
-    if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
 }
 
 /// `MSOCK_LIB`, else `libmsock.so` beside the executable (cargo's target dir), else

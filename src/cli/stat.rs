@@ -18,7 +18,8 @@ pub fn stat_command(args: &[String]) -> i32 {
         }
     };
     let result = connect().and_then(|conn| {
-        conn.call(&Request::Stat { json }, &[]).map_err(|e| format!("stat: {e}"))
+        conn.call(&Request::Stat { json }, &[])
+            .map_err(|e| format!("stat: {e}"))
     });
     match result {
         Ok((Reply::Stat { text }, _)) => {
@@ -48,10 +49,16 @@ pub fn route_command(args: &[String]) -> i32 {
         }
     };
     let result = connect().and_then(|conn| {
-        let hello = Request::Hello { version: VERSION, pid: std::process::id() };
+        let hello = Request::Hello {
+            version: VERSION,
+            pid: std::process::id(),
+        };
         match conn.call(&hello, &[]).map_err(|e| format!("hello: {e}"))? {
             (Reply::Hello { .. }, fds) => {
-                let region = fds.into_iter().next().ok_or("no region descriptor in reply")?;
+                let region = fds
+                    .into_iter()
+                    .next()
+                    .ok_or("no region descriptor in reply")?;
                 RegionReader::map(region).map_err(|e| format!("routing region: {e}"))
             }
             (other, _) => Err(format!("unexpected reply {other:?}")),
@@ -60,7 +67,11 @@ pub fn route_command(args: &[String]) -> i32 {
     match result {
         Ok(reader) => {
             let table = reader.snapshot();
-            if json { println!("{}", table.to_json()) } else { print!("{table}") }
+            if json {
+                println!("{}", table.to_json())
+            } else {
+                print!("{table}")
+            }
             0
         }
         Err(e) => {

@@ -10,9 +10,11 @@
 //! - the *control* socket: client requests, one netserver reply each, in order;
 //! - the *upcall* socket (a socketpair end the netserver passes in [`Reply::Hello`]): netserver
 //!   to client notifications ([`Upcall`]) that the client's receive thread handles.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod codec;
+#[allow(unsafe_code)]
+mod fdpass;
 pub mod transport;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -38,7 +40,9 @@ pub type EndpointId = u64;
 pub enum Family {
     Inet,
     /// AF_INET6 served over IPv4 (bound to `::` or a v4-mapped address).
-    Inet6 { v6only: bool },
+    Inet6 {
+        v6only: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +74,17 @@ pub enum Request {
     Socket { family: Family, kind: SockKind },
     /// Bind (port 0 = ephemeral). Reply: [`Reply::Bound`] with the endpoint's channel fd: from
     /// then on the socket is cached in the caller.
-    Bind { id: EndpointId, local: SocketAddrV4, reuse_addr: bool, reuse_port: bool },
+    Bind {
+        id: EndpointId,
+        local: SocketAddrV4,
+        reuse_addr: bool,
+        reuse_port: bool,
+    },
     /// UDP connect/disconnect bookkeeping (remote `None` = AF_UNSPEC). Reply: [`Reply::Ok`].
-    Connect { id: EndpointId, remote: Option<SocketAddrV4> },
+    Connect {
+        id: EndpointId,
+        remote: Option<SocketAddrV4>,
+    },
     /// The caller no longer holds the endpoint. Reply: [`Reply::Ok`].
     Close { id: EndpointId },
     /// Resolve a neighbour. Reply: [`Reply::Resolve`]; if `mac` is `None` the netserver
@@ -86,15 +98,29 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// Fds: `[routing region (read-only memfd), upcall socket]`.
-    Hello { client_id: u32, region_len: u64 },
-    Socket { id: EndpointId },
+    Hello {
+        client_id: u32,
+        region_len: u64,
+    },
+    Socket {
+        id: EndpointId,
+    },
     /// Fds: `[channel]` (AF_PACKET, bound, filter locked, rings configured as `ring`).
-    Bound { local: SocketAddrV4, ring: RingSpec },
+    Bound {
+        local: SocketAddrV4,
+        ring: RingSpec,
+    },
     Ok,
-    Resolve { mac: Option<EthernetAddress> },
-    Stat { text: String },
+    Resolve {
+        mac: Option<EthernetAddress>,
+    },
+    Stat {
+        text: String,
+    },
     /// A Linux errno value.
-    Error { errno: i32 },
+    Error {
+        errno: i32,
+    },
 }
 
 /// Netserver → client, unsolicited, on the upcall socket.
@@ -102,9 +128,21 @@ pub enum Reply {
 pub enum Upcall {
     /// A datagram the netserver received for a socket cached in this client (a reassembled
     /// fragmented datagram).
-    Datagram { id: EndpointId, src: SocketAddrV4, dst: SocketAddrV4, payload: Vec<u8> },
+    Datagram {
+        id: EndpointId,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        payload: Vec<u8>,
+    },
     /// Outcome of an earlier `Resolve` (`None`: no answer, the neighbour is unreachable).
-    Resolved { addr: Ipv4Addr, mac: Option<EthernetAddress> },
+    Resolved {
+        addr: Ipv4Addr,
+        mac: Option<EthernetAddress>,
+    },
     /// An ICMP error concerning a datagram this socket sent (errno as Linux maps it).
-    IcmpError { id: EndpointId, remote: SocketAddrV4, errno: i32 },
+    IcmpError {
+        id: EndpointId,
+        remote: SocketAddrV4,
+        errno: i32,
+    },
 }

@@ -20,7 +20,7 @@
 //! [`io::ErrorKind::InvalidData`].
 //!
 //! The two system calls that need `unsafe` (recvmsg turning received numbers into owned
-//! descriptors, and accept4) live in `crate::routing::sys`, since this module tree forbids
+//! descriptors, and accept4) live in the sibling `fdpass`, the only file of `control` allowed
 //! `unsafe`.
 
 use core::fmt;
@@ -35,8 +35,8 @@ use nix::sys::socket::{
 };
 
 use super::codec::{self, decode_reply, decode_request, decode_upcall};
+use super::fdpass as sys;
 use super::{ADDRESS_ENV, DEFAULT_ADDRESS, MAX_MESSAGE, Reply, Request, Upcall};
-use crate::routing::sys;
 
 /// Largest number of descriptors accepted with one message.
 pub const MAX_FDS: usize = sys::MAX_FDS;

@@ -51,11 +51,21 @@ impl InterfaceInfo {
                 .map(|s| s.trim().to_string())
                 .map_err(|e| io::Error::new(e.kind(), format!("interface {name}: {file}: {e}")))
         };
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("interface {name}: bad {what}"));
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("interface {name}: bad {what}"),
+            )
+        };
         let ifindex = read("ifindex")?.parse().map_err(|_| bad("ifindex"))?;
         let mac = read("address")?.parse().map_err(|_| bad("address"))?;
         let mtu: u32 = read("mtu")?.parse().map_err(|_| bad("mtu"))?;
-        Ok(InterfaceInfo { name: name.to_string(), ifindex, mac, mtu: mtu.min(u32::from(u16::MAX)) as u16 })
+        Ok(InterfaceInfo {
+            name: name.to_string(),
+            ifindex,
+            mac,
+            mtu: mtu.min(u32::from(u16::MAX)) as u16,
+        })
     }
 }
 
@@ -128,7 +138,12 @@ pub fn run(config: &Config) -> io::Result<()> {
     let mut server = Server::new(config, signals)?;
     eprintln!(
         "msock netserver: {} on {} ({}, ifindex {}, mtu {}), control {}",
-        config.addr, server.iface.name, server.iface.mac, server.iface.ifindex, server.iface.mtu, server.address
+        config.addr,
+        server.iface.name,
+        server.iface.mac,
+        server.iface.ifindex,
+        server.iface.mtu,
+        server.address
     );
     let result = server.serve();
     eprintln!("msock netserver: shutting down");
@@ -139,7 +154,10 @@ pub fn run(config: &Config) -> io::Result<()> {
 /// tests can watch never-completed datagrams being freed.
 fn reassembly_limits_from_env() -> ReassemblyLimits {
     let mut limits = ReassemblyLimits::default();
-    if let Some(ms) = std::env::var("MSOCK_FRAG_TIMEOUT_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(ms) = std::env::var("MSOCK_FRAG_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         limits.timeout = crate::stack::Duration::from_millis(ms.clamp(1, 30_000));
     }
     limits
@@ -156,12 +174,19 @@ impl Server {
     fn new(config: &Config, signals: SignalFd) -> io::Result<Server> {
         let iface = InterfaceInfo::read(&config.iface)?;
         let host = Host::with_reassembly(
-            HostConfig { mac: iface.mac, addr: config.addr, prefix_len: config.prefix_len, mtu: iface.mtu },
+            HostConfig {
+                mac: iface.mac,
+                addr: config.addr,
+                prefix_len: config.prefix_len,
+                mtu: iface.mtu,
+            },
             reassembly_limits_from_env(),
         );
         let filter = bpf::netserver(config.addr, iface.mac, &[]);
         let channel = PacketChannel::open(iface.ifindex, &RingConfig::netserver(), &filter, false)
-            .map_err(|e| io::Error::new(e.kind(), format!("packet channel on {}: {e}", iface.name)))?;
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("packet channel on {}: {e}", iface.name))
+            })?;
         let mut region = RegionWriter::create()?;
         region.set_interface(&InterfaceConfig {
             ifindex: iface.ifindex,
@@ -177,20 +202,44 @@ impl Server {
             gateway: None,
         })?;
         if let Some(gw) = config.gateway {
-            region.add_route(&Route { dest: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(gw) })?;
+            region.add_route(&Route {
+                dest: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(gw),
+            })?;
         }
         let address = ControlAddress::from_env();
         let listener = ControlListener::bind(&address).map_err(|e| {
             if e.kind() == io::ErrorKind::AddrInUse {
-                io::Error::new(e.kind(), format!("control socket {address} in use: is a netserver already running here?"))
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "control socket {address} in use: is a netserver already running here?"
+                    ),
+                )
             } else {
                 io::Error::new(e.kind(), format!("control socket {address}: {e}"))
             }
         })?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
-        epoll.add(channel.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_CHANNEL)).map_err(io::Error::from)?;
-        epoll.add(listener.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER)).map_err(io::Error::from)?;
-        epoll.add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL)).map_err(io::Error::from)?;
+        epoll
+            .add(
+                channel.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_CHANNEL),
+            )
+            .map_err(io::Error::from)?;
+        epoll
+            .add(
+                listener.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+            )
+            .map_err(io::Error::from)?;
+        epoll
+            .add(
+                signals.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL),
+            )
+            .map_err(io::Error::from)?;
         Ok(Server {
             config: config.clone(),
             iface,
@@ -265,7 +314,9 @@ impl Server {
         loop {
             let host = &mut self.host;
             let ports = Ports { table: &self.ports };
-            let n = self.channel.recv_batch(64, &mut |frame| host.receive(now, frame, &ports, &mut events))?;
+            let n = self.channel.recv_batch(64, &mut |frame| {
+                host.receive(now, frame, &ports, &mut events)
+            })?;
             self.handle_events(&mut events);
             if n < 64 {
                 break;
@@ -279,10 +330,10 @@ impl Server {
         for event in events.drain(..) {
             match event {
                 Event::Transmit(frame) => {
-                    if let Err(e) = self.channel.send(&frame) {
-                        if e.kind() != io::ErrorKind::WouldBlock {
-                            eprintln!("msock netserver: send: {e}");
-                        }
+                    if let Err(e) = self.channel.send(&frame)
+                        && e.kind() != io::ErrorKind::WouldBlock
+                    {
+                        eprintln!("msock netserver: send: {e}");
                     }
                 }
                 Event::Neighbor { ip, mac: Some(mac) } => {
@@ -296,10 +347,23 @@ impl Server {
                         self.upcall(client, &Upcall::Resolved { addr: ip, mac });
                     }
                 }
-                Event::Deliver { id, src, dst, payload } => match self.endpoints.get(id) {
+                Event::Deliver {
+                    id,
+                    src,
+                    dst,
+                    payload,
+                } => match self.endpoints.get(id) {
                     Some(ep) => {
                         let owner = ep.owner;
-                        self.upcall(owner, &Upcall::Datagram { id, src, dst, payload });
+                        self.upcall(
+                            owner,
+                            &Upcall::Datagram {
+                                id,
+                                src,
+                                dst,
+                                payload,
+                            },
+                        );
                     }
                     None => self.host.drops.count(DropReason::NoSocket),
                 },
@@ -316,8 +380,12 @@ impl Server {
     /// Best effort and non-blocking: a client that does not drain its upcall socket loses
     /// upcalls (counted), it never stalls the netserver.
     fn upcall(&mut self, client: ClientId, upcall: &Upcall) {
-        let Some(c) = self.clients.get_mut(&client) else { return };
-        let Some(conn) = c.upcall.as_ref() else { return };
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        let Some(conn) = c.upcall.as_ref() else {
+            return;
+        };
         let mut buf = Vec::new();
         codec::encode_upcall(upcall, &mut buf);
         match conn.send(&buf, &[]) {
@@ -348,14 +416,24 @@ impl Server {
                     let id = self.next_client;
                     self.next_client = self.next_client.wrapping_add(1).max(1);
                     let token = TOKEN_CLIENT_BASE + u64::from(id);
-                    if let Err(e) = self.epoll.add(conn.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+                    if let Err(e) = self
+                        .epoll
+                        .add(conn.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+                    {
                         eprintln!("msock netserver: epoll: {e}");
                         continue;
                     }
                     self.control.clients_accepted += 1;
                     self.clients.insert(
                         id,
-                        Client { conn, upcall: None, cred, registered: false, stats: None, upcalls_dropped: 0 },
+                        Client {
+                            conn,
+                            upcall: None,
+                            cred,
+                            registered: false,
+                            stats: None,
+                            upcalls_dropped: 0,
+                        },
                     );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -372,7 +450,9 @@ impl Server {
         let mut buf = Vec::new();
         // Serve what is queued, a bounded number per wake-up so one client cannot starve others.
         for _ in 0..64 {
-            let Some(client) = self.clients.get(&id) else { return };
+            let Some(client) = self.clients.get(&id) else {
+                return;
+            };
             let (n, fds) = match client.conn.recv(&mut buf) {
                 Ok((0, _)) => return self.drop_client(id),
                 Ok(v) => v,
@@ -381,7 +461,13 @@ impl Server {
                 Err(_) => {
                     // Truncated or fd-abusing message: the transport closed the fds; answer.
                     self.control.bad_messages += 1;
-                    self.reply(id, &Reply::Error { errno: libc::EMSGSIZE }, Vec::new());
+                    self.reply(
+                        id,
+                        &Reply::Error {
+                            errno: libc::EMSGSIZE,
+                        },
+                        Vec::new(),
+                    );
                     continue;
                 }
             };
@@ -401,7 +487,9 @@ impl Server {
     }
 
     fn reply(&mut self, id: ClientId, reply: &Reply, fds: Vec<OwnedFd>) {
-        let Some(client) = self.clients.get(&id) else { return };
+        let Some(client) = self.clients.get(&id) else {
+            return;
+        };
         let mut buf = Vec::new();
         codec::encode_reply(reply, &mut buf);
         let raw: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -425,7 +513,12 @@ impl Server {
         }
     }
 
-    fn handle_request(&mut self, client: ClientId, request: Request, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
+    fn handle_request(
+        &mut self,
+        client: ClientId,
+        request: Request,
+        fds: Vec<OwnedFd>,
+    ) -> (Reply, Vec<OwnedFd>) {
         let err = |errno: i32| (Reply::Error { errno }, Vec::new());
         let registered = self.clients.get(&client).is_some_and(|c| c.registered);
         match request {
@@ -438,7 +531,12 @@ impl Server {
                 }
                 self.hello(client, pid, fds)
             }
-            Request::Stat { json } => (Reply::Stat { text: super::stat::render(self, json) }, Vec::new()),
+            Request::Stat { json } => (
+                Reply::Stat {
+                    text: super::stat::render(self, json),
+                },
+                Vec::new(),
+            ),
             _ if !registered => err(libc::EPROTO),
             Request::Socket { family, kind } => {
                 if kind != SockKind::Datagram {
@@ -450,7 +548,12 @@ impl Server {
                     Err(e) => err(e.errno()),
                 }
             }
-            Request::Bind { id, local, reuse_addr, reuse_port } => self.bind(client, id, local, reuse_addr, reuse_port),
+            Request::Bind {
+                id,
+                local,
+                reuse_addr,
+                reuse_port,
+            } => self.bind(client, id, local, reuse_addr, reuse_port),
             Request::Connect { id, remote } => match self.endpoints.request(client, id) {
                 Ok(ep) => {
                     ep.remote = remote;
@@ -473,7 +576,9 @@ impl Server {
 
     fn hello(&mut self, client: ClientId, pid: u32, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
         let err = |errno: i32| (Reply::Error { errno }, Vec::new());
-        let Some(c) = self.clients.get_mut(&client) else { return err(libc::EPROTO) };
+        let Some(c) = self.clients.get_mut(&client) else {
+            return err(libc::EPROTO);
+        };
         // The kernel's word on the pid counts, not the message's.
         if pid != c.cred.pid {
             return err(libc::EPERM);
@@ -481,7 +586,10 @@ impl Server {
         if fds.len() > 1 {
             return err(libc::EINVAL);
         }
-        c.stats = fds.into_iter().next().and_then(|fd| StatsPage::map_readonly(fd).ok());
+        c.stats = fds
+            .into_iter()
+            .next()
+            .and_then(|fd| StatsPage::map_readonly(fd).ok());
         let (ours, theirs) = match Connection::pair() {
             Ok(pair) => pair,
             Err(e) => return err(e.raw_os_error().unwrap_or(libc::ENOMEM)),
@@ -495,7 +603,13 @@ impl Server {
         };
         c.upcall = Some(ours);
         c.registered = true;
-        (Reply::Hello { client_id: client, region_len: self.region.len() as u64 }, vec![region, theirs.into()])
+        (
+            Reply::Hello {
+                client_id: client,
+                region_len: self.region.len() as u64,
+            },
+            vec![region, theirs.into()],
+        )
     }
 
     fn bind(
@@ -522,12 +636,23 @@ impl Server {
         if !local.ip().is_unspecified() && *local.ip() != our_addr {
             return err(libc::EADDRNOTAVAIL);
         }
-        let bound = match self.ports.bind(BindRequest { local, owner: id, reuse_addr, reuse_port, uid }) {
+        let bound = match self.ports.bind(BindRequest {
+            local,
+            owner: id,
+            reuse_addr,
+            reuse_port,
+            uid,
+        }) {
             Ok(bound) => bound,
             Err(e) => return err(bind_errno(e)),
         };
         let filter = bpf::endpoint_udp(our_addr, bound.port());
-        let fd = match PacketChannel::create_fd(self.iface.ifindex, &self.endpoint_ring, &filter, true) {
+        let fd = match PacketChannel::create_fd(
+            self.iface.ifindex,
+            &self.endpoint_ring,
+            &filter,
+            true,
+        ) {
             Ok(fd) => fd,
             Err(e) => {
                 self.ports.release(id);
@@ -538,18 +663,32 @@ impl Server {
             ep.state = EndpointState::Cached { local: bound };
         }
         self.filter_dirty = true;
-        (Reply::Bound { local: bound, ring: self.endpoint_ring.spec() }, vec![fd])
+        (
+            Reply::Bound {
+                local: bound,
+                ring: self.endpoint_ring.spec(),
+            },
+            vec![fd],
+        )
     }
 
     fn resolve(&mut self, client: ClientId, addr: Ipv4Addr) -> (Reply, Vec<OwnedFd>) {
         let mask = super::host::prefix_mask(self.config.prefix_len);
-        if u32::from(addr) & mask != u32::from(self.config.addr) & mask || addr == self.config.addr {
-            return (Reply::Error { errno: libc::EHOSTUNREACH }, Vec::new());
+        if u32::from(addr) & mask != u32::from(self.config.addr) & mask || addr == self.config.addr
+        {
+            return (
+                Reply::Error {
+                    errno: libc::EHOSTUNREACH,
+                },
+                Vec::new(),
+            );
         }
         let now = self.now();
         let mut events = std::mem::take(&mut self.events);
         let known = self.host.resolve(now, addr, &mut events);
-        let failed_now = events.iter().any(|e| matches!(e, Event::Resolved { ip, mac: None } if *ip == addr));
+        let failed_now = events
+            .iter()
+            .any(|e| matches!(e, Event::Resolved { ip, mac: None } if *ip == addr));
         if known.is_none() && !failed_now {
             let waiters = self.resolve_waiters.entry(addr).or_default();
             if !waiters.contains(&client) {
@@ -559,7 +698,12 @@ impl Server {
         self.handle_events(&mut events);
         self.events = events;
         if failed_now {
-            return (Reply::Error { errno: libc::EHOSTUNREACH }, Vec::new());
+            return (
+                Reply::Error {
+                    errno: libc::EHOSTUNREACH,
+                },
+                Vec::new(),
+            );
         }
         (Reply::Resolve { mac: known }, Vec::new())
     }
@@ -578,7 +722,11 @@ impl Server {
 }
 
 fn ignore_would_block(e: io::Error) -> io::Result<()> {
-    if e.kind() == io::ErrorKind::WouldBlock { Ok(()) } else { Err(e) }
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 fn bind_errno(e: BindError) -> i32 {

@@ -75,7 +75,10 @@ pub struct EndpointTable {
 
 impl EndpointTable {
     pub fn new() -> Self {
-        EndpointTable { next_id: 1, endpoints: BTreeMap::new() }
+        EndpointTable {
+            next_id: 1,
+            endpoints: BTreeMap::new(),
+        }
     }
 
     pub fn create(
@@ -140,7 +143,9 @@ impl EndpointTable {
     /// Removes and returns every endpoint of `client` (its control socket closed).
     pub fn remove_client(&mut self, client: ClientId) -> Vec<Endpoint> {
         let ids: Vec<EndpointId> = self.owned_by(client).map(|ep| ep.id).collect();
-        ids.iter().filter_map(|id| self.endpoints.remove(id)).collect()
+        ids.iter()
+            .filter_map(|id| self.endpoints.remove(id))
+            .collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
@@ -175,7 +180,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn udp(table: &mut EndpointTable, owner: ClientId) -> EndpointId {
-        table.create(owner, 100 + owner, Family::Inet, SockKind::Datagram).unwrap()
+        table
+            .create(owner, 100 + owner, Family::Inet, SockKind::Datagram)
+            .unwrap()
     }
 
     #[test]
@@ -205,8 +212,9 @@ mod tests {
         let mut t = EndpointTable::new();
         for port in [9000, 53, 9000] {
             let id = udp(&mut t, 1);
-            t.request(1, id).unwrap().state =
-                EndpointState::Cached { local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port) };
+            t.request(1, id).unwrap().state = EndpointState::Cached {
+                local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            };
         }
         udp(&mut t, 1);
         assert_eq!(t.cached_udp_ports(), vec![53, 9000]);

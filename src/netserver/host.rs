@@ -10,14 +10,14 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::control::EndpointId;
+use crate::stack::Instant;
 use crate::stack::arp_cache::{ArpAction, ArpCache, ArpConfig, Lookup};
 use crate::stack::reassembly::{FragKey, Reassembler, ReassemblyLimits};
 use crate::stack::stats::{DropCounters, DropReason};
-use crate::stack::Instant;
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, DstUnreachable, EthernetAddress, EthernetFrame,
-    EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Options, Ipv4Packet, Ipv4Repr,
-    UdpPacket, UdpRepr,
+    EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Options, Ipv4Packet,
+    Ipv4Repr, UdpPacket, UdpRepr,
 };
 
 /// Where the netserver finds the owner of a UDP destination.
@@ -30,13 +30,28 @@ pub trait PortLookup {
 pub enum Event {
     Transmit(Vec<u8>),
     /// A complete datagram for an endpoint (reassembled, or caught before its filter moved).
-    Deliver { id: EndpointId, src: SocketAddrV4, dst: SocketAddrV4, payload: Vec<u8> },
+    Deliver {
+        id: EndpointId,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        payload: Vec<u8>,
+    },
     /// Publish (`Some`) or withdraw (`None`) a neighbour in the routing region.
-    Neighbor { ip: Ipv4Addr, mac: Option<EthernetAddress> },
+    Neighbor {
+        ip: Ipv4Addr,
+        mac: Option<EthernetAddress>,
+    },
     /// A resolution requested through [`Host::resolve`] finished.
-    Resolved { ip: Ipv4Addr, mac: Option<EthernetAddress> },
+    Resolved {
+        ip: Ipv4Addr,
+        mac: Option<EthernetAddress>,
+    },
     /// An ICMP error about a datagram an endpoint sent.
-    IcmpError { id: EndpointId, remote: SocketAddrV4, errno: i32 },
+    IcmpError {
+        id: EndpointId,
+        remote: SocketAddrV4,
+        errno: i32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +70,11 @@ impl HostConfig {
 }
 
 pub fn prefix_mask(prefix_len: u8) -> u32 {
-    if prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_len.min(32))) }
+    if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix_len.min(32)))
+    }
 }
 
 /// Counters of what the host did (as opposed to what it dropped).
@@ -83,14 +102,22 @@ struct TokenBucket {
 
 impl TokenBucket {
     fn new(per_sec: u32, burst: u32) -> Self {
-        TokenBucket { tokens: burst, burst, per_sec, last: Instant::ZERO }
+        TokenBucket {
+            tokens: burst,
+            burst,
+            per_sec,
+            last: Instant::ZERO,
+        }
     }
 
     fn take(&mut self, now: Instant) -> bool {
         let elapsed_us = now.saturating_duration_since(self.last).as_micros();
         let refill = elapsed_us.saturating_mul(u64::from(self.per_sec)) / 1_000_000;
         if refill > 0 {
-            self.tokens = self.tokens.saturating_add(refill.min(u64::from(u32::MAX)) as u32).min(self.burst);
+            self.tokens = self
+                .tokens
+                .saturating_add(refill.min(u64::from(u32::MAX)) as u32)
+                .min(self.burst);
             self.last = now;
         }
         if self.tokens > 0 {
@@ -134,7 +161,13 @@ impl Host {
     }
 
     /// Processes one received frame.
-    pub fn receive(&mut self, now: Instant, frame: &[u8], ports: &dyn PortLookup, out: &mut Vec<Event>) {
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        ports: &dyn PortLookup,
+        out: &mut Vec<Event>,
+    ) {
         self.counters.frames_in += 1;
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             self.drops.count(DropReason::Truncated);
@@ -150,13 +183,20 @@ impl Host {
         }
         match eth_repr.ethertype {
             EthernetProtocol::Arp => self.receive_arp(now, eth.payload(), out),
-            EthernetProtocol::Ipv4 => self.receive_ipv4(now, eth_repr.src_addr, eth.payload(), ports, out),
+            EthernetProtocol::Ipv4 => {
+                self.receive_ipv4(now, eth_repr.src_addr, eth.payload(), ports, out)
+            }
             _ => self.drops.count(DropReason::UnknownProtocol),
         }
     }
 
     /// Starts (or reports) the resolution of `ip`; `Some` when already known.
-    pub fn resolve(&mut self, now: Instant, ip: Ipv4Addr, out: &mut Vec<Event>) -> Option<EthernetAddress> {
+    pub fn resolve(
+        &mut self,
+        now: Instant,
+        ip: Ipv4Addr,
+        out: &mut Vec<Event>,
+    ) -> Option<EthernetAddress> {
         match self.arp.lookup(ip, now) {
             Lookup::Known(mac) => Some(mac),
             Lookup::Pending => None,
@@ -191,7 +231,7 @@ impl Host {
 
     /// Every drop the host counted, the ARP cache's own (table full) included.
     pub fn all_drops(&self) -> DropCounters {
-        let mut all = self.drops.clone();
+        let mut all = self.drops;
         all.merge(self.arp.drops());
         all
     }
@@ -220,7 +260,11 @@ impl Host {
     }
 
     fn arp_frame(&self, dst: EthernetAddress, repr: &ArpRepr) -> Vec<u8> {
-        let eth = EthernetRepr { src_addr: self.config.mac, dst_addr: dst, ethertype: EthernetProtocol::Arp };
+        let eth = EthernetRepr {
+            src_addr: self.config.mac,
+            dst_addr: dst,
+            ethertype: EthernetProtocol::Arp,
+        };
         let mut buf = vec![0u8; eth.buffer_len() + repr.buffer_len()];
         let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
         eth.emit(&mut frame);
@@ -243,7 +287,9 @@ impl Host {
             target_protocol_addr,
             ..
         } = repr;
-        if !source_hardware_addr.is_unicast() || source_protocol_addr.is_unspecified() && operation != ArpOperation::Request {
+        if !source_hardware_addr.is_unicast()
+            || source_protocol_addr.is_unspecified() && operation != ArpOperation::Request
+        {
             self.drops.count(DropReason::BadArp);
             return;
         }
@@ -253,12 +299,19 @@ impl Host {
         let resolved = if source_protocol_addr.is_unspecified() {
             None
         } else {
-            self.arp.on_arp(source_protocol_addr, source_hardware_addr, for_us, now)
+            self.arp
+                .on_arp(source_protocol_addr, source_hardware_addr, for_us, now)
         };
         if let Some(mac) = resolved {
-            out.push(Event::Neighbor { ip: source_protocol_addr, mac: Some(mac) });
+            out.push(Event::Neighbor {
+                ip: source_protocol_addr,
+                mac: Some(mac),
+            });
             if !known_before {
-                out.push(Event::Resolved { ip: source_protocol_addr, mac: Some(mac) });
+                out.push(Event::Resolved {
+                    ip: source_protocol_addr,
+                    mac: Some(mac),
+                });
             }
         }
         if !for_us {
@@ -274,7 +327,9 @@ impl Host {
                 target_hardware_addr: source_hardware_addr,
                 target_protocol_addr: source_protocol_addr,
             };
-            out.push(Event::Transmit(self.arp_frame(source_hardware_addr, &reply)));
+            out.push(Event::Transmit(
+                self.arp_frame(source_hardware_addr, &reply),
+            ));
         }
     }
 
@@ -319,11 +374,24 @@ impl Host {
         }
         let body = packet.payload();
         if ip.more_frags || ip.frag_offset != 0 {
-            let key = FragKey { src: ip.src_addr, dst: ip.dst_addr, protocol: ip.protocol.into(), ident: ip.ident };
-            match self.reassembler.insert(key, ip.frag_offset, ip.more_frags, body, now) {
+            let key = FragKey {
+                src: ip.src_addr,
+                dst: ip.dst_addr,
+                protocol: ip.protocol.into(),
+                ident: ip.ident,
+            };
+            match self
+                .reassembler
+                .insert(key, ip.frag_offset, ip.more_frags, body, now)
+            {
                 Ok(Some(done)) => {
                     self.counters.reassembled += 1;
-                    let whole = Ipv4Repr { more_frags: false, frag_offset: 0, payload_len: done.payload.len(), ..ip };
+                    let whole = Ipv4Repr {
+                        more_frags: false,
+                        frag_offset: 0,
+                        payload_len: done.payload.len(),
+                        ..ip
+                    };
                     self.receive_transport(now, src_mac, &whole, &done.payload, ports, out);
                 }
                 Ok(None) => {}
@@ -381,7 +449,12 @@ impl Host {
         let dst = SocketAddrV4::new(ip.dst_addr, repr.dst_port);
         if let Some(id) = ports.udp_owner(dst) {
             self.counters.delivered += 1;
-            out.push(Event::Deliver { id, src, dst, payload: packet.payload().to_vec() });
+            out.push(Event::Deliver {
+                id,
+                src,
+                dst,
+                payload: packet.payload().to_vec(),
+            });
             return;
         }
         self.drops.count(DropReason::NoSocket);
@@ -418,9 +491,15 @@ impl Host {
             data: &body[..body.len().min(8)],
         };
         self.counters.port_unreachables += 1;
-        let frame = self.ipv4_frame(dst_mac, ip.src_addr, IpProtocol::Icmp, icmp.buffer_len(), |buf| {
-            icmp.emit(&mut Icmpv4Packet::new_unchecked(buf));
-        });
+        let frame = self.ipv4_frame(
+            dst_mac,
+            ip.src_addr,
+            IpProtocol::Icmp,
+            icmp.buffer_len(),
+            |buf| {
+                icmp.emit(&mut Icmpv4Packet::new_unchecked(buf));
+            },
+        );
         out.push(Event::Transmit(frame));
     }
 
@@ -441,14 +520,33 @@ impl Host {
             }
         };
         match repr {
-            Icmpv4Repr::EchoRequest { ident, seq_no, data } => {
+            Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            } => {
                 self.counters.echo_replies += 1;
-                let reply = Icmpv4Repr::EchoReply { ident, seq_no, data };
-                out.push(Event::Transmit(self.ipv4_frame(src_mac, ip.src_addr, IpProtocol::Icmp, reply.buffer_len(), |buf| {
-                    reply.emit(&mut Icmpv4Packet::new_unchecked(buf));
-                })));
+                let reply = Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                };
+                out.push(Event::Transmit(self.ipv4_frame(
+                    src_mac,
+                    ip.src_addr,
+                    IpProtocol::Icmp,
+                    reply.buffer_len(),
+                    |buf| {
+                        reply.emit(&mut Icmpv4Packet::new_unchecked(buf));
+                    },
+                )));
             }
-            Icmpv4Repr::DstUnreachable { reason, header, data, .. } => {
+            Icmpv4Repr::DstUnreachable {
+                reason,
+                header,
+                data,
+                ..
+            } => {
                 // The quoted packet is one we sent: its source port names the endpoint.
                 let Some((local, remote)) = quoted_udp_ports(&header, data) else {
                     self.drops.count(DropReason::BadIcmp);
@@ -483,7 +581,11 @@ impl Host {
         payload_len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Vec<u8> {
-        let eth = EthernetRepr { src_addr: self.config.mac, dst_addr: dst_mac, ethertype: EthernetProtocol::Ipv4 };
+        let eth = EthernetRepr {
+            src_addr: self.config.mac,
+            dst_addr: dst_mac,
+            ethertype: EthernetProtocol::Ipv4,
+        };
         let ident = self.next_ident;
         self.next_ident = self.next_ident.wrapping_add(1);
         let ip = Ipv4Repr {
@@ -514,5 +616,499 @@ fn quoted_udp_ports(header: &Ipv4Repr, data: &[u8]) -> Option<(SocketAddrV4, Soc
     let ports = data.get(..4)?;
     let src_port = u16::from_be_bytes([ports[0], ports[1]]);
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    Some((SocketAddrV4::new(header.src_addr, src_port), SocketAddrV4::new(header.dst_addr, dst_port)))
+    Some((
+        SocketAddrV4::new(header.src_addr, src_port),
+        SocketAddrV4::new(header.dst_addr, dst_port),
+    ))
+}
+
+/// Frames go through a [`MemoryHub`] and the netserver's real BPF filter into the host, as on
+/// the wire; each bad frame must be dropped under its own reason with no reply and no panic.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::memory::MemoryHub;
+    use crate::channel::{Channel, bpf};
+    use crate::stack::reassembly::ReassemblyLimits;
+    use std::collections::HashMap;
+
+    const MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 2]);
+    const PEER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 1]);
+    const ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+    struct Owners(HashMap<u16, EndpointId>);
+
+    impl PortLookup for Owners {
+        fn udp_owner(&self, local: SocketAddrV4) -> Option<EndpointId> {
+            self.0.get(&local.port()).copied()
+        }
+    }
+
+    fn config() -> HostConfig {
+        HostConfig {
+            mac: MAC,
+            addr: ADDR,
+            prefix_len: 24,
+            mtu: 1500,
+        }
+    }
+
+    /// Runs `frames` through a hub whose netserver channel excludes `cached` ports.
+    fn through_channel(
+        host: &mut Host,
+        now: Instant,
+        frames: &[Vec<u8>],
+        owners: &Owners,
+        cached: &[u16],
+    ) -> Vec<Event> {
+        let hub = MemoryHub::with_limits(9000, 100_000);
+        let mut netserver = hub.channel(bpf::netserver(ADDR, MAC, cached)).unwrap();
+        for frame in frames {
+            hub.inject(frame);
+        }
+        let mut events = Vec::new();
+        while netserver
+            .recv_batch(64, &mut |frame| {
+                host.receive(now, frame, owners, &mut events)
+            })
+            .unwrap()
+            > 0
+        {}
+        events
+    }
+
+    fn ipv4(
+        src: Ipv4Addr,
+        ident: u16,
+        more: bool,
+        offset: u16,
+        proto: IpProtocol,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let eth = EthernetRepr {
+            src_addr: PEER_MAC,
+            dst_addr: MAC,
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: ADDR,
+            protocol: proto,
+            payload_len: body.len(),
+            ident,
+            more_frags: more,
+            frag_offset: offset,
+            ..Ipv4Repr::default()
+        };
+        let mut buf = vec![0u8; 14 + ip.buffer_len() + body.len()];
+        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut frame);
+        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet);
+        packet.payload_mut().copy_from_slice(body);
+        buf
+    }
+
+    fn udp_body(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+        let repr = UdpRepr { src_port, dst_port };
+        let mut buf = vec![0u8; repr.buffer_len(payload.len())];
+        repr.emit(
+            &mut UdpPacket::new_unchecked(&mut buf[..]),
+            PEER,
+            ADDR,
+            payload.len(),
+            |p| p.copy_from_slice(payload),
+        );
+        buf
+    }
+
+    fn udp_frame(dst_port: u16, payload: &[u8]) -> Vec<u8> {
+        ipv4(
+            PEER,
+            1,
+            false,
+            0,
+            IpProtocol::Udp,
+            &udp_body(5000, dst_port, payload),
+        )
+    }
+
+    fn arp_frame(
+        op: ArpOperation,
+        sender: Ipv4Addr,
+        sender_mac: EthernetAddress,
+        target: Ipv4Addr,
+    ) -> Vec<u8> {
+        let repr = ArpRepr::EthernetIpv4 {
+            operation: op,
+            source_hardware_addr: sender_mac,
+            source_protocol_addr: sender,
+            target_hardware_addr: EthernetAddress::ZERO,
+            target_protocol_addr: target,
+        };
+        let eth = EthernetRepr {
+            src_addr: sender_mac,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        };
+        let mut buf = vec![0u8; 14 + repr.buffer_len()];
+        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut frame);
+        repr.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        buf
+    }
+
+    fn transmitted(events: &[Event]) -> Vec<&Vec<u8>> {
+        events
+            .iter()
+            .filter_map(|e| {
+                if let Event::Transmit(f) = e {
+                    Some(f)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn no_owners() -> Owners {
+        Owners(HashMap::new())
+    }
+
+    #[test]
+    fn arp_request_for_us_is_answered_and_sender_learned() {
+        let mut host = Host::new(config());
+        let events = through_channel(
+            &mut host,
+            Instant::ZERO,
+            &[arp_frame(ArpOperation::Request, PEER, PEER_MAC, ADDR)],
+            &no_owners(),
+            &[],
+        );
+        assert!(events.contains(&Event::Neighbor {
+            ip: PEER,
+            mac: Some(PEER_MAC)
+        }));
+        let tx = transmitted(&events);
+        assert_eq!(tx.len(), 1);
+        let frame = EthernetFrame::new_checked(&tx[0][..]).unwrap();
+        assert_eq!(frame.dst_addr(), PEER_MAC);
+        let reply = ArpRepr::parse(&ArpPacket::new_checked(frame.payload()).unwrap()).unwrap();
+        assert_eq!(
+            reply,
+            ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: MAC,
+                source_protocol_addr: ADDR,
+                target_hardware_addr: PEER_MAC,
+                target_protocol_addr: PEER,
+            }
+        );
+        assert_eq!(host.neighbors(), vec![(PEER, PEER_MAC)]);
+    }
+
+    #[test]
+    fn arp_flood_for_other_addresses_does_not_grow_the_table() {
+        let mut host = Host::new(config());
+        let frames: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| {
+                let sender = Ipv4Addr::from(0xc612_0100 + i);
+                let mac = EthernetAddress([0x02, 9, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                arp_frame(
+                    ArpOperation::Request,
+                    sender,
+                    mac,
+                    Ipv4Addr::new(198, 18, 0, 77),
+                )
+            })
+            .collect();
+        let events = through_channel(&mut host, Instant::ZERO, &frames, &no_owners(), &[]);
+        assert!(transmitted(&events).is_empty());
+        assert!(host.neighbors().is_empty());
+        assert_eq!(host.all_drops().get(DropReason::ArpNotForUs), 2000);
+    }
+
+    #[test]
+    fn echo_request_is_answered_with_the_same_data() {
+        let mut host = Host::new(config());
+        let echo = Icmpv4Repr::EchoRequest {
+            ident: 7,
+            seq_no: 3,
+            data: b"ping payload",
+        };
+        let mut body = vec![0u8; echo.buffer_len()];
+        echo.emit(&mut Icmpv4Packet::new_unchecked(&mut body[..]));
+        let events = through_channel(
+            &mut host,
+            Instant::ZERO,
+            &[ipv4(PEER, 9, false, 0, IpProtocol::Icmp, &body)],
+            &no_owners(),
+            &[],
+        );
+        let tx = transmitted(&events);
+        assert_eq!(tx.len(), 1);
+        let frame = EthernetFrame::new_checked(&tx[0][..]).unwrap();
+        let ip = Ipv4Packet::new_checked(frame.payload()).unwrap();
+        assert_eq!(Ipv4Repr::parse(&ip).unwrap().dst_addr, PEER);
+        let reply = Icmpv4Repr::parse(&Icmpv4Packet::new_checked(ip.payload()).unwrap()).unwrap();
+        assert_eq!(
+            reply,
+            Icmpv4Repr::EchoReply {
+                ident: 7,
+                seq_no: 3,
+                data: b"ping payload"
+            }
+        );
+    }
+
+    #[test]
+    fn closed_udp_port_gets_rate_limited_port_unreachable() {
+        let mut host = Host::new(config());
+        let frames: Vec<Vec<u8>> = (0..80).map(|_| udp_frame(9, b"x")).collect();
+        let events = through_channel(&mut host, Instant::ZERO, &frames, &no_owners(), &[]);
+        // Linux's burst of 50, then the limiter holds.
+        assert_eq!(transmitted(&events).len(), 50);
+        assert_eq!(host.counters.icmp_rate_limited, 30);
+        let frame = EthernetFrame::new_checked(&transmitted(&events)[0][..]).unwrap();
+        let ip = Ipv4Packet::new_checked(frame.payload()).unwrap();
+        match Icmpv4Repr::parse(&Icmpv4Packet::new_checked(ip.payload()).unwrap()).unwrap() {
+            Icmpv4Repr::DstUnreachable {
+                reason,
+                header,
+                data,
+                ..
+            } => {
+                assert_eq!(reason, DstUnreachable::PortUnreachable);
+                assert_eq!(header.src_addr, PEER);
+                assert_eq!(&data[2..4], &9u16.to_be_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(host.all_drops().get(DropReason::NoSocket), 80);
+    }
+
+    #[test]
+    fn cached_port_is_filtered_away_from_the_netserver() {
+        let mut host = Host::new(config());
+        let owners = Owners(HashMap::from([(9000, 1)]));
+        let events = through_channel(
+            &mut host,
+            Instant::ZERO,
+            &[udp_frame(9000, b"abc")],
+            &owners,
+            &[9000],
+        );
+        assert!(events.is_empty());
+        assert_eq!(host.counters.frames_in, 0);
+    }
+
+    #[test]
+    fn fragmented_datagram_is_reassembled_and_delivered_to_its_owner() {
+        let mut host = Host::new(config());
+        let owners = Owners(HashMap::from([(9000, 42)]));
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let whole = udp_body(5000, 9000, &payload);
+        let mut frames = Vec::new();
+        for (i, chunk) in whole.chunks(1480).enumerate() {
+            let offset = (i * 1480) as u16;
+            let more = (i + 1) * 1480 < whole.len();
+            frames.push(ipv4(PEER, 77, more, offset, IpProtocol::Udp, chunk));
+        }
+        frames.reverse();
+        // Fragments pass the filter even though port 9000 is cached elsewhere.
+        let events = through_channel(&mut host, Instant::ZERO, &frames, &owners, &[9000]);
+        assert_eq!(
+            events,
+            vec![Event::Deliver {
+                id: 42,
+                src: SocketAddrV4::new(PEER, 5000),
+                dst: SocketAddrV4::new(ADDR, 9000),
+                payload
+            }]
+        );
+        assert_eq!(host.counters.reassembled, 1);
+    }
+
+    #[test]
+    fn bad_frames_are_dropped_by_reason() {
+        let good = udp_body(5000, 9000, b"payload!");
+        let mut cases: Vec<(DropReason, Vec<u8>)> = Vec::new();
+
+        let mut f = ipv4(PEER, 1, false, 0, IpProtocol::Udp, &good);
+        f[14 + 10] ^= 0xff;
+        cases.push((DropReason::BadIpChecksum, f));
+
+        let mut f = ipv4(PEER, 2, false, 0, IpProtocol::Udp, &good);
+        let total = u16::from_be_bytes([f[16], f[17]]);
+        f[16..18].copy_from_slice(&(total + 40).to_be_bytes());
+        let mut p = Ipv4Packet::new_unchecked(&mut f[14..]);
+        p.fill_checksum();
+        cases.push((DropReason::Truncated, f));
+
+        let mut f = ipv4(PEER, 3, false, 0, IpProtocol::Udp, &good);
+        f[14] = 0x44;
+        Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
+        cases.push((DropReason::BadIpHeader, f));
+
+        // IHL 6 with an option whose length overruns the header.
+        let mut f = ipv4(PEER, 4, false, 0, IpProtocol::Udp, &good);
+        f.splice(34..34, [0x07u8, 0x09, 0x04, 0x00]);
+        f[14] = 0x46;
+        let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
+        cases.push((DropReason::BadIpOptions, f));
+
+        let mut body = good.clone();
+        body[6] ^= 0x01;
+        cases.push((
+            DropReason::BadUdpChecksum,
+            ipv4(PEER, 5, false, 0, IpProtocol::Udp, &body),
+        ));
+
+        let mut body = good.clone();
+        body[4..6].copy_from_slice(&300u16.to_be_bytes());
+        cases.push((
+            DropReason::BadUdpLength,
+            ipv4(PEER, 6, false, 0, IpProtocol::Udp, &body),
+        ));
+
+        let mut body = vec![8u8, 0, 0, 0, 0, 1, 0, 1];
+        body[2] = 0x12; // wrong ICMP checksum
+        cases.push((
+            DropReason::BadIcmp,
+            ipv4(PEER, 7, false, 0, IpProtocol::Icmp, &body),
+        ));
+
+        cases.push((
+            DropReason::UnknownProtocol,
+            ipv4(PEER, 8, false, 0, IpProtocol::Unknown(99), b"??"),
+        ));
+
+        for (reason, frame) in cases {
+            let mut host = Host::new(config());
+            let owners = Owners(HashMap::from([(9000, 1)]));
+            let events = through_channel(&mut host, Instant::ZERO, &[frame], &owners, &[]);
+            assert!(events.is_empty(), "{reason:?}: {events:?}");
+            assert_eq!(
+                host.all_drops().get(reason),
+                1,
+                "{reason:?}: {:?}",
+                host.all_drops()
+            );
+            assert_eq!(
+                host.all_drops().total(),
+                1,
+                "{reason:?}: {:?}",
+                host.all_drops()
+            );
+        }
+    }
+
+    #[test]
+    fn overlapping_and_never_completed_fragments_are_dropped() {
+        let mut host = Host::with_reassembly(config(), ReassemblyLimits::default());
+        let owners = no_owners();
+        let frames = vec![
+            ipv4(PEER, 10, true, 0, IpProtocol::Udp, &[0x11; 16]),
+            ipv4(PEER, 10, true, 8, IpProtocol::Udp, &[0x22; 16]),
+            ipv4(PEER, 11, true, 0, IpProtocol::Udp, &[0x33; 16]),
+        ];
+        let events = through_channel(&mut host, Instant::ZERO, &frames, &owners, &[]);
+        assert!(events.is_empty());
+        assert_eq!(host.all_drops().get(DropReason::FragOverlap), 1);
+        // Datagram 11 never completes: freed at the 30 s timeout (RFC 791), not before.
+        let mut events = Vec::new();
+        host.poll(Instant::from_secs(29), &mut events);
+        assert_eq!(host.all_drops().get(DropReason::FragTimeout), 0);
+        host.poll(Instant::from_secs(31), &mut events);
+        assert_eq!(host.all_drops().get(DropReason::FragTimeout), 1);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn port_unreachable_about_our_datagram_reaches_its_endpoint() {
+        let mut host = Host::new(config());
+        // The datagram we sent: ADDR:6000 → PEER:53, quoted back by the peer.
+        let quoted_ip = Ipv4Repr {
+            src_addr: ADDR,
+            dst_addr: PEER,
+            protocol: IpProtocol::Udp,
+            payload_len: 12,
+            ..Ipv4Repr::default()
+        };
+        let quoted_udp = [0x17, 0x70, 0, 53, 0, 12, 0, 0];
+        let icmp = Icmpv4Repr::DstUnreachable {
+            reason: DstUnreachable::PortUnreachable,
+            next_hop_mtu: 0,
+            header: quoted_ip,
+            data: &quoted_udp,
+        };
+        let mut body = vec![0u8; icmp.buffer_len()];
+        icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut body[..]));
+        let owners = Owners(HashMap::from([(6000, 5)]));
+        let events = through_channel(
+            &mut host,
+            Instant::ZERO,
+            &[ipv4(PEER, 12, false, 0, IpProtocol::Icmp, &body)],
+            &owners,
+            &[],
+        );
+        assert_eq!(
+            events,
+            vec![Event::IcmpError {
+                id: 5,
+                remote: SocketAddrV4::new(PEER, 53),
+                errno: libc::ECONNREFUSED
+            }]
+        );
+    }
+
+    #[test]
+    fn resolve_sends_a_request_and_reports_the_answer() {
+        let mut host = Host::new(config());
+        let mut events = Vec::new();
+        assert_eq!(host.resolve(Instant::ZERO, PEER, &mut events), None);
+        assert_eq!(transmitted(&events).len(), 1);
+        let mut reply = arp_frame(ArpOperation::Reply, PEER, PEER_MAC, ADDR);
+        reply[0..6].copy_from_slice(&MAC.0);
+        let events = through_channel(
+            &mut host,
+            Instant::from_millis(1),
+            &[reply],
+            &no_owners(),
+            &[],
+        );
+        assert!(
+            events.contains(&Event::Resolved {
+                ip: PEER,
+                mac: Some(PEER_MAC)
+            }),
+            "{events:?}"
+        );
+        let mut events = Vec::new();
+        assert_eq!(
+            host.resolve(Instant::from_millis(2), PEER, &mut events),
+            Some(PEER_MAC)
+        );
+    }
+
+    #[test]
+    fn unanswered_resolution_fails_after_retries() {
+        let mut host = Host::new(config());
+        let mut events = Vec::new();
+        host.resolve(Instant::ZERO, PEER, &mut events);
+        for ms in (0..=5000).step_by(100) {
+            host.poll(Instant::from_millis(ms), &mut events);
+        }
+        assert!(
+            events.contains(&Event::Resolved {
+                ip: PEER,
+                mac: None
+            }),
+            "{events:?}"
+        );
+        assert_eq!(transmitted(&events).len(), 3, "three requests, 1 s apart");
+    }
 }

@@ -26,11 +26,18 @@ pub struct Config {
 
 impl Config {
     pub fn parse(args: &[String]) -> Result<Config, String> {
-        let (flags, positional) = crate::cli::parse_flags(args, &["iface", "addr", "gateway"], &[])?;
+        let (flags, positional) =
+            crate::cli::parse_flags(args, &["iface", "addr", "gateway"], &[])?;
         if let Some(extra) = positional.first() {
             return Err(format!("unexpected argument '{extra}'"));
         }
-        let get = |name: &str| flags.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let get = |name: &str| {
+            flags
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
         let iface = get("iface").ok_or("--iface IF is required")?;
         if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('/') {
             return Err(format!("bad interface name '{iface}'"));
@@ -45,7 +52,8 @@ impl Config {
             .ok()
             .filter(|p| (1..=32).contains(p))
             .ok_or(format!("bad prefix length '{prefix}'"))?;
-        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback()
+        {
             return Err(format!("{addr} cannot be a host address"));
         }
         let gateway = match get("gateway") {
@@ -59,7 +67,12 @@ impl Config {
             }
             None => None,
         };
-        Ok(Config { iface, addr, prefix_len, gateway })
+        Ok(Config {
+            iface,
+            addr,
+            prefix_len,
+            gateway,
+        })
     }
 }
 
@@ -68,7 +81,9 @@ pub fn command(args: &[String]) -> i32 {
     let config = match Config::parse(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("msock netserver: {e}\nusage: msock netserver --iface IF --addr A.B.C.D/N [--gateway G]");
+            eprintln!(
+                "msock netserver: {e}\nusage: msock netserver --iface IF --addr A.B.C.D/N [--gateway G]"
+            );
             return 2;
         }
     };
@@ -91,7 +106,15 @@ mod tests {
 
     #[test]
     fn parses_full_config() {
-        let c = parse(&["--iface", "t-a0", "--addr", "198.18.0.2/24", "--gateway", "198.18.0.1"]).unwrap();
+        let c = parse(&[
+            "--iface",
+            "t-a0",
+            "--addr",
+            "198.18.0.2/24",
+            "--gateway",
+            "198.18.0.1",
+        ])
+        .unwrap();
         assert_eq!(c.iface, "t-a0");
         assert_eq!(c.addr, Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(c.prefix_len, 24);
@@ -105,7 +128,25 @@ mod tests {
         assert!(parse(&["--iface", "x", "--addr", "198.18.0.2/33"]).is_err());
         assert!(parse(&["--iface", "x", "--addr", "300.1.1.1/24"]).is_err());
         assert!(parse(&["--iface", "x", "--addr", "0.0.0.0/24"]).is_err());
-        assert!(parse(&["--iface", "x", "--addr", "198.18.0.2/24", "--gateway", "10.0.0.1"]).is_err());
-        assert!(parse(&["--iface", "averyveryverylongname", "--addr", "198.18.0.2/24"]).is_err());
+        assert!(
+            parse(&[
+                "--iface",
+                "x",
+                "--addr",
+                "198.18.0.2/24",
+                "--gateway",
+                "10.0.0.1"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "--iface",
+                "averyveryverylongname",
+                "--addr",
+                "198.18.0.2/24"
+            ])
+            .is_err()
+        );
     }
 }

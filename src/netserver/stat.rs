@@ -67,7 +67,11 @@ fn socket_row(server: &Server, ep: &Endpoint) -> Option<SocketRow> {
 }
 
 pub(crate) fn render(server: &Server, json: bool) -> String {
-    if json { render_json(server) } else { render_text(server) }
+    if json {
+        render_json(server)
+    } else {
+        render_text(server)
+    }
 }
 
 fn drops(server: &Server) -> Vec<(&'static str, u64)> {
@@ -95,13 +99,25 @@ fn render_text(server: &Server) -> String {
     let _ = writeln!(
         out,
         "\n{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}",
-        "proto", "id", "local", "remote", "state", "pid", "requests", "dgr-in", "dgr-out", "bytes-in", "bytes-out", "drops"
+        "proto",
+        "id",
+        "local",
+        "remote",
+        "state",
+        "pid",
+        "requests",
+        "dgr-in",
+        "dgr-out",
+        "bytes-in",
+        "bytes-out",
+        "drops"
     );
     for ep in server.endpoints.iter() {
         let (st, local) = state(ep);
         let remote = ep.remote.map_or("*".to_string(), |r| r.to_string());
         let row = socket_row(server, ep);
-        let num = |f: fn(&SocketRow) -> u64| row.as_ref().map_or("-".to_string(), |r| f(r).to_string());
+        let num =
+            |f: fn(&SocketRow) -> u64| row.as_ref().map_or("-".to_string(), |r| f(r).to_string());
         let _ = writeln!(
             out,
             "{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}",
@@ -144,7 +160,13 @@ fn render_text(server: &Server) -> String {
     let _ = writeln!(
         out,
         "control: clients {} requests {} bad-messages {} errors {} upcalls {} upcalls-dropped {} filter-updates {}",
-        c.clients_accepted, c.requests, c.bad_messages, c.errors_returned, c.upcalls_sent, c.upcalls_dropped, c.filter_updates
+        c.clients_accepted,
+        c.requests,
+        c.bad_messages,
+        c.errors_returned,
+        c.upcalls_sent,
+        c.upcalls_dropped,
+        c.filter_updates
     );
     let drops = drops(server);
     if drops.is_empty() {
@@ -154,8 +176,19 @@ fn render_text(server: &Server) -> String {
         let _ = writeln!(out, "drops: {}", list.join(" "));
     }
     let neighbors = server.neighbors();
-    let list: Vec<String> = neighbors.iter().map(|(ip, mac)| format!("{ip} {mac}")).collect();
-    let _ = writeln!(out, "neighbors: {}", if list.is_empty() { "none".into() } else { list.join(", ") });
+    let list: Vec<String> = neighbors
+        .iter()
+        .map(|(ip, mac)| format!("{ip} {mac}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "neighbors: {}",
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    );
     out
 }
 
@@ -168,7 +201,8 @@ fn render_json(server: &Server) -> String {
             ep.id,
             json_str(proto(ep)),
             json_str(&local),
-            ep.remote.map_or("null".to_string(), |r| json_str(&r.to_string())),
+            ep.remote
+                .map_or("null".to_string(), |r| json_str(&r.to_string())),
             json_str(st),
             ep.owner_pid,
             ep.requests
@@ -186,11 +220,20 @@ fn render_json(server: &Server) -> String {
     let h = &server.host.counters;
     let c = &server.control;
     let ch = server.channel_stats();
-    let drops: Vec<String> = drops(server).iter().map(|(r, n)| format!("{}:{n}", json_str(r))).collect();
+    let drops: Vec<String> = drops(server)
+        .iter()
+        .map(|(r, n)| format!("{}:{n}", json_str(r)))
+        .collect();
     let neighbors: Vec<String> = server
         .neighbors()
         .iter()
-        .map(|(ip, mac)| format!("{{\"ip\":{},\"mac\":{}}}", json_str(&ip.to_string()), json_str(&mac.to_string())))
+        .map(|(ip, mac)| {
+            format!(
+                "{{\"ip\":{},\"mac\":{}}}",
+                json_str(&ip.to_string()),
+                json_str(&mac.to_string())
+            )
+        })
         .collect();
     format!(
         "{{\"addr\":{},\"prefix_len\":{},\"iface\":{},\"mac\":{},\"uptime_s\":{},\"clients\":{},\

@@ -6,11 +6,8 @@
 //!   and the [`NextHop`] a lookup returns; what `msock route` prints.
 //! - [`region`]: the unsafe shell — a sealed memfd with a fixed position-independent layout,
 //!   written by the netserver under a seqlock and read in place by clients without locks.
-//! - `sys`: the descriptor-passing system calls of `control::transport` (crate-private; here
-//!   because `control` forbids `unsafe`).
 
 pub mod region;
-pub(crate) mod sys;
 pub mod table;
 
 pub use region::{RegionReader, RegionWriter};

@@ -34,7 +34,8 @@ fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     u.extend_from_slice(&(len as u16).to_be_bytes());
     u.extend_from_slice(&[0, 0]);
     u.extend_from_slice(payload);
-    let pseudo = checksum::pseudo_header_v4(Ipv4Addr::from(PEER), Ipv4Addr::from(OURS), 17, len as u32);
+    let pseudo =
+        checksum::pseudo_header_v4(Ipv4Addr::from(PEER), Ipv4Addr::from(OURS), 17, len as u32);
     let mut sum = !checksum::combine(&[pseudo, checksum::data(&u)]);
     if sum == 0 {
         sum = 0xffff;
@@ -65,7 +66,15 @@ pub fn bad_frames(dst: [u8; 6], src: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
 
     // The IPv4 total length claims more than the frame carries (a frame cut in transit; a frame
     // too short to hold the destination address is already refused by the kernel filter).
-    out.push(("truncated", ip_frame(dst, src, ip_header(20 + good_udp.len() + 100, 9, 0, 17), &good_udp)));
+    out.push((
+        "truncated",
+        ip_frame(
+            dst,
+            src,
+            ip_header(20 + good_udp.len() + 100, 9, 0, 17),
+            &good_udp,
+        ),
+    ));
 
     let mut ip = ip_header(20 + good_udp.len(), 1, 0, 17);
     ip[10] ^= 0xff;
@@ -85,21 +94,36 @@ pub fn bad_frames(dst: [u8; 6], src: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
 
     let mut bad_sum = good_udp.clone();
     bad_sum[6] ^= 0x55;
-    out.push(("bad-udp-checksum", ip_frame(dst, src, ip_header(20 + bad_sum.len(), 4, 0, 17), &bad_sum)));
+    out.push((
+        "bad-udp-checksum",
+        ip_frame(dst, src, ip_header(20 + bad_sum.len(), 4, 0, 17), &bad_sum),
+    ));
 
     let mut bad_len = good_udp.clone();
     bad_len[4..6].copy_from_slice(&200u16.to_be_bytes());
-    out.push(("bad-udp-length", ip_frame(dst, src, ip_header(20 + bad_len.len(), 5, 0, 17), &bad_len)));
+    out.push((
+        "bad-udp-length",
+        ip_frame(dst, src, ip_header(20 + bad_len.len(), 5, 0, 17), &bad_len),
+    ));
 
     // Overlapping fragments with conflicting data (RFC 5722 spirit): the datagram is dropped.
     let first = [0x11u8; 16];
     let overlap = [0x22u8; 16];
     let mf = 0x2000;
-    out.push(("frag-overlap", ip_frame(dst, src, ip_header(36, 6, mf, 17), &first)));
-    out.push(("frag-overlap", ip_frame(dst, src, ip_header(36, 6, mf | 1, 17), &overlap)));
+    out.push((
+        "frag-overlap",
+        ip_frame(dst, src, ip_header(36, 6, mf, 17), &first),
+    ));
+    out.push((
+        "frag-overlap",
+        ip_frame(dst, src, ip_header(36, 6, mf | 1, 17), &overlap),
+    ));
 
     // A fragment whose rest never comes: freed at the reassembly timeout.
-    out.push(("frag-timeout", ip_frame(dst, src, ip_header(36, 7, mf, 17), &first)));
+    out.push((
+        "frag-timeout",
+        ip_frame(dst, src, ip_header(36, 7, mf, 17), &first),
+    ));
     out
 }
 

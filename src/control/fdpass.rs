@@ -2,10 +2,7 @@
 //! Rust: receiving a message with `SCM_RIGHTS` descriptors (turning the kernel's raw numbers into
 //! [`OwnedFd`]s, including the ones a truncated control buffer still delivered, so none leak)
 //! and `accept4`. Everything else of `control::transport` is safe code over `nix`.
-//!
-//! This file lives in `routing` (the other fd-sharing shell) only because `control/mod.rs`
-//! declares `#![forbid(unsafe_code)]`, which no submodule of `control` can lift; see the report
-//! of the `control` helper. Contract: on success every descriptor the kernel installed is
+//! It is the only file of `control` allowed `unsafe`. Contract: on success every descriptor the kernel installed is
 //! returned owned (close-on-exec); on error none remains open.
 #![deny(unsafe_op_in_unsafe_fn)]
 
