@@ -105,16 +105,30 @@ wait_for 50 sh -c "ip netns exec '$NS_B' ss -Hunl 'sport = :$PORT' | grep -q ." 
     || die "echo server did not start"
 
 say "5. an unmodified socat under msock run in $NS_A sends ${#LINES[@]} datagrams"
-echo "\$ ip netns exec $NS_A msock run -- socat -T 3 - UDP4:$PEER_ADDR:$PORT"
+echo "\$ ip netns exec $NS_A msock run -- socat -T 4 - UDP4:$PEER_ADDR:$PORT"
 # One line per datagram: socat sends each read of stdin as one datagram, so pace the lines.
+# The last pause keeps socat alive while the netserver's view is printed (step 6).
+mkfifo "$WORK/stat-now"
 {
     for line in "${LINES[@]}"; do
         printf '%s\n' "$line"
         sleep 0.3
     done
-    sleep 1
-} | ip netns exec "$NS_A" "$MSOCK" run --lib "$LIB" -- socat -T 3 - "UDP4:$PEER_ADDR:$PORT" \
-    >"$WORK/replies.txt" 2>"$WORK/client.log" || die "socat under msock run failed"
+    echo >"$WORK/stat-now"
+    sleep 2
+} | ip netns exec "$NS_A" "$MSOCK" run --lib "$LIB" -- socat -T 4 - "UDP4:$PEER_ADDR:$PORT" \
+    >"$WORK/replies.txt" 2>"$WORK/client.log" &
+CLIENT=$!
+PIDS+=("$CLIENT")
+read -r _ <"$WORK/stat-now"
+sleep 0.3
+
+say "6. while it runs: the netserver's view (the socket is CACHED in socat's pid; its requests"
+echo "   were socket, bind and connect only: every datagram moved with no netserver call)"
+show ip netns exec "$NS_A" "$MSOCK" stat
+wait "$CLIENT" || die "socat under msock run failed"
+
+say "7. what came back"
 for line in "${LINES[@]}"; do
     printf '  -> %s\n' "$line"
 done
@@ -126,5 +140,3 @@ if [ "$(cat "$WORK/replies.txt")" != "$sent" ]; then
 fi
 echo "all ${#LINES[@]} datagrams came back byte-exact"
 
-say "6. what the netserver saw"
-show ip netns exec "$NS_A" "$MSOCK" stat

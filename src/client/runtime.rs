@@ -294,6 +294,18 @@ impl Session {
         sys::epoll_add(self.epoll.as_fd(), wake, id)
     }
 
+    /// A reader is about to sleep on the socket's channel and will process it inline: the
+    /// receive thread stops watching it, so an arriving frame wakes one thread, not two.
+    pub fn mute_socket(&self, id: EndpointId, wake: RawFd) {
+        let _ = sys::epoll_mod(self.epoll.as_fd(), wake, id, 0);
+    }
+
+    /// The last blocked reader left: the receive thread watches the channel again (level
+    /// triggered, so frames that arrived meanwhile are reported at once).
+    pub fn unmute_socket(&self, id: EndpointId, wake: RawFd) {
+        let _ = sys::epoll_mod(self.epoll.as_fd(), wake, id, libc::EPOLLIN as u32);
+    }
+
     /// Stops receiving for a socket (before its channel is dropped).
     pub fn remove_socket(&self, id: EndpointId, wake: Option<RawFd>) {
         self.sockets.lock().remove(&id);

@@ -232,6 +232,13 @@ pub fn epoll_add(epoll: BorrowedFd<'_>, fd: RawFd, token: u64) -> io::Result<()>
     check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
 }
 
+/// Changes the events `epoll` watches on `fd` (`0` mutes it without removing it).
+pub fn epoll_mod(epoll: BorrowedFd<'_>, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` is a valid event; the kernel checks both descriptors.
+    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev) }).map(drop)
+}
+
 /// Removes `fd` from `epoll` (errors ignored by callers: closing also removes).
 pub fn epoll_del(epoll: BorrowedFd<'_>, fd: RawFd) -> io::Result<()> {
     // SAFETY: a null event is allowed for EPOLL_CTL_DEL since Linux 2.6.9.

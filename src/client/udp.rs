@@ -32,7 +32,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -324,6 +324,8 @@ pub struct UdpSocket {
     /// AF_INET or AF_INET6.
     pub domain: i32,
     nonblocking: AtomicBool,
+    /// Threads sleeping in a blocking receive on this socket (see `recv`).
+    blocked_readers: AtomicU32,
     me: Weak<UdpSocket>,
     state: Mutex<State>,
 }
@@ -347,6 +349,7 @@ impl UdpSocket {
             id,
             domain,
             nonblocking: AtomicBool::new(false),
+            blocked_readers: AtomicU32::new(0),
             me: me.clone(),
             state: Mutex::new(State {
                 mode: Mode::Undecided,
@@ -1069,10 +1072,20 @@ impl UdpSocket {
                 },
                 None => None,
             };
-            match sys::poll(
+            // The first reader to sleep mutes the channel in the receive thread's epoll set and
+            // the last one to wake unmutes it: a frame then wakes only the reader that will
+            // process it inline (paper §3.2: the common path has one wake-up, not two).
+            if self.blocked_readers.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.session.mute_socket(self.id, c.wake);
+            }
+            let slept = sys::poll(
                 &[(c.prog.as_raw_fd(), libc::POLLIN), (c.wake, libc::POLLIN)],
                 remaining,
-            ) {
+            );
+            if self.blocked_readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.session.unmute_socket(self.id, c.wake);
+            }
+            match slept {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
                     if timeo.is_some() || !sys::all_handlers_restart() {
