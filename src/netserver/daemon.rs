@@ -533,7 +533,7 @@ impl Server {
             }
             Request::Stat { json } => (
                 Reply::Stat {
-                    text: super::stat::render(self, json),
+                    text: stat_text(super::stat::render(self, json), json),
                 },
                 Vec::new(),
             ),
@@ -721,6 +721,33 @@ impl Server {
     }
 }
 
+/// Room for the stat text in one control message (the rest of the reply is a few bytes).
+const STAT_TEXT_LIMIT: usize = crate::control::MAX_MESSAGE - 1024;
+
+/// A stat text that fits one control message: a text report is cut at a line boundary with a
+/// note; a JSON report that does not fit is replaced by an error object (cut JSON is useless).
+fn stat_text(text: String, json: bool) -> String {
+    if text.len() <= STAT_TEXT_LIMIT {
+        return text;
+    }
+    if json {
+        return format!(
+            "{{\"error\":\"report of {} bytes exceeds one control message\"}}",
+            text.len()
+        );
+    }
+    let mut cut = STAT_TEXT_LIMIT - 64;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let cut = text[..cut].rfind('\n').map_or(cut, |i| i + 1);
+    format!(
+        "{}... ({} more bytes not shown)\n",
+        &text[..cut],
+        text.len() - cut
+    )
+}
+
 fn ignore_would_block(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::WouldBlock {
         Ok(())
@@ -731,4 +758,21 @@ fn ignore_would_block(e: io::Error) -> io::Result<()> {
 
 fn bind_errno(e: BindError) -> i32 {
     e.errno()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_text_fits_one_control_message() {
+        let small = "a\nb\n".to_string();
+        assert_eq!(stat_text(small.clone(), false), small);
+        let big: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        let cut = stat_text(big.clone(), false);
+        assert!(cut.len() <= STAT_TEXT_LIMIT, "{}", cut.len());
+        assert!(cut.ends_with("more bytes not shown)\n"));
+        let json = stat_text(big, true);
+        assert!(json.starts_with("{\"error\""));
+    }
 }
