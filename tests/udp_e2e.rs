@@ -255,6 +255,48 @@ fn cached_socket_data_path_makes_no_netserver_request() {
     assert_eq!(calls, 0, "control socket used on the data path:\n{tail}");
 }
 
+/// Off-link destinations go through the gateway of the routing region: the netserver holds
+/// 198.18.0.2/25 with gateway .1, and .200 (outside the /25, on `N-b`'s loopback) is reached
+/// by sending to the gateway's MAC. Everything stays inside 198.18.0.0/24.
+#[test]
+fn off_link_destination_goes_through_the_gateway() {
+    let Some(net) = TestNet::new("gw") else {
+        return;
+    };
+    if skip_without(&["socat"]) {
+        return;
+    }
+    let out = net.exec_b(&["ip", "addr", "add", "198.18.0.200/32", "dev", "lo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ns = net.start_netserver_with("198.18.0.2/25", &["--gateway", "198.18.0.1"], &[]);
+    let route = net.exec(net.command_msock_cli(&["route"]));
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(route.contains("route default via 198.18.0.1"), "{route}");
+    assert!(route.contains("route 198.18.0.0/25 scope link"), "{route}");
+    let _echo = net.spawn_b(&[
+        "socat",
+        "-b",
+        "65536",
+        "UDP4-LISTEN:7300,bind=198.18.0.200,reuseaddr",
+        "PIPE",
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (bridge, unix) = Bridge::new("gw");
+    let _client = net.spawn_a_msock(&["socat", "-b", "65536", &unix, "UDP4:198.18.0.200:7300"]);
+    bridge.wait_ready();
+    let mut rng = Rng(0x6a7e);
+    let datagrams: Vec<Vec<u8>> = (0..50).map(|i| rng.bytes(1 + i * 97)).collect();
+    assert_eq!(bridge.echo_all(&datagrams), 50);
+    // The gateway's MAC was resolved once and published; the endpoint is cached.
+    let stat = net.stat_json();
+    assert!(stat.contains("\"ip\":\"198.18.0.1\""), "{stat}");
+    assert!(stat.contains("\"remote\":\"198.18.0.200:7300\""), "{stat}");
+}
+
 #[test]
 fn second_bind_of_same_port_gets_eaddrinuse() {
     let Some(net) = TestNet::new("inu") else {

@@ -489,9 +489,16 @@ impl TestNet {
     /// environment `env`, and waits until `msock stat` answers. Panics (showing the
     /// netserver's log) if it exits or is not ready within [`READY_TIMEOUT`].
     pub fn start_netserver(&self, env: &[(&str, &str)]) -> Proc {
-        let addr = format!("{MSOCK_ADDR}/{PREFIX_LEN}");
+        self.start_netserver_with(&format!("{MSOCK_ADDR}/{PREFIX_LEN}"), &[], env)
+    }
+
+    /// As [`TestNet::start_netserver`] with another `--addr A.B.C.D/N` and extra arguments
+    /// (e.g. `--gateway G`).
+    pub fn start_netserver_with(&self, addr: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let iface = self.iface_a().to_string();
-        let mut cmd = self.command_msock_cli(&["netserver", "--iface", &iface, "--addr", &addr]);
+        let mut args = vec!["netserver", "--iface", &iface, "--addr", addr];
+        args.extend_from_slice(extra);
+        let mut cmd = self.command_msock_cli(&args);
         cmd.envs(env.iter().copied());
         let mut proc = self.spawn("netserver", cmd);
         let ready = wait_until(READY_TIMEOUT, || {
