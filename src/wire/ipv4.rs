@@ -24,13 +24,14 @@
 use core::fmt;
 use std::net::Ipv4Addr;
 
+use super::options::{OptionFormat, Options, OptionsIter};
 use super::{Error, Result};
 use crate::checksum;
 
 /// Length of an IPv4 header without options.
 pub const HEADER_LEN: usize = 20;
 /// Largest options area (IHL 15 → 60-byte header).
-pub const MAX_OPTIONS_LEN: usize = 40;
+pub const MAX_OPTIONS_LEN: usize = super::options::MAX_LEN;
 
 /// IP option type 0: end of option list.
 pub const IPOPT_EOL: u8 = 0;
@@ -135,42 +136,21 @@ impl Ipv4Option<'_> {
     }
 }
 
-/// Iterates over encoded IPv4 options, zero-copy. Yields `Err(Malformed)` once (then stops) for
-/// a length byte that is 0 or 1, an option overrunning the area, a missing length byte, or an
-/// `IPOPT_DEMUX_ENCLOSED` of the wrong length. Stops after [`Ipv4Option::EndOfList`].
-#[derive(Debug, Clone)]
-pub struct Ipv4OptionsIter<'a> {
-    rest: &'a [u8],
-}
+impl OptionFormat for Ipv4Option<'static> {
+    type Item<'a> = Ipv4Option<'a>;
 
-impl<'a> Ipv4OptionsIter<'a> {
-    pub fn new(options: &'a [u8]) -> Self {
-        Ipv4OptionsIter { rest: options }
+    fn end_of_list<'a>() -> Ipv4Option<'a> {
+        Ipv4Option::EndOfList
     }
 
-    fn next_option(&mut self) -> Result<Ipv4Option<'a>> {
-        let kind = self.rest[0];
-        match kind {
-            IPOPT_EOL => {
-                self.rest = &[];
-                return Ok(Ipv4Option::EndOfList);
-            }
-            IPOPT_NOP => {
-                self.rest = &self.rest[1..];
-                return Ok(Ipv4Option::NoOperation);
-            }
-            _ => {}
-        }
-        let len = usize::from(*self.rest.get(1).ok_or(Error::Malformed)?);
-        if len < 2 || len > self.rest.len() {
-            return Err(Error::Malformed);
-        }
-        let (option, rest) = self.rest.split_at(len);
-        self.rest = rest;
-        let data = &option[2..];
+    fn no_operation<'a>() -> Ipv4Option<'a> {
+        Ipv4Option::NoOperation
+    }
+
+    fn decode(kind: u8, data: &[u8]) -> Result<Ipv4Option<'_>> {
         match kind {
             IPOPT_DEMUX_ENCLOSED => {
-                if len != IPOPT_DEMUX_ENCLOSED_LEN {
+                if data.len() + 2 != IPOPT_DEMUX_ENCLOSED_LEN {
                     return Err(Error::Malformed);
                 }
                 Ok(Ipv4Option::DemuxEnclosed {
@@ -181,84 +161,12 @@ impl<'a> Ipv4OptionsIter<'a> {
             _ => Ok(Ipv4Option::Unknown { kind, data }),
         }
     }
-}
 
-impl<'a> Iterator for Ipv4OptionsIter<'a> {
-    type Item = Result<Ipv4Option<'a>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let item = self.next_option();
-        if item.is_err() {
-            self.rest = &[];
-        }
-        Some(item)
-    }
-}
-
-/// A validated list of IPv4 options stored inline in their encoded form (at most 40 bytes).
-///
-/// The end of the list is implicit: [`Ipv4Options::parse`] drops an end-of-list and the padding
-/// after it, and [`Ipv4Repr::emit`] pads with zeros (end-of-list) to a multiple of 4, so a
-/// parsed list emits and parses back to itself.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Options {
-    bytes: [u8; MAX_OPTIONS_LEN],
-    len: u8,
-}
-
-impl Default for Ipv4Options {
-    fn default() -> Self {
-        Ipv4Options::new()
-    }
-}
-
-impl fmt::Debug for Ipv4Options {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl Ipv4Options {
-    /// No options.
-    pub const fn new() -> Self {
-        Ipv4Options {
-            bytes: [0; MAX_OPTIONS_LEN],
-            len: 0,
-        }
+    fn encoded_len(option: &Ipv4Option<'_>) -> usize {
+        option.encoded_len()
     }
 
-    /// Validates encoded options (e.g. a header's options area). An end-of-list and the
-    /// padding after it are not kept.
-    pub fn parse(encoded: &[u8]) -> Result<Self> {
-        if encoded.len() > MAX_OPTIONS_LEN {
-            return Err(Error::Malformed);
-        }
-        let mut end = 0;
-        for option in Ipv4OptionsIter::new(encoded) {
-            match option? {
-                Ipv4Option::EndOfList => break,
-                option => end += option.encoded_len(),
-            }
-        }
-        let mut out = Ipv4Options::new();
-        out.bytes[..end].copy_from_slice(&encoded[..end]);
-        out.len = end as u8;
-        Ok(out)
-    }
-
-    /// Appends an option; `Err(Malformed)` when it does not fit in 40 bytes, is an
-    /// end-of-list (implicit, see above), or is an [`Ipv4Option::Unknown`] that would not parse
-    /// back as itself (a known type).
-    pub fn push(&mut self, option: Ipv4Option<'_>) -> Result<()> {
-        let len = option.encoded_len();
-        let start = usize::from(self.len);
-        if start + len > MAX_OPTIONS_LEN || option == Ipv4Option::EndOfList {
-            return Err(Error::Malformed);
-        }
-        let out = &mut self.bytes[start..start + len];
+    fn encode(option: Ipv4Option<'_>, out: &mut [u8]) -> Result<()> {
         match option {
             Ipv4Option::EndOfList => return Err(Error::Malformed),
             Ipv4Option::NoOperation => out[0] = IPOPT_NOP,
@@ -274,33 +182,28 @@ impl Ipv4Options {
                     return Err(Error::Malformed);
                 }
                 out[0] = kind;
-                out[1] = len as u8;
+                out[1] = out.len() as u8;
                 out[2..].copy_from_slice(data);
             }
         }
-        self.len = (start + len) as u8;
         Ok(())
     }
+}
 
-    /// The options in order.
-    pub fn iter(&self) -> Ipv4OptionsIter<'_> {
-        Ipv4OptionsIter::new(self.as_bytes())
-    }
+/// Iterates over encoded IPv4 options, zero-copy. Yields `Err(Malformed)` once (then stops) for
+/// a length byte that is 0 or 1, an option overrunning the area, a missing length byte, or an
+/// `IPOPT_DEMUX_ENCLOSED` of the wrong length. Stops after [`Ipv4Option::EndOfList`].
+pub type Ipv4OptionsIter<'a> = OptionsIter<'a, Ipv4Option<'static>>;
 
-    /// The encoded options (without padding).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
+/// A validated list of IPv4 options stored inline in their encoded form (at most 40 bytes).
+///
+/// The end of the list is implicit: [`Ipv4Options::parse`] drops an end-of-list and the padding
+/// after it, and [`Ipv4Repr::emit`] pads with zeros (end-of-list) to a multiple of 4, so a
+/// parsed list emits and parses back to itself. [`Ipv4Options::push`] refuses an
+/// [`Ipv4Option::Unknown`] of a known type.
+pub type Ipv4Options = Options<Ipv4Option<'static>>;
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Length on the wire, padded to a multiple of 4.
-    pub fn padded_len(&self) -> usize {
-        (usize::from(self.len) + 3) & !3
-    }
-
+impl Ipv4Options {
     /// The `IPOPT_DEMUX_ENCLOSED` option, if present: `(handle, nonce)`.
     pub fn demux_enclosed(&self) -> Option<(u16, u32)> {
         self.iter().find_map(|o| match o {

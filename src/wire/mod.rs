@@ -5,7 +5,8 @@
 //!
 //! One module per header: [`ethernet`] (Ethernet II), [`arp`] (RFC 826), [`ipv4`] (RFC 791,
 //! with the paper's `IPOPT_DEMUX_ENCLOSED`, §6.1), [`icmpv4`] (RFC 792), [`udp`] (RFC 768) and
-//! [`tcp`] (RFC 9293, with the paper's demux options as RFC 6994 experiments). Checksums use
+//! [`tcp`] (RFC 9293, with the paper's demux options as RFC 6994 experiments); [`options`] is
+//! the inline option list both IPv4 and TCP options are stored in. Checksums use
 //! [`crate::checksum`]. [`fuzzing`] holds the entry points of the fuzz targets in `fuzz/`.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod arp;
 pub mod ethernet;
 pub mod icmpv4;
 pub mod ipv4;
+pub mod options;
 pub mod tcp;
 pub mod udp;
 

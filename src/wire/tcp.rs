@@ -29,13 +29,14 @@
 use core::{cmp, fmt, ops};
 use std::net::Ipv4Addr;
 
+use super::options::{OptionFormat, Options, OptionsIter};
 use super::{Error, Result};
 use crate::checksum;
 
 /// Length of a TCP header without options.
 pub const HEADER_LEN: usize = 20;
 /// Largest options area (data offset 15 → 60-byte header).
-pub const MAX_OPTIONS_LEN: usize = 40;
+pub const MAX_OPTIONS_LEN: usize = super::options::MAX_LEN;
 /// The IP protocol number of TCP (pseudo-header).
 const PROTOCOL_TCP: u8 = 6;
 
@@ -253,39 +254,19 @@ impl TcpOption<'_> {
     }
 }
 
-/// Iterates over encoded TCP options, zero-copy. Yields `Err(Malformed)` once (then stops) for a
-/// length byte of 0 or 1, a missing length byte, an option overrunning the area, or a known
-/// option of the wrong length. Stops after [`TcpOption::EndOfList`].
-#[derive(Debug, Clone)]
-pub struct TcpOptionsIter<'a> {
-    rest: &'a [u8],
-}
+impl OptionFormat for TcpOption<'static> {
+    type Item<'a> = TcpOption<'a>;
 
-impl<'a> TcpOptionsIter<'a> {
-    pub fn new(options: &'a [u8]) -> Self {
-        TcpOptionsIter { rest: options }
+    fn end_of_list<'a>() -> TcpOption<'a> {
+        TcpOption::EndOfList
     }
 
-    fn next_option(&mut self) -> Result<TcpOption<'a>> {
-        let kind = self.rest[0];
-        match kind {
-            TCPOPT_EOL => {
-                self.rest = &[];
-                return Ok(TcpOption::EndOfList);
-            }
-            TCPOPT_NOP => {
-                self.rest = &self.rest[1..];
-                return Ok(TcpOption::NoOperation);
-            }
-            _ => {}
-        }
-        let len = usize::from(*self.rest.get(1).ok_or(Error::Malformed)?);
-        if len < 2 || len > self.rest.len() {
-            return Err(Error::Malformed);
-        }
-        let (option, rest) = self.rest.split_at(len);
-        self.rest = rest;
-        let data = &option[2..];
+    fn no_operation<'a>() -> TcpOption<'a> {
+        TcpOption::NoOperation
+    }
+
+    fn decode(kind: u8, data: &[u8]) -> Result<TcpOption<'_>> {
+        let len = data.len() + 2;
         let be16 = |at: usize| u16::from_be_bytes([data[at], data[at + 1]]);
         let be32 =
             |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
@@ -334,85 +315,13 @@ impl<'a> TcpOptionsIter<'a> {
         };
         Ok(option)
     }
-}
 
-impl<'a> Iterator for TcpOptionsIter<'a> {
-    type Item = Result<TcpOption<'a>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let item = self.next_option();
-        if item.is_err() {
-            self.rest = &[];
-        }
-        Some(item)
-    }
-}
-
-/// A validated list of TCP options stored inline in their encoded form (at most 40 bytes).
-///
-/// The end of the list is implicit: [`TcpOptions::parse`] drops an end-of-list and the padding
-/// after it, and [`TcpRepr::emit`] pads with zeros (end-of-list) to a multiple of 4, so a parsed
-/// list emits and parses back to itself. The accessors (`max_seg_size`, …) return the last
-/// occurrence of an option, as Linux does.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TcpOptions {
-    bytes: [u8; MAX_OPTIONS_LEN],
-    len: u8,
-}
-
-impl Default for TcpOptions {
-    fn default() -> Self {
-        TcpOptions::new()
-    }
-}
-
-impl fmt::Debug for TcpOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl TcpOptions {
-    /// No options.
-    pub const fn new() -> Self {
-        TcpOptions {
-            bytes: [0; MAX_OPTIONS_LEN],
-            len: 0,
-        }
+    fn encoded_len(option: &TcpOption<'_>) -> usize {
+        option.encoded_len()
     }
 
-    /// Validates encoded options (a header's options area). An end-of-list and the padding
-    /// after it are not kept.
-    pub fn parse(encoded: &[u8]) -> Result<Self> {
-        if encoded.len() > MAX_OPTIONS_LEN {
-            return Err(Error::Malformed);
-        }
-        let mut end = 0;
-        for option in TcpOptionsIter::new(encoded) {
-            match option? {
-                TcpOption::EndOfList => break,
-                option => end += option.encoded_len(),
-            }
-        }
-        let mut out = TcpOptions::new();
-        out.bytes[..end].copy_from_slice(&encoded[..end]);
-        out.len = end as u8;
-        Ok(out)
-    }
-
-    /// Appends an option; `Err(Malformed)` when it does not fit in 40 bytes, is an
-    /// end-of-list (implicit, see above), or is an [`TcpOption::Unknown`] that would not parse
-    /// back as itself (a known kind, or a demux ExID and subtype).
-    pub fn push(&mut self, option: TcpOption<'_>) -> Result<()> {
-        let len = option.encoded_len();
-        let start = usize::from(self.len);
-        if start + len > MAX_OPTIONS_LEN || option == TcpOption::EndOfList {
-            return Err(Error::Malformed);
-        }
-        let out = &mut self.bytes[start..start + len];
+    fn encode(option: TcpOption<'_>, out: &mut [u8]) -> Result<()> {
+        let len = out.len();
         out[0] = match option {
             TcpOption::EndOfList => TCPOPT_EOL,
             TcpOption::NoOperation => TCPOPT_NOP,
@@ -460,19 +369,35 @@ impl TcpOptions {
         }
         // Reject what would not read back as the option given (an `Unknown` of a known kind,
         // an `Unknown` carrying a demux ExID and subtype).
-        let mut check = TcpOptionsIter::new(&self.bytes[start..start + len]);
+        let mut check = TcpOptionsIter::new(out);
         if check.next() != Some(Ok(option)) {
             return Err(Error::Malformed);
         }
-        self.len = (start + len) as u8;
         Ok(())
     }
+}
 
+/// Iterates over encoded TCP options, zero-copy. Yields `Err(Malformed)` once (then stops) for a
+/// length byte of 0 or 1, a missing length byte, an option overrunning the area, or a known
+/// option of the wrong length. Stops after [`TcpOption::EndOfList`].
+pub type TcpOptionsIter<'a> = OptionsIter<'a, TcpOption<'static>>;
+
+/// A validated list of TCP options stored inline in their encoded form (at most 40 bytes).
+///
+/// The end of the list is implicit: [`TcpOptions::parse`] drops an end-of-list and the padding
+/// after it, and [`TcpRepr::emit`] pads with zeros (end-of-list) to a multiple of 4, so a parsed
+/// list emits and parses back to itself. [`TcpOptions::push`] refuses an [`TcpOption::Unknown`]
+/// that would not read back as itself (a known kind, or a demux ExID and subtype). The
+/// accessors (`max_seg_size`, …) return the last occurrence of an option, as Linux does.
+pub type TcpOptions = Options<TcpOption<'static>>;
+
+impl TcpOptions {
     /// As [`TcpOptions::push`], preceded by the no-operations that make the option end on a
     /// 4-byte boundary (the usual layout: `NOP NOP TS`, `NOP WS`).
     pub fn push_aligned(&mut self, option: TcpOption<'_>) -> Result<()> {
-        let pad = (4 - (usize::from(self.len) + option.encoded_len()) % 4) % 4;
-        if usize::from(self.len) + pad + option.encoded_len() > MAX_OPTIONS_LEN {
+        let used = self.as_bytes().len();
+        let pad = (4 - (used + option.encoded_len()) % 4) % 4;
+        if used + pad + option.encoded_len() > MAX_OPTIONS_LEN {
             return Err(Error::Malformed);
         }
         let saved = *self;
@@ -480,25 +405,6 @@ impl TcpOptions {
             self.push(TcpOption::NoOperation)?;
         }
         self.push(option).inspect_err(|_| *self = saved)
-    }
-
-    /// The options in order.
-    pub fn iter(&self) -> TcpOptionsIter<'_> {
-        TcpOptionsIter::new(self.as_bytes())
-    }
-
-    /// The encoded options (without padding).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Length on the wire, padded to a multiple of 4.
-    pub fn padded_len(&self) -> usize {
-        (usize::from(self.len) + 3) & !3
     }
 
     fn last<R>(&self, f: impl Fn(TcpOption<'_>) -> Option<R>) -> Option<R> {
