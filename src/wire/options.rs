@@ -174,7 +174,11 @@ impl<F: OptionFormat> Options<F> {
         if start + len > MAX_LEN || option == F::end_of_list() {
             return Err(Error::Malformed);
         }
-        F::encode(option, &mut self.bytes[start..start + len])?;
+        // A refused option leaves no bytes behind: equality and hashing see all 40 bytes.
+        if let Err(e) = F::encode(option, &mut self.bytes[start..start + len]) {
+            self.bytes[start..start + len].fill(0);
+            return Err(e);
+        }
         self.len = (start + len) as u8;
         Ok(())
     }

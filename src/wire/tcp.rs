@@ -825,6 +825,20 @@ impl<'a> TcpRepr<'a> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn refused_push_leaves_the_list_unchanged() {
+        let mut options = TcpOptions::new();
+        options.push(TcpOption::MaxSegmentSize(1460)).unwrap();
+        let before = options;
+        // An `Unknown` option of a kind this module knows would not parse back as itself.
+        let refused = options.push(TcpOption::Unknown {
+            kind: TCPOPT_WINDOW_SCALE,
+            data: &[7],
+        });
+        assert_eq!(refused, Err(Error::Malformed));
+        assert_eq!(options, before);
+    }
+
     const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
     const DST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
