@@ -297,6 +297,90 @@ fn off_link_destination_goes_through_the_gateway() {
     assert!(stat.contains("\"remote\":\"198.18.0.200:7300\""), "{stat}");
 }
 
+/// The receiver under msock waits with epoll (level- and edge-triggered), poll and select on its
+/// placeholder descriptor, non-blocking; a kernel sender in `N-b` sends `COUNT` datagrams per
+/// mode in bursts. Every datagram must be seen, and an edge-triggered wait must not miss one.
+const READINESS_RECEIVER: &str = r#"
+import select, socket, sys
+COUNT = 200
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 7400))
+s.setblocking(False)
+def drain():
+    n = 0
+    while True:
+        try:
+            data, _ = s.recvfrom(2048)
+        except BlockingIOError:
+            return n
+        n += 1
+def run(wait):
+    got = 0
+    while got < COUNT:
+        if not wait():
+            print('timeout after', got, flush=True); sys.exit(1)
+        got += drain()
+    return got
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLIN)
+print('ready', flush=True)
+results = [run(lambda: ep.poll(5))]
+ep.modify(s.fileno(), select.EPOLLIN | select.EPOLLET)
+print('ready', flush=True)
+results.append(run(lambda: ep.poll(5)))
+ep.close()
+p = select.poll(); p.register(s.fileno(), select.POLLIN)
+print('ready', flush=True)
+results.append(run(lambda: p.poll(5000)))
+print('ready', flush=True)
+results.append(run(lambda: select.select([s], [], [], 5)[0]))
+print('done', *results, flush=True)
+"#;
+
+const READINESS_SENDER: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for burst in range(20):
+    for i in range(10):
+        s.sendto(b'x' * (1 + burst * 10 + i), ('198.18.0.2', 7400))
+    time.sleep(0.005)
+"#;
+
+#[test]
+fn epoll_poll_and_select_see_every_datagram() {
+    let Some(net) = TestNet::new("rdy") else {
+        return;
+    };
+    if skip_without(&["python3"]) {
+        return;
+    }
+    let _ns = net.start_netserver(&[]);
+    let receiver = net.spawn_a_msock(&["python3", "-c", READINESS_RECEIVER]);
+    for round in 1..=4 {
+        let ready = common::wait_until(Duration::from_secs(10), || {
+            receiver.log().matches("ready").count() >= round
+        });
+        assert!(
+            ready,
+            "receiver not ready for round {round}:\n{}",
+            receiver.log()
+        );
+        let out = net.exec_b(&["python3", "-c", READINESS_SENDER]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let done = common::wait_until(Duration::from_secs(10), || receiver.log().contains("done"));
+    assert!(done, "receiver did not finish:\n{}", receiver.log());
+    assert!(
+        receiver.log().contains("done 200 200 200 200"),
+        "{}",
+        receiver.log()
+    );
+}
+
 #[test]
 fn second_bind_of_same_port_gets_eaddrinuse() {
     let Some(net) = TestNet::new("inu") else {
