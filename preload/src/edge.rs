@@ -90,24 +90,32 @@ unsafe fn slice_mut<'a>(ptr: *mut c_void, len: size_t) -> Result<&'a mut [u8], c
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) })
 }
 
-/// Iovecs as byte slices (at most IOV_MAX).
+/// An iovec array (at most IOV_MAX entries).
 ///
 /// # Safety
-/// `iov` must point to `cnt` valid iovecs whose buffers are valid.
-unsafe fn iov_slices<'a>(iov: *const libc::iovec, cnt: usize) -> Result<Vec<&'a [u8]>, c_int> {
+/// `iov` must point to `cnt` valid iovecs.
+unsafe fn iovecs<'a>(iov: *const libc::iovec, cnt: usize) -> Result<&'a [libc::iovec], c_int> {
     if cnt > libc::UIO_MAXIOV as usize {
         return Err(libc::EINVAL);
     }
     if cnt == 0 {
-        return Ok(Vec::new());
+        return Ok(&[]);
     }
     if iov.is_null() {
         return Err(libc::EFAULT);
     }
     // SAFETY: caller guarantees `cnt` iovecs.
-    let iovs = unsafe { std::slice::from_raw_parts(iov, cnt) };
-    // SAFETY: each iovec describes a valid buffer per the caller's contract.
-    iovs.iter()
+    Ok(unsafe { std::slice::from_raw_parts(iov, cnt) })
+}
+
+/// Iovecs as byte slices (at most IOV_MAX).
+///
+/// # Safety
+/// `iov` must point to `cnt` valid iovecs whose buffers are valid.
+unsafe fn iov_slices<'a>(iov: *const libc::iovec, cnt: usize) -> Result<Vec<&'a [u8]>, c_int> {
+    // SAFETY: the caller's iovec contract; each iovec describes a valid buffer.
+    unsafe { iovecs(iov, cnt)? }
+        .iter()
         .map(|v| unsafe { slice(v.iov_base, v.iov_len) })
         .collect()
 }
@@ -118,19 +126,9 @@ unsafe fn iov_slices_mut<'a>(
     iov: *const libc::iovec,
     cnt: usize,
 ) -> Result<Vec<&'a mut [u8]>, c_int> {
-    if cnt > libc::UIO_MAXIOV as usize {
-        return Err(libc::EINVAL);
-    }
-    if cnt == 0 {
-        return Ok(Vec::new());
-    }
-    if iov.is_null() {
-        return Err(libc::EFAULT);
-    }
-    // SAFETY: caller guarantees `cnt` iovecs.
-    let iovs = unsafe { std::slice::from_raw_parts(iov, cnt) };
-    // SAFETY: each iovec describes a valid writable buffer per the caller's contract.
-    iovs.iter()
+    // SAFETY: the caller's iovec contract; each iovec describes a valid writable buffer.
+    unsafe { iovecs(iov, cnt)? }
+        .iter()
         .map(|v| unsafe { slice_mut(v.iov_base, v.iov_len) })
         .collect()
 }
@@ -203,24 +201,75 @@ fn encode_addr(addr: &SocketAddr) -> Vec<u8> {
     }
 }
 
-fn ssize(outcome: Outcome<usize>, bypass: impl FnOnce() -> ssize_t) -> ssize_t {
+/// A C return value for a done operation: byte counts as `ssize_t`, ints as they are, `()` as 0.
+trait CValue<R> {
+    fn c(self) -> R;
+}
+
+impl CValue<ssize_t> for usize {
+    fn c(self) -> ssize_t {
+        self as ssize_t
+    }
+}
+
+impl CValue<c_int> for c_int {
+    fn c(self) -> c_int {
+        self
+    }
+}
+
+impl CValue<c_int> for () {
+    fn c(self) -> c_int {
+        0
+    }
+}
+
+/// An outcome as the C result: the value, the real function for a bypass, or -1 with errno.
+fn to_c<T: CValue<R>, R: From<i8>>(outcome: Outcome<T>, bypass: impl FnOnce() -> R) -> R {
     match outcome {
-        Outcome::Done(n) => n as ssize_t,
+        Outcome::Done(v) => v.c(),
         Outcome::Bypass => bypass(),
         Outcome::Error(e) => fail(e),
     }
 }
 
-fn int(outcome: Outcome<c_int>, bypass: impl FnOnce() -> c_int) -> c_int {
-    match outcome {
-        Outcome::Done(n) => n,
-        Outcome::Bypass => bypass(),
-        Outcome::Error(e) => fail(e),
-    }
+/// The shape of every fd export (STYLE.md, "The C boundary"): not initialised or re-entered →
+/// `real_call`; not a msock fd → `real_call`; ours → `op` on the socket (which enters msock
+/// through [`run`], the `catch_unwind`), its outcome returned by [`to_c`].
+fn on_fd<T: CValue<R>, R: From<i8>>(
+    fd: c_int,
+    real_call: impl Fn() -> R,
+    op: impl FnOnce(&Handle) -> Outcome<T>,
+) -> R {
+    let Some(_g) = guard::enter() else {
+        return real_call();
+    };
+    let Some(h) = api::lookup(fd) else {
+        return real_call();
+    };
+    to_c(op(&h), real_call)
 }
-
-fn unit(outcome: Outcome<()>, bypass: impl FnOnce() -> c_int) -> c_int {
-    int(outcome.map(|()| 0), bypass)
+/// Shared body of send/sendto/write: one buffer, optional destination.
+///
+/// # Safety
+/// C contract of `sendto` (`addr` may be null).
+#[allow(clippy::too_many_arguments)]
+unsafe fn send_one(
+    h: &Handle,
+    what: &str,
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> Outcome<usize> {
+    // SAFETY: the caller's buffer contract.
+    Outcome::from(unsafe { slice(buf, len) }).and_then(|data| {
+        // SAFETY: the caller's address contract.
+        let dst = unsafe { read_addr(addr, alen) };
+        run(what, fd, || api::send(h, fd, &[data], flags, dst.as_ref()))
+    })
 }
 
 /// Shared body of recv/recvfrom/read: one buffer, optional source address.
@@ -237,14 +286,9 @@ unsafe fn recv_one(
     alen: *mut socklen_t,
 ) -> Outcome<usize> {
     // SAFETY: the caller's buffer contract.
-    let buf = match unsafe { slice_mut(buf, len) } {
-        Ok(b) => b,
-        Err(e) => return Outcome::Error(e),
-    };
-    let mut bufs = [buf];
-    let outcome = run("recv", fd, || api::recv(h, fd, &mut bufs, flags));
-    match outcome {
-        Outcome::Done(r) => {
+    Outcome::from(unsafe { slice_mut(buf, len) }).and_then(|buf| {
+        let mut bufs = [buf];
+        run("recv", fd, || api::recv(h, fd, &mut bufs, flags)).and_then(|r| {
             if let Some(src) = r.src {
                 // SAFETY: the caller's address-buffer contract.
                 if let Err(e) = unsafe { write_addr(&src, addr, alen) } {
@@ -252,13 +296,11 @@ unsafe fn recv_one(
                 }
             }
             Outcome::Done(r.len)
-        }
-        Outcome::Bypass => Outcome::Bypass,
-        Outcome::Error(e) => Outcome::Error(e),
-    }
+        })
+    })
 }
 
-/// Shared body of recvmsg/recvmmsg/readv.
+/// Shared body of recvmsg/recvmmsg.
 ///
 /// # Safety
 /// `msg` valid per the C contract of `recvmsg`.
@@ -294,7 +336,7 @@ unsafe fn recv_msg(h: &Handle, fd: c_int, msg: *mut msghdr, flags: c_int) -> Out
     Outcome::Done(r.len)
 }
 
-/// Shared body of sendmsg/sendmmsg/writev.
+/// Shared body of sendmsg/sendmmsg.
 ///
 /// # Safety
 /// `msg` valid per the C contract of `sendmsg`.
@@ -305,17 +347,87 @@ unsafe fn send_msg(h: &Handle, fd: c_int, msg: *const msghdr, flags: c_int) -> O
     // SAFETY: non-null and valid per the caller.
     let m = unsafe { &*msg };
     // SAFETY: the iovecs of a valid msghdr.
-    let bufs = match unsafe { iov_slices(m.msg_iov, iov_count(m.msg_iovlen)) } {
-        Ok(b) => b,
-        Err(e) => return Outcome::Error(e),
-    };
-    // SAFETY: msg_name holds msg_namelen bytes per the caller.
-    let dst = unsafe { read_addr(m.msg_name.cast(), m.msg_namelen) };
-    run("sendmsg", fd, || {
-        api::send(h, fd, &bufs, flags, dst.as_ref())
+    Outcome::from(unsafe { iov_slices(m.msg_iov, iov_count(m.msg_iovlen)) }).and_then(|bufs| {
+        // SAFETY: msg_name holds msg_namelen bytes per the caller.
+        let dst = unsafe { read_addr(m.msg_name.cast(), m.msg_namelen) };
+        run("sendmsg", fd, || {
+            api::send(h, fd, &bufs, flags, dst.as_ref())
+        })
     })
 }
 
+/// Shared loop of sendmmsg/recvmmsg over the first `vlen` (at most IOV_MAX) entries: `op` on
+/// each message (with its index), storing `msg_len`, until one fails or `more` says stop. An
+/// error counts only on the first entry; a bypass hands the call to `bypass` (given the index
+/// and the clamped count), whose result is returned as it is (libc has set errno).
+///
+/// # Safety
+/// `msgs` non-null (or `vlen` 0) and holding `vlen` entries per the C contract.
+unsafe fn each_mmsg(
+    msgs: *mut libc::mmsghdr,
+    vlen: c_uint,
+    mut op: impl FnMut(usize, &mut msghdr) -> Outcome<usize>,
+    mut more: impl FnMut() -> bool,
+    bypass: impl FnOnce(usize, usize) -> c_int,
+) -> Outcome<c_int> {
+    let vlen = vlen.min(libc::UIO_MAXIOV as c_uint) as usize;
+    let mut done = 0usize;
+    while done < vlen {
+        // SAFETY: `msgs` holds `vlen` entries per the caller.
+        let entry = unsafe { &mut *msgs.add(done) };
+        match op(done, &mut entry.msg_hdr) {
+            Outcome::Done(n) => {
+                entry.msg_len = n as c_uint;
+                done += 1;
+            }
+            Outcome::Bypass => return Outcome::Done(bypass(done, vlen)),
+            Outcome::Error(e) if done == 0 => return Outcome::Error(e),
+            Outcome::Error(_) => break,
+        }
+        if !more() {
+            break;
+        }
+    }
+    Outcome::Done(done as c_int)
+}
+
+/// Shared body of bind/connect: the address converted, then `op`.
+///
+/// # Safety
+/// `addr` valid for `len` bytes (or null).
+unsafe fn with_addr(
+    h: &Handle,
+    what: &str,
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+    op: fn(&Handle, c_int, &SockAddrIn) -> Outcome<()>,
+) -> Outcome<()> {
+    // SAFETY: the caller's address contract.
+    match unsafe { read_addr(addr, len) } {
+        Some(a) => run(what, fd, || op(h, fd, &a)),
+        None => Outcome::Error(libc::EFAULT),
+    }
+}
+
+/// Shared body of getsockname/getpeername.
+///
+/// # Safety
+/// `addr`/`len` per the C contract of `getsockname`.
+unsafe fn name_of(
+    h: &Handle,
+    what: &str,
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    op: fn(&Handle, c_int) -> Outcome<SocketAddr>,
+) -> Outcome<()> {
+    if addr.is_null() || len.is_null() {
+        return Outcome::Error(libc::EFAULT);
+    }
+    // SAFETY: `addr`/`len` per the caller's contract.
+    run(what, fd, || op(h, fd)).and_then(|a| Outcome::from(unsafe { write_addr(&a, addr, len) }))
+}
 // ---------------------------------------------------------------------------------------------
 // Exports.
 
@@ -330,7 +442,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
         return unsafe { real::socket(domain, ty, protocol) };
     };
     let outcome = run("socket", -1, || api::socket(domain, ty, protocol));
-    int(outcome, || unsafe { real::socket(domain, ty, protocol) })
+    to_c(outcome, || unsafe { real::socket(domain, ty, protocol) })
 }
 
 /// `bind(2)`: the first bind decides msock or kernel.
@@ -339,18 +451,11 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 /// C contract of `bind`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::bind(fd, addr, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::bind(fd, addr, len) };
-    };
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::bind(fd, addr, len) };
     // SAFETY: `addr` valid for `len` bytes per the C contract.
-    let Some(a) = (unsafe { read_addr(addr, len) }) else {
-        return fail(libc::EFAULT);
-    };
-    unit(run("bind", fd, || api::bind(&h, fd, &a)), || unsafe {
-        real::bind(fd, addr, len)
+    on_fd(fd, real_call, |h| unsafe {
+        with_addr(h, "bind", fd, addr, len, api::bind)
     })
 }
 
@@ -360,18 +465,11 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 /// C contract of `connect`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::connect(fd, addr, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::connect(fd, addr, len) };
-    };
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::connect(fd, addr, len) };
     // SAFETY: `addr` valid for `len` bytes per the C contract.
-    let Some(a) = (unsafe { read_addr(addr, len) }) else {
-        return fail(libc::EFAULT);
-    };
-    unit(run("connect", fd, || api::connect(&h, fd, &a)), || unsafe {
-        real::connect(fd, addr, len)
+    on_fd(fd, real_call, |h| unsafe {
+        with_addr(h, "connect", fd, addr, len, api::connect)
     })
 }
 
@@ -381,19 +479,12 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 /// C contract of `send`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::send(fd, buf, len, flags) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::send(fd, buf, len, flags) };
-    };
-    // SAFETY: `buf` valid for `len` bytes per the C contract.
-    let data = match unsafe { slice(buf, len) } {
-        Ok(d) => d,
-        Err(e) => return fail(e),
-    };
-    let outcome = run("send", fd, || api::send(&h, fd, &[data], flags, None));
-    ssize(outcome, || unsafe { real::send(fd, buf, len, flags) })
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::send(fd, buf, len, flags) };
+    // SAFETY: `buf` valid for `len` bytes per the C contract; no address.
+    on_fd(fd, real_call, |h| unsafe {
+        send_one(h, "send", fd, buf, len, flags, std::ptr::null(), 0)
+    })
 }
 
 /// `sendto(2)`.
@@ -409,22 +500,11 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
-    };
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
     // SAFETY: `buf`/`addr` valid for their lengths per the C contract.
-    let (data, dst) = match unsafe { slice(buf, len) } {
-        Ok(d) => (d, unsafe { read_addr(addr, alen) }),
-        Err(e) => return fail(e),
-    };
-    let outcome = run("sendto", fd, || {
-        api::send(&h, fd, &[data], flags, dst.as_ref())
-    });
-    ssize(outcome, || unsafe {
-        real::sendto(fd, buf, len, flags, addr, alen)
+    on_fd(fd, real_call, |h| unsafe {
+        send_one(h, "sendto", fd, buf, len, flags, addr, alen)
     })
 }
 
@@ -434,15 +514,10 @@ pub unsafe extern "C" fn sendto(
 /// C contract of `sendmsg`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::sendmsg(fd, msg, flags) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::sendmsg(fd, msg, flags) };
-    };
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::sendmsg(fd, msg, flags) };
     // SAFETY: `msg` per the C contract.
-    let outcome = unsafe { send_msg(&h, fd, msg, flags) };
-    ssize(outcome, || unsafe { real::sendmsg(fd, msg, flags) })
+    on_fd(fd, real_call, |h| unsafe { send_msg(h, fd, msg, flags) })
 }
 
 /// `sendmmsg(2)`: sends until one fails; an error is returned only if nothing was sent.
@@ -456,37 +531,25 @@ pub unsafe extern "C" fn sendmmsg(
     vlen: c_uint,
     flags: c_int,
 ) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::sendmmsg(fd, msgs, vlen, flags) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::sendmmsg(fd, msgs, vlen, flags) };
-    };
-    if vlen > 0 && msgs.is_null() {
-        return fail(libc::EFAULT);
-    }
-    let vlen = vlen.min(libc::UIO_MAXIOV as c_uint) as usize;
-    let mut sent = 0usize;
-    while sent < vlen {
-        // SAFETY: `msgs` holds `vlen` entries per the C contract.
-        let entry = unsafe { &mut *msgs.add(sent) };
-        // SAFETY: each entry's msghdr per the C contract.
-        match unsafe { send_msg(&h, fd, &entry.msg_hdr, flags) } {
-            Outcome::Done(n) => {
-                entry.msg_len = n as c_uint;
-                sent += 1;
-            }
-            Outcome::Bypass => {
-                // Decided for the kernel on the first send: let libc do the whole call.
-                return unsafe {
-                    real::sendmmsg(fd, msgs.add(sent), (vlen - sent) as c_uint, flags)
-                };
-            }
-            Outcome::Error(e) if sent == 0 => return fail(e),
-            Outcome::Error(_) => break,
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::sendmmsg(fd, msgs, vlen, flags) };
+    on_fd(fd, real_call, |h| {
+        if vlen > 0 && msgs.is_null() {
+            return Outcome::Error(libc::EFAULT);
         }
-    }
-    sent as c_int
+        // SAFETY: `msgs` holds `vlen` entries (checked non-null) per the C contract; so does
+        // each entry's msghdr. A bypass (decided for the kernel on the first send) lets libc
+        // do the rest of the call.
+        unsafe {
+            each_mmsg(
+                msgs,
+                vlen,
+                |_, m| send_msg(h, fd, m, flags),
+                || true,
+                |sent, vlen| real::sendmmsg(fd, msgs.add(sent), (vlen - sent) as c_uint, flags),
+            )
+        }
+    })
 }
 
 /// `recv(2)`.
@@ -495,16 +558,12 @@ pub unsafe extern "C" fn sendmmsg(
 /// C contract of `recv`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::recv(fd, buf, len, flags) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::recv(fd, buf, len, flags) };
-    };
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::recv(fd, buf, len, flags) };
     // SAFETY: buffer per the C contract; no address wanted.
-    let outcome = unsafe {
+    on_fd(fd, real_call, |h| unsafe {
         recv_one(
-            &h,
+            h,
             fd,
             buf,
             len,
@@ -512,8 +571,7 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c
             std::ptr::null_mut(),
             std::ptr::null_mut(),
         )
-    };
-    ssize(outcome, || unsafe { real::recv(fd, buf, len, flags) })
+    })
 }
 
 /// `recvfrom(2)`.
@@ -529,16 +587,11 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     alen: *mut socklen_t,
 ) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) };
-    };
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) };
     // SAFETY: buffers per the C contract.
-    let outcome = unsafe { recv_one(&h, fd, buf, len, flags, addr, alen) };
-    ssize(outcome, || unsafe {
-        real::recvfrom(fd, buf, len, flags, addr, alen)
+    on_fd(fd, real_call, |h| unsafe {
+        recv_one(h, fd, buf, len, flags, addr, alen)
     })
 }
 
@@ -548,15 +601,10 @@ pub unsafe extern "C" fn recvfrom(
 /// C contract of `recvmsg`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::recvmsg(fd, msg, flags) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::recvmsg(fd, msg, flags) };
-    };
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::recvmsg(fd, msg, flags) };
     // SAFETY: `msg` per the C contract.
-    let outcome = unsafe { recv_msg(&h, fd, msg, flags) };
-    ssize(outcome, || unsafe { real::recvmsg(fd, msg, flags) })
+    on_fd(fd, real_call, |h| unsafe { recv_msg(h, fd, msg, flags) })
 }
 
 /// `recvmmsg(2)`. Like Linux, the timeout is checked only after each datagram; with
@@ -572,51 +620,41 @@ pub unsafe extern "C" fn recvmmsg(
     flags: c_int,
     timeout: *mut libc::timespec,
 ) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::recvmmsg(fd, msgs, vlen, flags, timeout) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::recvmmsg(fd, msgs, vlen, flags, timeout) };
-    };
-    if vlen > 0 && msgs.is_null() {
-        return fail(libc::EFAULT);
-    }
-    let deadline = if timeout.is_null() {
-        None
-    } else {
-        // SAFETY: non-null timespec per the C contract.
-        let ts = unsafe { *timeout };
-        if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
-            return fail(libc::EINVAL);
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::recvmmsg(fd, msgs, vlen, flags, timeout) };
+    on_fd(fd, real_call, |h| {
+        if vlen > 0 && msgs.is_null() {
+            return Outcome::Error(libc::EFAULT);
         }
-        Some(Instant::now() + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-    };
-    let vlen = vlen.min(libc::UIO_MAXIOV as c_uint) as usize;
-    let mut got = 0usize;
-    let mut flags_now = flags & !libc::MSG_WAITFORONE;
-    while got < vlen {
-        // SAFETY: `msgs` holds `vlen` entries per the C contract.
-        let entry = unsafe { &mut *msgs.add(got) };
-        // SAFETY: each entry's msghdr per the C contract.
-        match unsafe { recv_msg(&h, fd, &mut entry.msg_hdr, flags_now) } {
-            Outcome::Done(n) => {
-                entry.msg_len = n as c_uint;
-                got += 1;
+        let deadline = if timeout.is_null() {
+            None
+        } else {
+            // SAFETY: non-null timespec per the C contract.
+            let ts = unsafe { *timeout };
+            if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+                return Outcome::Error(libc::EINVAL);
             }
-            Outcome::Bypass => {
-                return unsafe { real::recvmmsg(fd, msgs, vlen as c_uint, flags, timeout) };
-            }
-            Outcome::Error(e) if got == 0 => return fail(e),
-            Outcome::Error(_) => break,
+            Some(Instant::now() + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+        };
+        let first = flags & !libc::MSG_WAITFORONE;
+        // With MSG_WAITFORONE, every receive after the first is non-blocking.
+        let later = if flags & libc::MSG_WAITFORONE != 0 {
+            first | libc::MSG_DONTWAIT
+        } else {
+            first
+        };
+        // SAFETY: `msgs` holds `vlen` entries (checked non-null) per the C contract; so does
+        // each entry's msghdr. A bypass lets libc do the whole call.
+        unsafe {
+            each_mmsg(
+                msgs,
+                vlen,
+                |i, m| recv_msg(h, fd, m, if i == 0 { first } else { later }),
+                || deadline.is_none_or(|d| Instant::now() < d),
+                |_, vlen| real::recvmmsg(fd, msgs, vlen as c_uint, flags, timeout),
+            )
         }
-        if flags & libc::MSG_WAITFORONE != 0 {
-            flags_now |= libc::MSG_DONTWAIT;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-    }
-    got as c_int
+    })
 }
 
 /// `read(2)`: on a msock socket, `recv(fd, buf, len, 0)`.
@@ -625,16 +663,12 @@ pub unsafe extern "C" fn recvmmsg(
 /// C contract of `read`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, len: size_t) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::read(fd, buf, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::read(fd, buf, len) };
-    };
-    // SAFETY: buffer per the C contract.
-    let outcome = unsafe {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::read(fd, buf, len) };
+    // SAFETY: buffer per the C contract; no address wanted.
+    on_fd(fd, real_call, |h| unsafe {
         recv_one(
-            &h,
+            h,
             fd,
             buf,
             len,
@@ -642,8 +676,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, len: size_t) -> ssize
             std::ptr::null_mut(),
             std::ptr::null_mut(),
         )
-    };
-    ssize(outcome, || unsafe { real::read(fd, buf, len) })
+    })
 }
 
 /// `__read_chk` (`read` under `_FORTIFY_SOURCE`).
@@ -659,6 +692,7 @@ pub unsafe extern "C" fn __read_chk(
 ) -> ssize_t {
     if len > buflen {
         // libc's version reports the overflow and aborts.
+        // SAFETY: forwarded under the caller's C contract.
         return unsafe { real::__read_chk(fd, buf, len, buflen) };
     }
     // SAFETY: same contract as `read` once the bound is checked.
@@ -671,19 +705,12 @@ pub unsafe extern "C" fn __read_chk(
 /// C contract of `write`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, len: size_t) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::write(fd, buf, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::write(fd, buf, len) };
-    };
-    // SAFETY: buffer per the C contract.
-    let data = match unsafe { slice(buf, len) } {
-        Ok(d) => d,
-        Err(e) => return fail(e),
-    };
-    let outcome = run("write", fd, || api::send(&h, fd, &[data], 0, None));
-    ssize(outcome, || unsafe { real::write(fd, buf, len) })
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::write(fd, buf, len) };
+    // SAFETY: buffer per the C contract; no address.
+    on_fd(fd, real_call, |h| unsafe {
+        send_one(h, "write", fd, buf, len, 0, std::ptr::null(), 0)
+    })
 }
 
 /// `readv(2)`.
@@ -692,22 +719,16 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, len: size_t) -> ss
 /// C contract of `readv`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::readv(fd, iov, cnt) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::readv(fd, iov, cnt) };
-    };
-    if cnt < 0 {
-        return fail(libc::EINVAL);
-    }
-    // SAFETY: iovecs per the C contract.
-    let mut bufs = match unsafe { iov_slices_mut(iov, cnt as usize) } {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    let outcome = run("readv", fd, || api::recv(&h, fd, &mut bufs, 0)).map(|r| r.len);
-    ssize(outcome, || unsafe { real::readv(fd, iov, cnt) })
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::readv(fd, iov, cnt) };
+    on_fd(fd, real_call, |h| {
+        if cnt < 0 {
+            return Outcome::Error(libc::EINVAL);
+        }
+        // SAFETY: iovecs per the C contract.
+        Outcome::from(unsafe { iov_slices_mut(iov, cnt as usize) })
+            .and_then(|mut bufs| run("readv", fd, || api::recv(h, fd, &mut bufs, 0)).map(|r| r.len))
+    })
 }
 
 /// `writev(2)`.
@@ -716,22 +737,16 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -
 /// C contract of `writev`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::writev(fd, iov, cnt) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::writev(fd, iov, cnt) };
-    };
-    if cnt < 0 {
-        return fail(libc::EINVAL);
-    }
-    // SAFETY: iovecs per the C contract.
-    let bufs = match unsafe { iov_slices(iov, cnt as usize) } {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    let outcome = run("writev", fd, || api::send(&h, fd, &bufs, 0, None));
-    ssize(outcome, || unsafe { real::writev(fd, iov, cnt) })
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::writev(fd, iov, cnt) };
+    on_fd(fd, real_call, |h| {
+        if cnt < 0 {
+            return Outcome::Error(libc::EINVAL);
+        }
+        // SAFETY: iovecs per the C contract.
+        Outcome::from(unsafe { iov_slices(iov, cnt as usize) })
+            .and_then(|bufs| run("writev", fd, || api::send(h, fd, &bufs, 0, None)))
+    })
 }
 
 /// `__recv_chk` (`recv` under `_FORTIFY_SOURCE`).
@@ -747,6 +762,7 @@ pub unsafe extern "C" fn __recv_chk(
     flags: c_int,
 ) -> ssize_t {
     if len > buflen {
+        // SAFETY: forwarded under the caller's C contract.
         return unsafe { real::__recv_chk(fd, buf, len, buflen, flags) };
     }
     // SAFETY: same contract as `recv` once the bound is checked.
@@ -768,6 +784,7 @@ pub unsafe extern "C" fn __recvfrom_chk(
     alen: *mut socklen_t,
 ) -> ssize_t {
     if len > buflen {
+        // SAFETY: forwarded under the caller's C contract.
         return unsafe { real::__recvfrom_chk(fd, buf, len, buflen, flags, addr, alen) };
     }
     // SAFETY: same contract as `recvfrom` once the bound is checked.
@@ -781,15 +798,9 @@ pub unsafe extern "C" fn __recvfrom_chk(
 /// C contract of `close`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::close(fd) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::close(fd) };
-    };
-    int(run("close", fd, || api::close(&h, fd)), || unsafe {
-        real::close(fd)
-    })
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::close(fd) };
+    on_fd(fd, real_call, |h| run("close", fd, || api::close(h, fd)))
 }
 
 /// `getsockname(2)`.
@@ -798,24 +809,12 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 /// C contract of `getsockname`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::getsockname(fd, addr, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::getsockname(fd, addr, len) };
-    };
-    if addr.is_null() || len.is_null() {
-        return fail(libc::EFAULT);
-    }
-    match run("getsockname", fd, || api::getsockname(&h, fd)) {
-        // SAFETY: `addr`/`len` per the C contract.
-        Outcome::Done(a) => match unsafe { write_addr(&a, addr, len) } {
-            Ok(()) => 0,
-            Err(e) => fail(e),
-        },
-        Outcome::Bypass => unsafe { real::getsockname(fd, addr, len) },
-        Outcome::Error(e) => fail(e),
-    }
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::getsockname(fd, addr, len) };
+    // SAFETY: `addr`/`len` per the C contract.
+    on_fd(fd, real_call, |h| unsafe {
+        name_of(h, "getsockname", fd, addr, len, api::getsockname)
+    })
 }
 
 /// `getpeername(2)`.
@@ -824,24 +823,12 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
 /// C contract of `getpeername`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::getpeername(fd, addr, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::getpeername(fd, addr, len) };
-    };
-    if addr.is_null() || len.is_null() {
-        return fail(libc::EFAULT);
-    }
-    match run("getpeername", fd, || api::getpeername(&h, fd)) {
-        // SAFETY: `addr`/`len` per the C contract.
-        Outcome::Done(a) => match unsafe { write_addr(&a, addr, len) } {
-            Ok(()) => 0,
-            Err(e) => fail(e),
-        },
-        Outcome::Bypass => unsafe { real::getpeername(fd, addr, len) },
-        Outcome::Error(e) => fail(e),
-    }
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::getpeername(fd, addr, len) };
+    // SAFETY: `addr`/`len` per the C contract.
+    on_fd(fd, real_call, |h| unsafe {
+        name_of(h, "getpeername", fd, addr, len, api::getpeername)
+    })
 }
 
 /// `getsockopt(2)`: values are truncated to `*optlen` like the kernel does.
@@ -856,37 +843,30 @@ pub unsafe extern "C" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::getsockopt(fd, level, name, val, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::getsockopt(fd, level, name, val, len) };
-    };
-    if len.is_null() {
-        return fail(libc::EFAULT);
-    }
-    // SAFETY: `len` non-null per the C contract.
-    let cap = unsafe { *len } as i32;
-    if cap < 0 {
-        return fail(libc::EINVAL);
-    }
-    match run("getsockopt", fd, || api::getsockopt(&h, fd, level, name)) {
-        Outcome::Done(v) => {
-            let v: OptValue = v;
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::getsockopt(fd, level, name, val, len) };
+    on_fd(fd, real_call, |h| {
+        if len.is_null() {
+            return Outcome::Error(libc::EFAULT);
+        }
+        // SAFETY: `len` non-null per the C contract.
+        let cap = unsafe { *len } as i32;
+        if cap < 0 {
+            return Outcome::Error(libc::EINVAL);
+        }
+        run("getsockopt", fd, || api::getsockopt(h, fd, level, name)).and_then(|v: OptValue| {
             let n = v.len.min(cap as usize);
             if n > 0 && val.is_null() {
-                return fail(libc::EFAULT);
+                return Outcome::Error(libc::EFAULT);
             }
             // SAFETY: `val` holds `cap` ≥ n bytes per the C contract.
             unsafe {
                 std::ptr::copy_nonoverlapping(v.bytes.as_ptr(), val.cast::<u8>(), n);
                 *len = n as socklen_t;
             }
-            0
-        }
-        Outcome::Bypass => unsafe { real::getsockopt(fd, level, name, val, len) },
-        Outcome::Error(e) => fail(e),
-    }
+            Outcome::Done(())
+        })
+    })
 }
 
 /// `setsockopt(2)`.
@@ -901,22 +881,15 @@ pub unsafe extern "C" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::setsockopt(fd, level, name, val, len) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::setsockopt(fd, level, name, val, len) };
-    };
-    // SAFETY: `val` valid for `len` bytes per the C contract.
-    let value = match unsafe { slice(val, len as size_t) } {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
-    let outcome = run("setsockopt", fd, || {
-        api::setsockopt(&h, fd, level, name, value)
-    });
-    unit(outcome, || unsafe {
-        real::setsockopt(fd, level, name, val, len)
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::setsockopt(fd, level, name, val, len) };
+    on_fd(fd, real_call, |h| {
+        // SAFETY: `val` valid for `len` bytes per the C contract.
+        Outcome::from(unsafe { slice(val, len as size_t) }).and_then(|value| {
+            run("setsockopt", fd, || {
+                api::setsockopt(h, fd, level, name, value)
+            })
+        })
     })
 }
 
@@ -926,17 +899,11 @@ fn fcntl_common(
     arg: c_ulong,
     real_fn: unsafe fn(c_int, c_int, c_ulong) -> c_int,
 ) -> c_int {
-    // SAFETY (all `real_fn` calls): forwarded under the caller's C contract.
-    let Some(_g) = guard::enter() else {
-        return unsafe { real_fn(fd, cmd, arg) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real_fn(fd, cmd, arg) };
-    };
-    int(
-        run("fcntl", fd, || api::fcntl(&h, fd, cmd, arg)),
-        || unsafe { real_fn(fd, cmd, arg) },
-    )
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real_fn(fd, cmd, arg) };
+    on_fd(fd, real_call, |h| {
+        run("fcntl", fd, || api::fcntl(h, fd, cmd, arg))
+    })
 }
 
 /// `fcntl(2)`: F_GETFL/F_SETFL track O_NONBLOCK, F_DUPFD* keep the fd table right; the rest
@@ -966,35 +933,32 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 /// C contract of `ioctl`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::ioctl(fd, request, arg) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::ioctl(fd, request, arg) };
-    };
-    let ptr = arg as *mut c_int;
-    let outcome = match request {
-        libc::FIONREAD | libc::TIOCOUTQ if ptr.is_null() => Outcome::Error(libc::EFAULT),
-        libc::FIONREAD => run("ioctl", fd, || api::fionread(&h, fd)).map(|n| {
-            // SAFETY: FIONREAD's argument is an `int *` (checked non-null).
-            unsafe { *ptr = n };
-            0
-        }),
-        // SIOCOUTQ has the value of TIOCOUTQ.
-        libc::TIOCOUTQ => run("ioctl", fd, || api::outq(&h, fd)).map(|n| {
-            // SAFETY: SIOCOUTQ's argument is an `int *` (checked non-null).
-            unsafe { *ptr = n };
-            0
-        }),
-        libc::FIONBIO if ptr.is_null() => Outcome::Error(libc::EFAULT),
-        libc::FIONBIO => {
-            // SAFETY: FIONBIO's argument is a readable `int *` (checked non-null).
-            let on = unsafe { *ptr } != 0;
-            run("ioctl", fd, || api::fionbio(&h, fd, on)).map(|()| 0)
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::ioctl(fd, request, arg) };
+    on_fd(fd, real_call, |h| {
+        let ptr = arg as *mut c_int;
+        match request {
+            libc::FIONREAD | libc::TIOCOUTQ if ptr.is_null() => Outcome::Error(libc::EFAULT),
+            libc::FIONREAD => run("ioctl", fd, || api::fionread(h, fd)).map(|n| {
+                // SAFETY: FIONREAD's argument is an `int *` (checked non-null).
+                unsafe { *ptr = n };
+                0
+            }),
+            // SIOCOUTQ has the value of TIOCOUTQ.
+            libc::TIOCOUTQ => run("ioctl", fd, || api::outq(h, fd)).map(|n| {
+                // SAFETY: SIOCOUTQ's argument is an `int *` (checked non-null).
+                unsafe { *ptr = n };
+                0
+            }),
+            libc::FIONBIO if ptr.is_null() => Outcome::Error(libc::EFAULT),
+            libc::FIONBIO => {
+                // SAFETY: FIONBIO's argument is a readable `int *` (checked non-null).
+                let on = unsafe { *ptr } != 0;
+                run("ioctl", fd, || api::fionbio(h, fd, on)).map(|()| 0)
+            }
+            _ => Outcome::Bypass,
         }
-        _ => Outcome::Bypass,
-    };
-    int(outcome, || unsafe { real::ioctl(fd, request, arg) })
+    })
 }
 
 /// `dup(2)`: a duplicate of a msock descriptor is the same socket.
@@ -1003,15 +967,9 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
 /// C contract of `dup`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::dup(fd) };
-    };
-    let Some(h) = api::lookup(fd) else {
-        return unsafe { real::dup(fd) };
-    };
-    int(run("dup", fd, || api::dup(&h, fd)), || unsafe {
-        real::dup(fd)
-    })
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::dup(fd) };
+    on_fd(fd, real_call, |h| run("dup", fd, || api::dup(h, fd)))
 }
 
 /// `dup2(2)`: also releases the socket `new` referred to, if it was msock's.
@@ -1020,17 +978,11 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 /// C contract of `dup2`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
-    let Some(_g) = guard::enter() else {
-        return unsafe { real::dup2(old, new) };
-    };
-    let (ho, hn) = (api::lookup(old), api::lookup(new));
-    if ho.is_none() && hn.is_none() {
-        return unsafe { real::dup2(old, new) };
-    }
-    int(
-        run("dup2", old, || api::dup3(ho.as_ref(), old, new, None)),
-        || unsafe { real::dup2(old, new) },
-    )
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::dup2(old, new) };
+    on_pair(old, new, real_call, |ho| {
+        run("dup2", old, || api::dup3(ho, old, new, None))
+    })
 }
 
 /// `dup3(2)`.
@@ -1039,19 +991,28 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 /// C contract of `dup3`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::dup3(old, new, flags) };
+    on_pair(old, new, real_call, |ho| {
+        run("dup3", old, || api::dup3(ho, old, new, Some(flags)))
+    })
+}
+
+/// [`on_fd`] for dup2/dup3: msock's when either descriptor is.
+fn on_pair(
+    old: c_int,
+    new: c_int,
+    real_call: impl Fn() -> c_int,
+    op: impl FnOnce(Option<&Handle>) -> Outcome<c_int>,
+) -> c_int {
     let Some(_g) = guard::enter() else {
-        return unsafe { real::dup3(old, new, flags) };
+        return real_call();
     };
     let (ho, hn) = (api::lookup(old), api::lookup(new));
     if ho.is_none() && hn.is_none() {
-        return unsafe { real::dup3(old, new, flags) };
+        return real_call();
     }
-    int(
-        run("dup3", old, || {
-            api::dup3(ho.as_ref(), old, new, Some(flags))
-        }),
-        || unsafe { real::dup3(old, new, flags) },
-    )
+    to_c(op(ho.as_ref()), real_call)
 }
 
 /// Busy-poll budget (`MSOCK_BUSY_POLL=<microseconds>`, default 0 = off): before sleeping in

@@ -34,10 +34,25 @@ pub enum Outcome<T> {
 
 impl<T> Outcome<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        self.and_then(|v| Outcome::Done(f(v)))
+    }
+
+    /// Chains a further step after a done operation; bypass and errors pass through.
+    pub fn and_then<U>(self, f: impl FnOnce(T) -> Outcome<U>) -> Outcome<U> {
         match self {
-            Outcome::Done(v) => Outcome::Done(f(v)),
+            Outcome::Done(v) => f(v),
             Outcome::Bypass => Outcome::Bypass,
             Outcome::Error(e) => Outcome::Error(e),
+        }
+    }
+}
+
+/// A step that either succeeds or fails with an errno (never a bypass).
+impl<T> From<Result<T, i32>> for Outcome<T> {
+    fn from(r: Result<T, i32>) -> Self {
+        match r {
+            Ok(v) => Outcome::Done(v),
+            Err(e) => Outcome::Error(e),
         }
     }
 }

@@ -451,17 +451,56 @@ impl UdpSocket {
 
     /// Gives the socket to the kernel: `Close` to the netserver, mode Kernel. The caller
     /// removes the fds from the table and lets libc do the call.
-    fn to_kernel(&self, st: &mut State) -> Outcome<()> {
+    fn to_kernel<T>(&self, st: &mut State) -> Outcome<T> {
         let _ = self.session.request(&Request::Close { id: self.id }, &[]);
         st.mode = Mode::Kernel;
         Outcome::Bypass
     }
 
-    fn cached(&self, st: &State) -> Result<Arc<Cached>, Outcome<()>> {
+    /// The cached part, or the outcome of an operation on a socket that is not cached.
+    fn cached<T>(&self, st: &State) -> Result<Arc<Cached>, Outcome<T>> {
         match &st.mode {
             Mode::Cached(c) => Ok(Arc::clone(c)),
             Mode::Undecided | Mode::Kernel => Err(Outcome::Bypass),
             Mode::Closed => Err(Outcome::Error(libc::EBADF)),
+        }
+    }
+
+    /// Runs `f` on the locked state of a cached socket; nothing happens otherwise (upcalls).
+    fn if_cached(&self, f: impl FnOnce(&mut State, &Cached)) {
+        let mut st = self.state.lock();
+        let Mode::Cached(c) = &st.mode else { return };
+        let c = Arc::clone(c);
+        f(&mut st, &c);
+    }
+
+    /// send/recv on a socket inherited through fork: the kernel's if it never was cached,
+    /// otherwise EBADFD (the parent's state lock may be held forever: never wait long).
+    fn detached_outcome<T>(&self) -> Outcome<T> {
+        match self
+            .state
+            .try_lock_for(Duration::from_millis(10))
+            .map(|s| matches!(s.mode, Mode::Cached(_)))
+        {
+            Some(false) => Outcome::Bypass,
+            _ => Outcome::Error(libc::EBADFD),
+        }
+    }
+
+    /// Takes the pending asynchronous error, if any, updating readiness.
+    fn take_error(st: &mut State, c: &Cached) -> Option<i32> {
+        let e = st.ep.pending_error.take();
+        if e.is_some() {
+            Self::sync_readiness(st, c);
+        }
+        e
+    }
+
+    /// Records `errno` for the next call of a socket connected to `remote`.
+    fn error_for_peer(st: &mut State, c: &Cached, remote: SocketAddrV4, errno: i32) {
+        if st.ep.remote == Some(remote) {
+            st.ep.pending_error = Some(errno);
+            Self::sync_readiness(st, c);
         }
     }
 
@@ -486,11 +525,10 @@ impl UdpSocket {
         if self.detached() {
             return;
         }
-        let mut st = self.state.lock();
-        let Mode::Cached(c) = &st.mode else { return };
-        let c = Arc::clone(c);
-        Self::process(&mut st, &c);
-        Self::sync_readiness(&mut st, &c);
+        self.if_cached(|st, c| {
+            Self::process(st, c);
+            Self::sync_readiness(st, c);
+        });
     }
 
     fn process(st: &mut State, c: &Cached) {
@@ -528,6 +566,25 @@ impl UdpSocket {
             return false;
         }
         self.session.is_broadcast(ip) || self.session.region.lookup(ip).is_some()
+    }
+
+    /// Decides an undecided socket by its destination: cached (on the wildcard address) if
+    /// msock routes `dst`, otherwise the kernel's (`Err(Bypass)`).
+    fn decide_for<T>(&self, st: &mut State, dst: SocketAddrV4) -> Result<(), Outcome<T>> {
+        if !self.routed_by_msock(*dst.ip()) {
+            return Err(self.to_kernel(st));
+        }
+        self.cache(st, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+            .map_err(Outcome::Error)
+    }
+
+    /// Tells the netserver the socket's peer (`None`: disconnect).
+    fn request_connect(&self, remote: Option<SocketAddrV4>) -> Result<(), i32> {
+        let req = Request::Connect {
+            id: self.id,
+            remote,
+        };
+        self.session.request(&req, &[]).map(|_| ())
     }
 
     /// Binds through the netserver and caches the socket.
@@ -616,10 +673,7 @@ impl UdpSocket {
             // Everything else is the kernel's, including its error cases.
             _ => return self.to_kernel(&mut st),
         };
-        match self.cache(&mut st, local) {
-            Ok(()) => Outcome::Done(()),
-            Err(e) => Outcome::Error(e),
-        }
+        Outcome::from(self.cache(&mut st, local))
     }
 
     pub fn connect(&self, addr: &SockAddrIn) -> Outcome<()> {
@@ -632,13 +686,7 @@ impl UdpSocket {
                 Ok(c) => c,
                 Err(o) => return o,
             };
-            if let Err(e) = self.session.request(
-                &Request::Connect {
-                    id: self.id,
-                    remote: None,
-                },
-                &[],
-            ) {
+            if let Err(e) = self.request_connect(None) {
                 return Outcome::Error(e);
             }
             st.ep.remote = None;
@@ -655,14 +703,11 @@ impl UdpSocket {
             Err(e) => return Outcome::Error(e),
         };
         if matches!(st.mode, Mode::Undecided) {
-            match dst {
-                Some(d) if self.routed_by_msock(*d.ip()) => {
-                    if let Err(e) = self.cache(&mut st, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-                    {
-                        return Outcome::Error(e);
-                    }
-                }
-                _ => return self.to_kernel(&mut st),
+            let Some(d) = dst else {
+                return self.to_kernel(&mut st);
+            };
+            if let Err(o) = self.decide_for(&mut st, d) {
+                return o;
             }
         }
         let c = match self.cached(&st) {
@@ -676,13 +721,7 @@ impl UdpSocket {
             return Outcome::Error(libc::ENETUNREACH);
         };
         if st.ep.remote != Some(dst)
-            && let Err(e) = self.session.request(
-                &Request::Connect {
-                    id: self.id,
-                    remote: Some(dst),
-                },
-                &[],
-            )
+            && let Err(e) = self.request_connect(Some(dst))
         {
             return Outcome::Error(e);
         }
@@ -718,14 +757,7 @@ impl UdpSocket {
 
     pub fn send(&self, bufs: &[&[u8]], flags: i32, dst: Option<&SockAddrIn>) -> Outcome<usize> {
         if self.detached() {
-            return match self
-                .state
-                .try_lock_for(Duration::from_millis(10))
-                .map(|s| matches!(s.mode, Mode::Cached(_)))
-            {
-                Some(false) => Outcome::Bypass,
-                _ => Outcome::Error(libc::EBADFD),
-            };
+            return self.detached_outcome();
         }
         if flags & libc::MSG_OOB != 0 {
             return Outcome::Error(libc::EOPNOTSUPP);
@@ -736,31 +768,26 @@ impl UdpSocket {
             Some(a) => match self.v4_dest(a, st.opts.v6only) {
                 Ok(Some(d)) => Some(d),
                 Ok(None) | Err(_) if matches!(st.mode, Mode::Undecided) => {
-                    return self.to_kernel(&mut st).map(|()| 0);
+                    return self.to_kernel(&mut st);
                 }
                 Ok(None) => return Outcome::Error(libc::ENETUNREACH),
                 Err(e) => return Outcome::Error(e),
             },
         };
         if matches!(st.mode, Mode::Undecided) {
-            match dst {
-                Some(d) if self.routed_by_msock(*d.ip()) => {
-                    if let Err(e) = self.cache(&mut st, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-                    {
-                        return Outcome::Error(e);
-                    }
-                }
-                // No destination: the kernel socket answers (EDESTADDRREQ) and stays undecided.
-                None => return Outcome::Bypass,
-                Some(_) => return self.to_kernel(&mut st).map(|()| 0),
+            // No destination: the kernel socket answers (EDESTADDRREQ) and stays undecided.
+            let Some(d) = dst else {
+                return Outcome::Bypass;
+            };
+            if let Err(o) = self.decide_for(&mut st, d) {
+                return o;
             }
         }
         let c = match self.cached(&st) {
             Ok(c) => c,
-            Err(o) => return o.map(|()| 0),
+            Err(o) => return o,
         };
-        if let Some(e) = st.ep.pending_error.take() {
-            Self::sync_readiness(&mut st, &c);
+        if let Some(e) = Self::take_error(&mut st, &c) {
             return Outcome::Error(e);
         }
         let Some(dst) = dst.or(st.ep.remote) else {
@@ -804,10 +831,7 @@ impl UdpSocket {
         };
         let nonblock = flags & libc::MSG_DONTWAIT != 0 || self.nonblocking.load(Ordering::Relaxed);
         let sndtimeo = st.opts.sndtimeo;
-        match self.emit(&mut st, &c, &link, src, dst, bufs, nonblock, sndtimeo) {
-            Ok(n) => Outcome::Done(n),
-            Err(e) => Outcome::Error(e),
-        }
+        Outcome::from(self.emit(&mut st, &c, &link, src, dst, bufs, nonblock, sndtimeo))
     }
 
     /// Emits into the channel and flushes; a full ring waits (blocking sockets, up to
@@ -851,9 +875,9 @@ impl UdpSocket {
     fn wait_writable(wake: RawFd, deadline: Option<Instant>) -> bool {
         let step = Duration::from_millis(10);
         let wait = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(r) if !r.is_zero() => r.min(step),
-                _ => return false,
+            Some(d) => match time_left(d) {
+                Some(r) => r.min(step),
+                None => return false,
             },
             None => step,
         };
@@ -919,12 +943,11 @@ impl UdpSocket {
     }
 
     fn count_drop(&self, reason: DropReason) {
-        let st = self.state.lock();
-        if let Mode::Cached(c) = &st.mode
-            && let Some(s) = &c.slot
-        {
-            s.dropped(reason);
-        }
+        self.if_cached(|_, c| {
+            if let Some(s) = &c.slot {
+                s.dropped(reason);
+            }
+        });
     }
 
     /// Sends a datagram that waited for `mac` (from the session's neighbour queue).
@@ -935,65 +958,52 @@ impl UdpSocket {
         dst: SocketAddrV4,
         data: &[u8],
     ) {
-        let mut st = self.state.lock();
-        let Ok(c) = self.cached(&st) else { return };
-        let Some(hop) = self.route(&mut st, *dst.ip()) else {
-            return;
-        };
-        let link = Hop {
-            src_ip: *src.ip(),
-            src_mac: hop.src_mac,
-            dst_mac: mac,
-            mtu: hop.mtu as usize,
-        };
-        if let Err(e) = self.emit(&mut st, &c, &link, src, dst, &[data], true, None) {
-            crate::msock_debug!("send after resolution failed: errno {e}");
-        }
+        self.if_cached(|st, c| {
+            let Some(hop) = self.route(st, *dst.ip()) else {
+                return;
+            };
+            let link = Hop {
+                src_ip: *src.ip(),
+                src_mac: hop.src_mac,
+                dst_mac: mac,
+                mtu: hop.mtu as usize,
+            };
+            if let Err(e) = self.emit(st, c, &link, src, dst, &[data], true, None) {
+                crate::msock_debug!("send after resolution failed: errno {e}");
+            }
+        });
     }
 
     /// Resolution failed: the datagram to `dst` is dropped; a connected socket sees
     /// EHOSTUNREACH (as Linux reports the locally generated host-unreachable error).
     pub fn neighbour_failed(&self, dst: SocketAddrV4) {
-        let mut st = self.state.lock();
-        let Ok(c) = self.cached(&st) else { return };
-        if let Some(s) = &c.slot {
-            s.dropped(DropReason::NeighbourUnreachable);
-        }
-        if st.ep.remote == Some(dst) {
-            st.ep.pending_error = Some(libc::EHOSTUNREACH);
-            Self::sync_readiness(&mut st, &c);
-        }
+        self.if_cached(|st, c| {
+            if let Some(s) = &c.slot {
+                s.dropped(DropReason::NeighbourUnreachable);
+            }
+            Self::error_for_peer(st, c, dst, libc::EHOSTUNREACH);
+        });
     }
 
     /// A datagram the netserver reassembled for us.
     pub fn deliver_upcall(&self, src: SocketAddrV4, dst: SocketAddrV4, payload: Vec<u8>) {
-        let mut st = self.state.lock();
-        let Ok(c) = self.cached(&st) else { return };
-        let len = payload.len();
-        match st.ep.deliver(src, dst, payload) {
-            Ok(()) => {
-                if let Some(s) = &c.slot {
-                    s.datagram_in(len);
+        self.if_cached(|st, c| {
+            let len = payload.len();
+            let delivered = st.ep.deliver(src, dst, payload);
+            if let Some(s) = &c.slot {
+                match delivered {
+                    Ok(()) => s.datagram_in(len),
+                    Err(reason) => s.dropped(reason),
                 }
             }
-            Err(reason) => {
-                if let Some(s) = &c.slot {
-                    s.dropped(reason);
-                }
-            }
-        }
-        Self::sync_readiness(&mut st, &c);
+            Self::sync_readiness(st, c);
+        });
     }
 
     /// An ICMP error about a datagram we sent to `remote`: recorded for a connected socket
     /// whose peer it concerns (unconnected sockets ignore it, as Linux without IP_RECVERR).
     pub fn icmp_error(&self, remote: SocketAddrV4, errno: i32) {
-        let mut st = self.state.lock();
-        let Ok(c) = self.cached(&st) else { return };
-        if st.ep.remote == Some(remote) {
-            st.ep.pending_error = Some(errno);
-            Self::sync_readiness(&mut st, &c);
-        }
+        self.if_cached(|st, c| Self::error_for_peer(st, c, remote, errno));
     }
 
     fn family_addr(&self, a: SocketAddrV4) -> SocketAddr {
@@ -1011,14 +1021,7 @@ impl UdpSocket {
 
     pub fn recv(&self, bufs: &mut [&mut [u8]], flags: i32) -> Outcome<Received> {
         if self.detached() {
-            return match self
-                .state
-                .try_lock_for(Duration::from_millis(10))
-                .map(|s| matches!(s.mode, Mode::Cached(_)))
-            {
-                Some(false) => Outcome::Bypass,
-                _ => Outcome::Error(libc::EBADFD),
-            };
+            return self.detached_outcome();
         }
         let peek = flags & libc::MSG_PEEK != 0;
         let nonblock = flags & libc::MSG_DONTWAIT != 0 || self.nonblocking.load(Ordering::Relaxed);
@@ -1028,20 +1031,13 @@ impl UdpSocket {
                 let mut st = self.state.lock();
                 let c = match self.cached(&st) {
                     Ok(c) => c,
-                    Err(o) => {
-                        return o.map(|()| Received {
-                            len: 0,
-                            truncated: false,
-                            src: None,
-                        });
-                    }
+                    Err(o) => return o,
                 };
                 if flags & libc::MSG_ERRQUEUE != 0 {
                     // No error queue (IP_RECVERR is not supported).
                     return Outcome::Error(libc::EAGAIN);
                 }
-                if let Some(e) = st.ep.pending_error.take() {
-                    Self::sync_readiness(&mut st, &c);
+                if let Some(e) = Self::take_error(&mut st, &c) {
                     return Outcome::Error(e);
                 }
                 Self::process(&mut st, &c);
@@ -1066,9 +1062,9 @@ impl UdpSocket {
             };
             let deadline = *deadline.get_or_insert_with(|| timeo.map(|t| Instant::now() + t));
             let remaining = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(r) if !r.is_zero() => Some(r),
-                    _ => return Outcome::Error(libc::EAGAIN),
+                Some(d) => match time_left(d) {
+                    Some(r) => Some(r),
+                    None => return Outcome::Error(libc::EAGAIN),
                 },
                 None => None,
             };
@@ -1104,7 +1100,7 @@ impl UdpSocket {
         let st = self.state.lock();
         match self.cached(&st) {
             Ok(_) => Outcome::Done(self.family_addr(st.ep.local)),
-            Err(o) => o.map(|()| unreachable_addr()),
+            Err(o) => o,
         }
     }
 
@@ -1118,7 +1114,7 @@ impl UdpSocket {
                 Some(r) => Outcome::Done(self.family_addr(r)),
                 None => Outcome::Error(libc::ENOTCONN),
             },
-            Err(o) => o.map(|()| unreachable_addr()),
+            Err(o) => o,
         }
     }
 
@@ -1129,7 +1125,7 @@ impl UdpSocket {
         let mut st = self.state.lock();
         let c = match self.cached(&st) {
             Ok(c) => c,
-            Err(o) => return o.map(|()| OptValue::int(0)),
+            Err(o) => return o,
         };
         if (level, name) == (libc::SOL_SOCKET, libc::SO_ERROR) {
             let e = st.ep.pending_error.take().unwrap_or(0);
@@ -1187,7 +1183,7 @@ impl UdpSocket {
         let mut st = self.state.lock();
         let c = match self.cached(&st) {
             Ok(c) => c,
-            Err(o) => return o.map(|()| 0),
+            Err(o) => return o,
         };
         Self::process(&mut st, &c);
         Self::sync_readiness(&mut st, &c);
@@ -1199,7 +1195,7 @@ impl UdpSocket {
         let st = self.state.lock();
         match self.cached(&st) {
             Ok(_) => Outcome::Done(0),
-            Err(o) => o.map(|()| 0),
+            Err(o) => o,
         }
     }
 
@@ -1225,7 +1221,7 @@ impl UdpSocket {
     pub fn status_flags(&self, fd: RawFd) -> Outcome<i32> {
         let st = self.state.lock();
         if let Err(o) = self.cached(&st) {
-            return o.map(|()| 0);
+            return o;
         }
         let flags = match sys::get_status_flags(fd) {
             Ok(f) => f,
@@ -1240,8 +1236,11 @@ impl UdpSocket {
     }
 }
 
-fn unreachable_addr() -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+/// Time left before `deadline`; `None` once it has passed.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|r| !r.is_zero())
 }
 
 #[cfg(test)]
@@ -1287,114 +1286,42 @@ mod tests {
         let limits = BufferLimits::LINUX;
         let mut o = Options::new(&limits);
         let int = |v: i32| v.to_ne_bytes();
+        let set = |o: &mut Options, level: i32, name: i32, value: &[u8]| {
+            apply_option(o, &limits, libc::AF_INET, level, name, value)
+        };
         assert_eq!(
-            apply_option(
-                &mut o,
-                &limits,
-                libc::AF_INET,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &int(4096)
-            ),
+            set(&mut o, libc::SOL_SOCKET, libc::SO_RCVBUF, &int(4096)),
             Ok(true)
         );
         assert_eq!(o.rcvbuf, 8192, "Linux doubles SO_RCVBUF");
-        apply_option(
-            &mut o,
-            &limits,
-            libc::AF_INET,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &int(1),
-        )
-        .unwrap();
+        set(&mut o, libc::SOL_SOCKET, libc::SO_RCVBUF, &int(1)).unwrap();
         assert_eq!(o.rcvbuf, MIN_RCVBUF);
-        apply_option(
-            &mut o,
-            &limits,
-            libc::AF_INET,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &int(1 << 30),
-        )
-        .unwrap();
+        set(&mut o, libc::SOL_SOCKET, libc::SO_RCVBUF, &int(1 << 30)).unwrap();
         assert_eq!(o.rcvbuf, limits.rmem_max * 2, "capped by rmem_max");
         assert_eq!(
-            apply_option(
-                &mut o,
-                &limits,
-                libc::AF_INET,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &[1, 0]
-            ),
+            set(&mut o, libc::SOL_SOCKET, libc::SO_RCVBUF, &[1, 0]),
             Err(libc::EINVAL)
         );
         assert_eq!(
-            apply_option(
-                &mut o,
-                &limits,
-                libc::AF_INET,
-                libc::IPPROTO_IP,
-                libc::IP_TTL,
-                &int(0)
-            ),
+            set(&mut o, libc::IPPROTO_IP, libc::IP_TTL, &int(0)),
             Err(libc::EINVAL)
         );
-        apply_option(
-            &mut o,
-            &limits,
-            libc::AF_INET,
-            libc::IPPROTO_IP,
-            libc::IP_TTL,
-            &[9],
-        )
-        .unwrap();
+        set(&mut o, libc::IPPROTO_IP, libc::IP_TTL, &[9]).unwrap();
         assert_eq!(o.tx.ttl, 9, "a one-byte IP option is accepted");
-        apply_option(
-            &mut o,
-            &limits,
-            libc::AF_INET,
-            libc::IPPROTO_IP,
-            libc::IP_TTL,
-            &int(-1),
-        )
-        .unwrap();
+        set(&mut o, libc::IPPROTO_IP, libc::IP_TTL, &int(-1)).unwrap();
         assert_eq!(o.tx.ttl, 64);
-        apply_option(
-            &mut o,
-            &limits,
-            libc::AF_INET,
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            &int(2),
-        )
-        .unwrap();
+        set(&mut o, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &int(2)).unwrap();
         assert_eq!(o.tx.pmtudisc, PmtuDisc::Do);
         assert_eq!(
             read_option(&o, libc::AF_INET, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
             Some(OptValue::int(2))
         );
         assert_eq!(
-            apply_option(
-                &mut o,
-                &limits,
-                libc::AF_INET,
-                libc::SOL_SOCKET,
-                libc::SO_KEEPALIVE,
-                &int(1)
-            ),
+            set(&mut o, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &int(1)),
             Ok(false)
         );
         assert_eq!(
-            apply_option(
-                &mut o,
-                &limits,
-                libc::AF_INET,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                &int(1)
-            ),
+            set(&mut o, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &int(1)),
             Ok(false)
         );
         assert_eq!(
@@ -1412,15 +1339,7 @@ mod tests {
         let mut tv = [0u8; 16];
         tv[0..8].copy_from_slice(&1i64.to_ne_bytes());
         tv[8..16].copy_from_slice(&500_000i64.to_ne_bytes());
-        apply_option(
-            &mut o,
-            &limits,
-            libc::AF_INET,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv,
-        )
-        .unwrap();
+        set(&mut o, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).unwrap();
         assert_eq!(o.rcvtimeo, Some(Duration::from_millis(1500)));
         assert_eq!(
             read_option(&o, libc::AF_INET, libc::SOL_SOCKET, libc::SO_RCVTIMEO)
@@ -1430,26 +1349,11 @@ mod tests {
         );
         tv[8..16].copy_from_slice(&1_000_000i64.to_ne_bytes());
         assert_eq!(
-            apply_option(
-                &mut o,
-                &limits,
-                libc::AF_INET,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv
-            ),
+            set(&mut o, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv),
             Err(libc::EDOM)
         );
         let zero = [0u8; 16];
-        apply_option(
-            &mut o,
-            &limits,
-            libc::AF_INET,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &zero,
-        )
-        .unwrap();
+        set(&mut o, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &zero).unwrap();
         assert_eq!(o.rcvtimeo, None, "zero timeval = no timeout");
 
         assert_eq!(
