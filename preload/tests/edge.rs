@@ -98,7 +98,14 @@ fn header_is_generated_with_banner() {
     );
 }
 
+/// The smoke program, compiled once per test process: tests run in parallel, and exec'ing the
+/// file while another test's linker is still writing it fails with ETXTBSY.
 fn build_smoke() -> PathBuf {
+    static SMOKE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SMOKE.get_or_init(compile_smoke).clone()
+}
+
+fn compile_smoke() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let exe = dir.join("edge_smoke");
     let status = Command::new("cc")
