@@ -105,6 +105,17 @@ impl Bridge {
     }
 }
 
+/// Waits until a kernel UDP socket is bound to `port` in `N-b` (a datagram sent before would
+/// draw a port unreachable, and a connected client would give up).
+fn wait_udp_bound_b(net: &TestNet, port: u16) {
+    let filter = format!("sport = :{port}");
+    let bound = common::wait_until(Duration::from_secs(10), || {
+        let out = net.exec_b(&["ss", "-Hunl", &filter]);
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    });
+    assert!(bound, "nothing bound to UDP port {port} in N-b");
+}
+
 fn workload(seed: u64) -> Vec<Vec<u8>> {
     let mut rng = Rng(seed);
     let mut v: Vec<Vec<u8>> = (0..1000)
@@ -155,7 +166,7 @@ fn socat_under_msock_to_kernel_echo() {
     }
     let _ns = net.start_netserver(&[]);
     let _echo = net.spawn_b(&["socat", "-b", "65536", "UDP4-LISTEN:7001,reuseaddr", "PIPE"]);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_udp_bound_b(&net, 7001);
     let (bridge, unix) = Bridge::new("ucl");
     let _client = net.spawn_a_msock(&["socat", "-b", "65536", &unix, "UDP4:198.18.0.1:7001"]);
     bridge.wait_ready();
@@ -206,7 +217,7 @@ fn cached_socket_data_path_makes_no_netserver_request() {
     }
     let _ns = net.start_netserver(&[]);
     let _echo = net.spawn_b(&["socat", "-b", "65536", "UDP4-LISTEN:7003,reuseaddr", "PIPE"]);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_udp_bound_b(&net, 7003);
     let (bridge, unix) = Bridge::new("nrq");
     let trace = bridge._dir.path().join("strace.out");
     let trace_arg = trace.display().to_string();
@@ -284,7 +295,7 @@ fn off_link_destination_goes_through_the_gateway() {
         "UDP4-LISTEN:7300,bind=198.18.0.200,reuseaddr",
         "PIPE",
     ]);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_udp_bound_b(&net, 7300);
     let (bridge, unix) = Bridge::new("gw");
     let _client = net.spawn_a_msock(&["socat", "-b", "65536", &unix, "UDP4:198.18.0.200:7300"]);
     bridge.wait_ready();
