@@ -392,6 +392,61 @@ fn epoll_poll_and_select_see_every_datagram() {
     );
 }
 
+/// Linux delivers a subnet broadcast to sockets bound to the wildcard address, not to ones
+/// bound to the unicast address.
+const BROADCAST_RECEIVER: &str = r#"
+import socket, sys
+wild = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+wild.bind(('0.0.0.0', 7500))
+spec = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+spec.bind(('198.18.0.2', 7501))
+wild.settimeout(5); spec.settimeout(1)
+print('ready', flush=True)
+got = sorted(wild.recvfrom(100)[0] for _ in range(2))
+try:
+    extra = spec.recvfrom(100)[0]
+except socket.timeout:
+    extra = b'none'
+print('got', b','.join(got).decode(), extra.decode(), flush=True)
+"#;
+
+const BROADCAST_SENDER: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.sendto(b'unicast', ('198.18.0.2', 7500))
+s.sendto(b'broadcast', ('198.18.0.255', 7500))
+s.sendto(b'broadcast-to-specific', ('198.18.0.255', 7501))
+"#;
+
+#[test]
+fn wildcard_socket_receives_subnet_broadcast() {
+    let Some(net) = TestNet::new("bca") else {
+        return;
+    };
+    if skip_without(&["python3"]) {
+        return;
+    }
+    let _ns = net.start_netserver(&[]);
+    let receiver = net.spawn_a_msock(&["python3", "-c", BROADCAST_RECEIVER]);
+    let ready = common::wait_until(Duration::from_secs(10), || receiver.log().contains("ready"));
+    assert!(ready, "receiver not ready:\n{}", receiver.log());
+    net.wait_for_endpoint(":7501");
+    let out = net.exec_b(&["python3", "-c", BROADCAST_SENDER]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = common::wait_until(Duration::from_secs(10), || receiver.log().contains("got"));
+    assert!(done, "{}", receiver.log());
+    assert!(
+        receiver.log().contains("got broadcast,unicast none"),
+        "{}",
+        receiver.log()
+    );
+}
+
 #[test]
 fn second_bind_of_same_port_gets_eaddrinuse() {
     let Some(net) = TestNet::new("inu") else {

@@ -616,13 +616,32 @@ const PROTO_UDP: u32 = 17;
 /// The filter of a cached UDP endpoint: IPv4, destination `ip`, protocol UDP, not a fragment
 /// (neither MF nor an offset), UDP destination port `port` (located with the IHL).
 pub fn endpoint_udp(ip: Ipv4Addr, port: u16) -> BpfProgram {
+    endpoint_udp_to(&[ip], port)
+}
+
+/// As [`endpoint_udp`] for a socket that receives datagrams sent to any of `addrs` (a
+/// wildcard-bound socket also takes the subnet and limited broadcast, as on Linux). At most 16
+/// addresses; more, or none, gives a filter that rejects everything.
+pub fn endpoint_udp_to(addrs: &[Ipv4Addr], port: u16) -> BpfProgram {
+    if addrs.is_empty() || addrs.len() > 16 {
+        return BpfProgram::reject_all();
+    }
     let mut b = Builder::new();
     let reject = b.label();
     let accept = b.label();
+    let addressed = b.label();
     b.ld_abs(Size::Half, ETHERTYPE)
         .jeq(ETHERTYPE_IPV4, Target::Next, reject);
-    b.ld_abs(Size::Word, IP_DST)
-        .jeq(u32::from(ip), Target::Next, reject);
+    b.ld_abs(Size::Word, IP_DST);
+    for (i, addr) in addrs.iter().enumerate() {
+        let miss = if i + 1 == addrs.len() {
+            Target::Label(reject)
+        } else {
+            Target::Next
+        };
+        b.jeq(u32::from(*addr), addressed, miss);
+    }
+    b.bind(addressed);
     b.ld_abs(Size::Byte, IP_PROTO)
         .jeq(PROTO_UDP, Target::Next, reject);
     b.ld_abs(Size::Half, IP_FRAG)
@@ -634,7 +653,7 @@ pub fn endpoint_udp(ip: Ipv4Addr, port: u16) -> BpfProgram {
     b.ret(ACCEPT);
     b.bind(reject);
     b.ret(REJECT);
-    // Fixed shape, a dozen instructions: building cannot fail.
+    // Bounded shape (at most ~30 instructions, short jumps): building cannot fail.
     b.build().unwrap_or_else(|_| BpfProgram::reject_all())
 }
 
@@ -903,6 +922,27 @@ mod tests {
             assert_eq!(f.run(&full[..len]), 0, "len {len}");
         }
         assert!(f.matches(&full[..38]));
+    }
+
+    #[test]
+    fn wildcard_endpoint_also_takes_broadcasts() {
+        let subnet = Ipv4Addr::new(198, 18, 0, 255);
+        let f = endpoint_udp_to(&[OUR_IP, subnet, Ipv4Addr::BROADCAST], 7000);
+        for dst in [OUR_IP, subnet, Ipv4Addr::BROADCAST] {
+            let frame = ipv4_frame(OUR_MAC, PEER_IP, dst, 17, 0, 0, &udp(1, 7000));
+            assert!(f.matches(&frame), "{dst}");
+            let other_port = ipv4_frame(OUR_MAC, PEER_IP, dst, 17, 0, 0, &udp(1, 7001));
+            assert!(!f.matches(&other_port), "{dst}");
+            let fragment = ipv4_frame(OUR_MAC, PEER_IP, dst, 17, 0x2000, 0, &udp(1, 7000));
+            assert!(!f.matches(&fragment), "{dst}");
+        }
+        let elsewhere = ipv4_frame(OUR_MAC, PEER_IP, PEER_IP, 17, 0, 0, &udp(1, 7000));
+        assert!(!f.matches(&elsewhere));
+        // A specific bind keeps the unicast-only filter.
+        let unicast = endpoint_udp(OUR_IP, 7000);
+        let bcast = ipv4_frame(OUR_MAC, PEER_IP, subnet, 17, 0, 0, &udp(1, 7000));
+        assert!(!unicast.matches(&bcast));
+        assert!(!endpoint_udp_to(&[], 7000).matches(&udp_to(7000)));
     }
 
     #[test]

@@ -646,7 +646,17 @@ impl Server {
             Ok(bound) => bound,
             Err(e) => return err(bind_errno(e)),
         };
-        let filter = bpf::endpoint_udp(our_addr, bound.port());
+        // A wildcard bind also receives the subnet and limited broadcast, as on Linux.
+        let filter = if bound.ip().is_unspecified() {
+            let mask = super::host::prefix_mask(self.config.prefix_len);
+            let subnet_broadcast = Ipv4Addr::from(u32::from(our_addr) | !mask);
+            bpf::endpoint_udp_to(
+                &[our_addr, subnet_broadcast, Ipv4Addr::BROADCAST],
+                bound.port(),
+            )
+        } else {
+            bpf::endpoint_udp(our_addr, bound.port())
+        };
         let fd = match PacketChannel::create_fd(
             self.iface.ifindex,
             &self.endpoint_ring,
