@@ -63,7 +63,8 @@ demo: build
 bench: build
 	$(CARGO) bench --bench checksum --bench channel --bench udp_rtt
 
-# Optional: skipped with a message when nightly or cargo-fuzz is missing.
+# Optional: skipped with a message when nightly or cargo-fuzz is missing. New inputs go to
+# fuzz/corpus-work (ignored); the checked-in seeds in fuzz/corpus are only read.
 fuzz:
 	@if ! $(CARGO) +nightly fuzz --version >/dev/null 2>&1; then \
 		echo "make fuzz: needs a nightly toolchain and cargo-fuzz (cargo install cargo-fuzz); skipped"; \
@@ -72,7 +73,9 @@ fuzz:
 	targets=$$($(CARGO) +nightly fuzz list) || exit 1; \
 	for t in $$targets; do \
 		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
-		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+		mkdir -p fuzz/corpus-work/$$t; \
+		$(CARGO) +nightly fuzz run $$t fuzz/corpus-work/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
 install: build
