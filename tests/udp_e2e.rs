@@ -447,6 +447,87 @@ fn wildcard_socket_receives_subnet_broadcast() {
     );
 }
 
+/// One unmodified program mixing sockets: AF_INET6 on `::` (served by msock over IPv4 with
+/// v4-mapped addresses), AF_INET6 with IPV6_V6ONLY (native IPv6: the kernel's), loopback UDP
+/// (the kernel's), and a blocking receive that must sleep, not spin.
+const MIXED_PROGRAM: &str = r#"
+import resource, socket, time
+out = []
+# AF_INET6 bound to :: without V6ONLY: msock's; talks to the kernel peer's echo via v4-mapped.
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s6.bind(('::', 7601))
+s6.settimeout(5)
+s6.sendto(b'via-v6-socket', ('::ffff:198.18.0.1', 7600))
+data, src = s6.recvfrom(100)
+out.append('v6 %s %s' % (data.decode(), src[0]))
+# V6ONLY on ::: native IPv6, left to the kernel (it binds, msock does not see it).
+only6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+only6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+only6.bind(('::', 7602))
+# Loopback: the kernel's, in the same program.
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(('127.0.0.1', 0))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(('127.0.0.1', 0))
+a.sendto(b'loop', b.getsockname())
+out.append('loop %s' % b.recv(10).decode())
+# A blocking receive with nothing to read sleeps in the kernel: ~no CPU for 1 s.
+s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s4.bind(('0.0.0.0', 7603))
+s4.settimeout(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF)
+t = time.monotonic()
+try:
+    s4.recv(10); out.append('unexpected data')
+except socket.timeout:
+    pass
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+out.append('blocked %.2fs cpu %.3fs' % (time.monotonic() - t, cpu))
+print('|'.join(out), flush=True)
+time.sleep(3)
+"#;
+
+#[test]
+fn one_program_mixes_msock_v6_mapped_and_kernel_sockets() {
+    let Some(net) = TestNet::new("mix") else {
+        return;
+    };
+    if skip_without(&["python3", "socat"]) {
+        return;
+    }
+    let _ns = net.start_netserver(&[]);
+    let _echo = net.spawn_b(&["socat", "-b", "65536", "UDP4-LISTEN:7600,reuseaddr", "PIPE"]);
+    wait_udp_bound_b(&net, 7600);
+    let program = net.spawn_a_msock(&["python3", "-c", MIXED_PROGRAM]);
+    let done = common::wait_until(Duration::from_secs(15), || {
+        program.log().contains("blocked")
+    });
+    assert!(done, "{}", program.log());
+    let log = program.log();
+    println!("{}", log.trim());
+    assert!(log.contains("v6 via-v6-socket ::ffff:198.18.0.1"), "{log}");
+    assert!(log.contains("loop loop"), "{log}");
+    let cpu: f64 = log
+        .split("cpu ")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|v| v.parse().ok())
+        .expect("cpu figure");
+    assert!(
+        cpu < 0.2,
+        "a blocked receive used {cpu} s of CPU in 1 s: busy-waiting? {log}"
+    );
+    // msock holds the v6 socket (as udp6) and the v4 one; not the V6ONLY or loopback ones.
+    let stat = net.stat_json();
+    assert!(
+        stat.contains("\"proto\":\"udp6\",\"local\":\"0.0.0.0:7601\""),
+        "{stat}"
+    );
+    assert!(stat.contains(":7603\""), "{stat}");
+    assert!(!stat.contains(":7602\""), "{stat}");
+    assert_eq!(stat.matches("\"id\":").count(), 2, "{stat}");
+}
+
 #[test]
 fn second_bind_of_same_port_gets_eaddrinuse() {
     let Some(net) = TestNet::new("inu") else {
