@@ -17,12 +17,13 @@ mod support;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use msock::channel::{BpfProgram, Channel, PacketChannel, RingConfig, RingVersion, bpf};
+use msock::testnet::VethPair;
+use msock::wire::EthernetAddress;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
 
@@ -30,78 +31,6 @@ const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 const IP_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const IP_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-
-fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        )))
-    }
-}
-
-/// The veth pair; deleted on drop (the namespace also dies with the process).
-struct Veth {
-    a: String,
-    b: String,
-}
-
-impl Veth {
-    fn create() -> io::Result<Veth> {
-        let pid = std::process::id();
-        let veth = Veth {
-            a: format!("mcb{pid}a"),
-            b: format!("mcb{pid}b"),
-        };
-        let mac = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        ip(&[
-            "link",
-            "add",
-            &veth.a,
-            "address",
-            &mac(MAC_A),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &veth.b,
-            "address",
-            &mac(MAC_B),
-        ])?;
-        for dev in [&veth.a, &veth.b] {
-            let _ = ip(&["link", "set", "dev", dev, "addrgenmode", "none"]);
-            ip(&["link", "set", "dev", dev, "up"])?;
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = Command::new("ip")
-                .args(["-o", "link", "show", "dev", &veth.a])
-                .output()?;
-            if String::from_utf8_lossy(&out.stdout).contains("LOWER_UP") {
-                return Ok(veth);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other("veth carrier never came up"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.a]);
-    }
-}
 
 fn tx_config(ring: bool) -> RingConfig {
     let base = RingConfig {
@@ -250,7 +179,7 @@ fn main() -> io::Result<()> {
         return Ok(());
     }
     unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-    let veth = Veth::create()?;
+    let veth = VethPair::create("mcb", EthernetAddress(MAC_A), EthernetAddress(MAC_B))?;
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -649,6 +649,3 @@ fn bad_frames_on_the_wire_are_dropped_and_counted() {
 
 #[path = "support/frames.rs"]
 mod support;
-
-#[allow(dead_code)]
-fn _unused(_: &Path) {}

@@ -1227,7 +1227,6 @@ mod tests {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use nix::sched::{CloneFlags, unshare};
     use std::net::Ipv4Addr;
-    use std::process::Command;
     use std::time::{Duration, Instant};
 
     const MAC_A: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x0a]);
@@ -1235,74 +1234,7 @@ mod tests {
     const IP_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
     const IP_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
-    fn ip(args: &[&str]) -> io::Result<()> {
-        let out = Command::new("ip").args(args).output()?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
-    }
-
-    /// A veth pair `a`/`b` in the calling thread's (private) network namespace; deleted on
-    /// drop, even when the test panics (the namespace itself dies with the thread).
-    struct Veth {
-        a: String,
-        b: String,
-    }
-
-    impl Veth {
-        fn create() -> Veth {
-            let pid = std::process::id();
-            let veth = Veth {
-                a: format!("mch{pid}a"),
-                b: format!("mch{pid}b"),
-            };
-            ip(&[
-                "link",
-                "add",
-                &veth.a,
-                "address",
-                "02:00:00:00:00:0a",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &veth.b,
-                "address",
-                "02:00:00:00:00:0b",
-            ])
-            .expect("create veth pair");
-            for dev in [&veth.a, &veth.b] {
-                // No IPv6 link-local address: no router solicitations on the link.
-                let _ = ip(&["link", "set", "dev", dev, "addrgenmode", "none"]);
-                ip(&["link", "set", "dev", dev, "up"]).expect("link up");
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let out = Command::new("ip")
-                    .args(["-o", "link", "show", "dev", &veth.a])
-                    .output()
-                    .expect("ip link show");
-                if String::from_utf8_lossy(&out.stdout).contains("LOWER_UP") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "veth carrier never came up");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            veth
-        }
-    }
-
-    impl Drop for Veth {
-        fn drop(&mut self) {
-            let _ = ip(&["link", "del", &self.a]);
-        }
-    }
+    type Veth = crate::testnet::VethPair;
 
     /// Runs `f` in a dedicated thread inside a fresh network namespace holding a veth pair.
     /// `None` (test skipped) when not root.
@@ -1314,7 +1246,7 @@ mod tests {
         std::thread::scope(|s| {
             let worker = s.spawn(|| {
                 unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-                let veth = Veth::create();
+                let veth = Veth::create("mch", MAC_A, MAC_B).expect("veth pair");
                 f(&veth)
             });
             match worker.join() {

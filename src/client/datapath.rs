@@ -205,15 +205,37 @@ fn io_to_send(e: io::Error) -> SendError {
     }
 }
 
-/// A validated UDP datagram inside a frame: addresses and the payload's byte range.
+/// A UDP datagram inside a frame whose headers are valid: addresses, the payload's byte range
+/// and what is needed to verify its checksum while copying it out ([`ParsedFrame::copy_payload`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedFrame {
     pub src: SocketAddrV4,
     pub dst: SocketAddrV4,
     pub payload: std::ops::Range<usize>,
+    /// `UdpPacket::header_sum`: `None` when the sender sent no checksum.
+    header_sum: Option<u16>,
 }
 
-/// Parses and validates an Ethernet/IPv4/UDP frame (checksums included). Fragments are
+impl ParsedFrame {
+    /// Copies the payload out of `frame` and verifies the UDP checksum in the same pass
+    /// (integrated checksum and copy, paper §7.2): the ring's bytes are read once.
+    pub fn copy_payload(&self, frame: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let payload = frame
+            .get(self.payload.clone())
+            .ok_or(DropReason::BadUdpLength)?;
+        let mut data = vec![0u8; payload.len()];
+        let sum = checksum::copy_and_sum(&mut data, payload);
+        match self.header_sum {
+            Some(header) if !UdpPacket::<&[u8]>::verifies(header, sum) => {
+                Err(DropReason::BadUdpChecksum)
+            }
+            _ => Ok(data),
+        }
+    }
+}
+
+/// Parses and validates the headers of an Ethernet/IPv4/UDP frame (the IP header checksum
+/// included; the UDP checksum is verified by [`ParsedFrame::copy_payload`]). Fragments are
 /// refused: endpoint channels never carry them (design.md).
 pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame, DropReason> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
@@ -236,11 +258,6 @@ pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame, DropReason> {
     }
     let body = packet.payload();
     let udp = UdpPacket::new_checked(body).map_err(|_| DropReason::BadUdpLength)?;
-    let repr = match UdpRepr::parse(&udp, ip.src_addr, ip.dst_addr) {
-        Ok(r) => r,
-        Err(crate::wire::Error::Checksum) => return Err(DropReason::BadUdpChecksum),
-        Err(_) => return Err(DropReason::BadUdpLength),
-    };
     let payload_len = udp.payload().len();
     // Offset of the UDP payload inside `frame`.
     let start = ETH_HEADER + packet.header_len() + UDP_HEADER;
@@ -249,9 +266,10 @@ pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame, DropReason> {
         .filter(|&e| e <= frame.len())
         .ok_or(DropReason::BadUdpLength)?;
     Ok(ParsedFrame {
-        src: SocketAddrV4::new(ip.src_addr, repr.src_port),
-        dst: SocketAddrV4::new(ip.dst_addr, repr.dst_port),
+        src: SocketAddrV4::new(ip.src_addr, udp.src_port()),
+        dst: SocketAddrV4::new(ip.dst_addr, udp.dst_port()),
         payload: start..end,
+        header_sum: udp.header_sum(ip.src_addr, ip.dst_addr),
     })
 }
 
@@ -377,9 +395,14 @@ impl UdpEndpoint {
         stats: Option<&SlotHandle>,
     ) -> io::Result<usize> {
         let n = ch.recv_batch(max, &mut |frame: &[u8]| {
+            // Ours (port, address, connected peer) before any work on the payload.
             let outcome = parse_frame(frame).and_then(|p| {
-                self.deliver(p.src, p.dst, frame[p.payload.clone()].to_vec())
-                    .map(|()| p.payload.len())
+                if !self.accepts(p.src, p.dst) {
+                    return Err(DropReason::NotForUs);
+                }
+                let data = p.copy_payload(frame)?;
+                let len = data.len();
+                self.queue.push(Datagram { src: p.src, data }).map(|()| len)
             });
             if let Some(s) = stats {
                 match outcome {
@@ -740,12 +763,19 @@ mod tests {
         .unwrap();
         ca.flush().unwrap();
         let good = frames(&mut cb).remove(0);
-        assert!(parse_frame(&good).is_ok());
+        let p = parse_frame(&good).unwrap();
+        assert_eq!(p.copy_payload(&good), Ok(payload(40, 9)));
 
         let mut bad_udp = good.clone();
         let last = bad_udp.len() - 1;
         bad_udp[last] ^= 0xff;
-        assert_eq!(parse_frame(&bad_udp), Err(DropReason::BadUdpChecksum));
+        let p = parse_frame(&bad_udp).unwrap();
+        assert_eq!(p.copy_payload(&bad_udp), Err(DropReason::BadUdpChecksum));
+        // A zero checksum field means "none" (RFC 768): accepted as is.
+        let mut no_sum = bad_udp.clone();
+        no_sum[ETH_HEADER + 20 + 6..ETH_HEADER + 20 + 8].fill(0);
+        let p = parse_frame(&no_sum).unwrap();
+        assert_eq!(p.copy_payload(&no_sum).map(|d| d.len()), Ok(40));
 
         let mut bad_ip = good.clone();
         bad_ip[ETH_HEADER + 8] ^= 1; // TTL, header checksum now wrong

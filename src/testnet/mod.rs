@@ -38,6 +38,9 @@
 //! everything needs root (CAP_SYS_ADMIN for namespaces, CAP_NET_ADMIN for links).
 #![forbid(unsafe_code)]
 
+mod veth;
+pub use veth::VethPair;
+
 use std::fmt;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;

@@ -95,12 +95,31 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
     /// Whether the checksum verifies over the pseudo-header (true when it is 0, "none").
     pub fn verify_checksum(&self, src_addr: Ipv4Addr, dst_addr: Ipv4Addr) -> bool {
-        if self.checksum() == 0 {
-            return true;
-        }
         let len = usize::from(self.len());
-        let pseudo = checksum::pseudo_header_v4(src_addr, dst_addr, PROTOCOL_UDP, len as u32);
-        checksum::combine(&[pseudo, checksum::data(&self.buffer.as_ref()[..len])]) == 0xffff
+        self.header_sum(src_addr, dst_addr).is_none_or(|header| {
+            let payload = &self.buffer.as_ref()[HEADER_LEN..len];
+            Self::verifies(header, checksum::data(payload))
+        })
+    }
+
+    /// The sum of the pseudo-header and the 8-byte header, to be completed with the payload's
+    /// sum (e.g. taken by `checksum::copy_and_sum` while copying it out: one pass over the
+    /// data, paper §7.2). `None` when the sender sent no checksum (field 0).
+    pub fn header_sum(&self, src_addr: Ipv4Addr, dst_addr: Ipv4Addr) -> Option<u16> {
+        if self.checksum() == 0 {
+            return None;
+        }
+        let len = u32::from(self.len());
+        let pseudo = checksum::pseudo_header_v4(src_addr, dst_addr, PROTOCOL_UDP, len);
+        Some(checksum::combine(&[
+            pseudo,
+            checksum::data(&self.buffer.as_ref()[..HEADER_LEN]),
+        ]))
+    }
+
+    /// Whether a [`UdpPacket::header_sum`] and the payload's sum verify.
+    pub fn verifies(header_sum: u16, payload_sum: u16) -> bool {
+        checksum::combine(&[header_sum, payload_sum]) == 0xffff
     }
 }
 
