@@ -40,7 +40,9 @@ usage: msock <command> [args]
   run [--lib PATH] -- PROG [ARGS...]                    run PROG with libmsock.so preloaded
   stat [--json]                                         endpoints and counters (netstat for msock)
   route [--json]                                        the shared routing region
-  testnet up|down --name N                              test namespaces N-a / N-b joined by veth
+  testnet up|down|stats --name N [--impair SPEC] [--nft-drop P%]
+                                                        test namespaces N-a / N-b joined by veth,
+                                                        optionally through a link emulator
 ";
 
 /// Parsed command line: `(name, value)` flags (switches have an empty value) and positionals.

@@ -679,3 +679,87 @@ pub fn exec_timeout(mut cmd: Command, timeout: Duration) -> Output {
         stderr,
     }
 }
+
+impl TestNet {
+    /// As [`TestNet::new`], with a link emulator between `N-a` and `N-b` (`impair`: an
+    /// `--impair` spec such as `"loss=10%,seed=7"` or `"none"`) and/or nftables drops of IPv4
+    /// arriving on `N-b0` (`nft_drop`: e.g. `"1%"`). The emulator runs [`msock_bin`]. Panics
+    /// on a malformed spec or if the testnet cannot be built.
+    pub fn with_options(
+        prefix: &str,
+        impair: Option<&str>,
+        nft_drop: Option<&str>,
+    ) -> Option<TestNet> {
+        if skip_without_netns(prefix) {
+            return None;
+        }
+        let options = msock::testnet::UpOptions {
+            impair: impair.map(|s| s.parse().unwrap_or_else(|e| panic!("--impair {s}: {e}"))),
+            nft_drop: nft_drop.map(|s| {
+                msock::testnet::Probability::parse_percent(s)
+                    .unwrap_or_else(|e| panic!("--nft-drop {s}: {e}"))
+            }),
+            msock_bin: Some(msock_bin()),
+        };
+        let name = unique_name(prefix);
+        let topology = match msock::testnet::up_with(&name, &options) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                eprintln!("testnet {name} left over from an earlier run; removing it");
+                msock::testnet::down(&name).unwrap_or_else(|e| panic!("down {name}: {e}"));
+                msock::testnet::up_with(&name, &options)
+                    .unwrap_or_else(|e| panic!("up {name}: {e}"))
+            }
+            Err(e) => panic!("testnet up {name}: {e}"),
+        };
+        let ip = find_tool("ip").unwrap_or_else(|| PathBuf::from("ip"));
+        Some(TestNet {
+            topology,
+            registry: Arc::new(Mutex::new(Vec::new())),
+            logs: Arc::new(TempDir::new(&format!("{name}-logs"))),
+            ip,
+            torn_down: false,
+        })
+    }
+
+    /// Fresh counters of the link emulator (panics if there is none or it does not answer).
+    pub fn emulator_stats(&self) -> msock::testnet::EmulatorStats {
+        msock::testnet::emulator_stats(self.name())
+            .unwrap_or_else(|e| panic!("emulator stats of {}: {e}", self.name()))
+    }
+
+    /// Permanent neighbour entries for the kernel addresses (.3 in `N-b`, .1 in `N-a`), so
+    /// no ARP crosses the link: loss tests then count only their own packets.
+    pub fn pin_neighbours(&self) {
+        let pairs = [
+            (self.ns_b(), KERNEL_ADDR, self.mac_a0(), self.iface_b()),
+            (self.ns_a(), PEER_ADDR, self.mac_b0(), self.iface_a()),
+        ];
+        for (ns, addr, mac, dev) in pairs {
+            let addr = addr.to_string();
+            let out = exec_timeout(
+                self.command_in(
+                    ns,
+                    &[
+                        "ip",
+                        "neigh",
+                        "replace",
+                        &addr,
+                        "lladdr",
+                        &mac,
+                        "dev",
+                        dev,
+                        "nud",
+                        "permanent",
+                    ],
+                ),
+                Duration::from_secs(10),
+            );
+            assert!(
+                out.status.success(),
+                "ip neigh replace: {}",
+                stderr_of(&out)
+            );
+        }
+    }
+}
