@@ -24,6 +24,7 @@ pub mod fragment;
 pub mod ports;
 pub mod reassembly;
 pub mod stats;
+pub mod tcp;
 
 pub use arp_cache::{ArpAction, ArpCache, ArpConfig, Lookup};
 pub use fragment::{Fragment, FragmentError, Fragments};
