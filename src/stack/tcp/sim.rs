@@ -689,6 +689,12 @@ impl Simulation {
             if self.finished() {
                 return Ok(self.snapshot());
             }
+            for side in 0..2 {
+                if matches!(self.ends[side], Endpoint::Gone) && !self.apps[side].done() {
+                    let error = self.report.errors[side];
+                    return Err(self.fail(SimErrorKind::Closed { side, error }));
+                }
+            }
             if self.events >= limits.events {
                 return Err(self.fail(SimErrorKind::EventLimit));
             }
@@ -856,7 +862,7 @@ impl Simulation {
         let now = self.now;
         let Endpoint::Active(conn) = &mut self.ends[side] else {
             let app = &self.apps[side];
-            if !app.done() {
+            if matches!(self.ends[side], Endpoint::Gone) && !app.done() {
                 // The connection went away before the application finished.
                 return Err(SimErrorKind::Closed {
                     side,
@@ -1145,10 +1151,11 @@ impl Simulation {
         .map(|(_, ch)| *ch)
         .collect();
         let line = format!(
-            "{tag:4} [{flags}] seq {} ack {} win {} len {len}",
+            "{tag:4} [{flags}] seq {} ack {} win {} len {len} hdr {}",
             repr.seq_number,
             repr.ack_number.map_or(0, |a| a.0),
-            repr.window_len
+            repr.window_len,
+            repr.header_len()
         );
         let trace = &mut self.report.trace;
         if trace.len() == TRACE_LEN {

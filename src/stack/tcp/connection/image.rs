@@ -381,7 +381,9 @@ impl TcpConnection {
             && peer_mss >= 88
             && pmtu_mss >= 88
             && snd_wnd <= (65_535 << 14)
-            && max_snd_wnd <= (65_535 << 14);
+            && max_snd_wnd <= (65_535 << 14)
+            && (!matches!(state, State::SynSent | State::SynReceived)
+                || (snd_una == iss && snd_max - iss <= 1));
         if !valid {
             return Err(ImageError::Invalid("sequence space"));
         }

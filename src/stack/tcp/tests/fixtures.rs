@@ -273,7 +273,7 @@ pub fn established_with(config: TcpConfig) -> Fx {
             ..SEND_TEMPL
         }
     );
-    recv!(
+    let out = recv!(
         fx,
         [TcpRepr {
             seq_number: LOCAL_ISS + 1,
@@ -281,9 +281,8 @@ pub fn established_with(config: TcpConfig) -> Fx {
             ..RECV_TEMPL
         }]
     );
+    assert!(out[0].window() > 0, "an open receive window");
     assert_eq!(fx.state(), State::Established);
-    let window = fx.conn.info(fx.now).rcv_wnd;
-    assert!(window > 0, "an open receive window");
     fx
 }
 

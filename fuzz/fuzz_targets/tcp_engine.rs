@@ -1,0 +1,8 @@
+//! Fuzzes `msock::stack::tcp::fuzzing::engine`: see that module for the script format.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    msock::stack::tcp::fuzzing::engine(data);
+});
