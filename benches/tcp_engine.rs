@@ -45,7 +45,10 @@ struct Captured {
 
 impl Captured {
     fn repr(&self) -> TcpRepr<'_> {
-        TcpRepr { payload: &self.payload, ..self.repr }
+        TcpRepr {
+            payload: &self.payload,
+            ..self.repr
+        }
     }
 }
 
@@ -55,7 +58,13 @@ fn drain(conn: &mut TcpConnection, now: Instant) -> Vec<Captured> {
         let mut payload = Vec::with_capacity(seg.payload[0].len() + seg.payload[1].len());
         payload.extend_from_slice(seg.payload[0]);
         payload.extend_from_slice(seg.payload[1]);
-        out.push(Captured { repr: TcpRepr { payload: &[], ..seg.repr }, payload });
+        out.push(Captured {
+            repr: TcpRepr {
+                payload: &[],
+                ..seg.repr
+            },
+            payload,
+        });
         Ok(())
     });
     out
@@ -68,7 +77,10 @@ fn established(config: &TcpConfig) -> (TcpConnection, TcpConnection, Instant) {
         config.clone(),
         local(),
         remote(),
-        InitialSequence { iss: TcpSeqNumber(0xfff0_0000), ts_offset: 7 },
+        InitialSequence {
+            iss: TcpSeqNumber(0xfff0_0000),
+            ts_offset: 7,
+        },
         now,
     );
     let syn = drain(&mut client, now);
@@ -78,7 +90,10 @@ fn established(config: &TcpConfig) -> (TcpConnection, TcpConnection, Instant) {
         remote(),
         local(),
         &syn.repr(),
-        InitialSequence { iss: TcpSeqNumber(0x1000), ts_offset: 99 },
+        InitialSequence {
+            iss: TcpSeqNumber(0x1000),
+            ts_offset: 99,
+        },
         now,
     )
     .expect("server accepts the SYN");
@@ -131,7 +146,11 @@ fn data_segments(
 
 /// ns per received segment of `size` bytes.
 fn receive_cost(size: usize) -> Vec<f64> {
-    let config = TcpConfig { timestamps: false, recv_buffer: 4 << 20, ..TcpConfig::default() };
+    let config = TcpConfig {
+        timestamps: false,
+        recv_buffer: 4 << 20,
+        ..TcpConfig::default()
+    };
     let (mut client, mut server, mut now) = established(&config);
     // A long run of in-order segments, replayed in a loop with sequence numbers shifted so
     // they stay in order: the first pass captures, later passes rewrite seq.
@@ -195,7 +214,7 @@ fn send_cost(size: usize) -> Vec<f64> {
             Ok(())
         });
         sent += 1;
-        if sent % 2 == 0 {
+        if sent.is_multiple_of(2) {
             ack.ack_number = highest;
             black_box(client.process(now, &ack));
         }
@@ -215,7 +234,11 @@ fn main() {
         );
         rows.push(format!(
             "| {size} B | {rx_med:.0} | {rx_p99:.0} | {tx_med:.0} | {tx_p99:.0} | {} |",
-            if rx_med < TARGET_NS && tx_med < TARGET_NS { "yes" } else { "**no**" }
+            if rx_med < TARGET_NS && tx_med < TARGET_NS {
+                "yes"
+            } else {
+                "**no**"
+            }
         ));
     }
     let body = format!(

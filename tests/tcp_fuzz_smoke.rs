@@ -48,7 +48,7 @@ fn mutated_real_images_never_panic() {
                 let at = (rng.next() as usize) % m.len();
                 m[at] ^= 1 << (rng.next() % 8);
             }
-            if rng.next() % 8 == 0 {
+            if rng.next().is_multiple_of(8) {
                 m.truncate((rng.next() as usize) % m.len());
             }
             fuzzing::image(&m);
@@ -62,7 +62,7 @@ fn random_and_mutated_images_never_panic() {
     for _ in 0..2000 {
         let len = (rng.next() % 600) as usize;
         let mut image = rng.bytes(len);
-        if len >= 6 && rng.next() % 2 == 0 {
+        if len >= 6 && rng.next().is_multiple_of(2) {
             image[..6].copy_from_slice(b"MSTC\x01\x00");
         }
         fuzzing::image(&image);

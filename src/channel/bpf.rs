@@ -694,10 +694,26 @@ const PORT_GROUP: usize = 200;
 /// except non-fragment UDP whose destination port is in `excluded_udp_ports` (those go to the
 /// cached endpoints' own channels). Fragments, ICMP and every other protocol to `ip` pass.
 pub fn netserver(ip: Ipv4Addr, mac: EthernetAddress, excluded_udp_ports: &[u16]) -> BpfProgram {
-    let mut ports: Vec<u16> = excluded_udp_ports.to_vec();
-    ports.sort_unstable();
-    ports.dedup();
-    ports.truncate(MAX_EXCLUDED_PORTS);
+    netserver_excluding(ip, mac, excluded_udp_ports, &[])
+}
+
+/// [`netserver`], also excluding non-fragment TCP to the ports in `excluded_tcp_ports` (held by
+/// processes on their own channels).
+pub fn netserver_excluding(
+    ip: Ipv4Addr,
+    mac: EthernetAddress,
+    excluded_udp_ports: &[u16],
+    excluded_tcp_ports: &[u16],
+) -> BpfProgram {
+    let prepare = |list: &[u16]| {
+        let mut ports = list.to_vec();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.truncate(MAX_EXCLUDED_PORTS / 2);
+        ports
+    };
+    let udp = prepare(excluded_udp_ports);
+    let tcp = prepare(excluded_tcp_ports);
 
     let mut b = Builder::new();
     let reject = b.label();
@@ -706,6 +722,9 @@ pub fn netserver(ip: Ipv4Addr, mac: EthernetAddress, excluded_udp_ports: &[u16])
     let mac_ok = b.label();
     let mac_lo = b.label();
     let bcast = b.label();
+    let not_udp = b.label();
+    let udp_block = b.label();
+    let tcp_block = b.label();
     let m = mac.0;
     let mac_hi = u32::from_be_bytes([m[0], m[1], m[2], m[3]]);
     let mac_lo16 = u32::from(u16::from_be_bytes([m[4], m[5]]));
@@ -725,26 +744,33 @@ pub fn netserver(ip: Ipv4Addr, mac: EthernetAddress, excluded_udp_ports: &[u16])
     b.bind(mac_ok);
     b.ld_abs(Size::Word, IP_DST)
         .jeq(u32::from(ip), Target::Next, reject);
-    if ports.is_empty() {
-        b.bind(accept);
-        b.ret(ACCEPT);
-        b.bind(reject);
-        b.ret(REJECT);
-    } else {
-        // Every conditional jump above stays short: the verdicts sit before the port list,
-        // whose groups end in their own `ret` and an unconditional jump past the next one.
+    // Dispatch on the protocol with short conditional jumps to long unconditional ones (the
+    // port lists can be thousands of instructions long).
+    b.ld_abs(Size::Byte, IP_PROTO)
+        .jeq(PROTO_UDP, Target::Next, not_udp);
+    b.ja(udp_block);
+    b.bind(not_udp);
+    b.jeq(PROTO_TCP, Target::Next, accept);
+    b.ja(tcp_block);
+    b.bind(accept);
+    b.ret(ACCEPT);
+    b.bind(reject);
+    b.ret(REJECT);
+    for (label, ports) in [(udp_block, &udp), (tcp_block, &tcp)] {
+        b.bind(label);
+        if ports.is_empty() {
+            b.ret(ACCEPT);
+            continue;
+        }
+        let block_accept = b.label();
         let port_list = b.label();
-        b.ld_abs(Size::Byte, IP_PROTO)
-            .jeq(PROTO_UDP, Target::Next, accept);
         b.ld_abs(Size::Half, IP_FRAG)
-            .jset(FRAG_MASK, accept, Target::Next);
+            .jset(FRAG_MASK, block_accept, Target::Next);
         b.ldx_msh(IP);
         b.ld_ind(Size::Half, IP + 2);
         b.ja(port_list);
-        b.bind(accept);
+        b.bind(block_accept);
         b.ret(ACCEPT);
-        b.bind(reject);
-        b.ret(REJECT);
         b.bind(port_list);
         for group in ports.chunks(PORT_GROUP) {
             let group_reject = b.label();
@@ -760,6 +786,29 @@ pub fn netserver(ip: Ipv4Addr, mac: EthernetAddress, excluded_udp_ports: &[u16])
         b.ret(ACCEPT);
     }
     b.build().unwrap_or_else(|_| BpfProgram::accept_all())
+}
+
+/// A passive TCP endpoint's filter: non-fragment TCP to `local` from any remote.
+pub fn endpoint_tcp_port(local: SocketAddrV4) -> BpfProgram {
+    let mut b = Builder::new();
+    let reject = b.label();
+    let accept = b.label();
+    b.ld_abs(Size::Half, ETHERTYPE)
+        .jeq(ETHERTYPE_IPV4, Target::Next, reject);
+    b.ld_abs(Size::Word, IP_DST)
+        .jeq(u32::from(*local.ip()), Target::Next, reject);
+    b.ld_abs(Size::Byte, IP_PROTO)
+        .jeq(PROTO_TCP, Target::Next, reject);
+    b.ld_abs(Size::Half, IP_FRAG)
+        .jset(FRAG_MASK, reject, Target::Next);
+    b.ldx_msh(IP);
+    b.ld_ind(Size::Half, IP + 2)
+        .jeq(u32::from(local.port()), accept, reject);
+    b.bind(accept);
+    b.ret(ACCEPT);
+    b.bind(reject);
+    b.ret(REJECT);
+    b.build().unwrap_or_else(|_| BpfProgram::reject_all())
 }
 
 #[cfg(test)]

@@ -93,11 +93,17 @@ pub(crate) struct ControlCounters {
 
 struct Ports<'a> {
     table: &'a PortTable,
+    tcp: &'a PortTable,
+    addr: Ipv4Addr,
 }
 
 impl PortLookup for Ports<'_> {
     fn udp_owner(&self, local: SocketAddrV4) -> Option<EndpointId> {
         self.table.lookup(local.port(), *local.ip(), 0)
+    }
+
+    fn tcp_held(&self, port: u16) -> bool {
+        self.tcp.lookup(port, self.addr, 0).is_some()
     }
 }
 
@@ -111,6 +117,8 @@ pub(crate) struct Server {
     address: ControlAddress,
     pub endpoints: EndpointTable,
     ports: PortTable,
+    /// TCP ports held by processes (issue 3: engines driven in the holder over its channel).
+    tcp_ports: PortTable,
     pub clients: HashMap<ClientId, Client>,
     next_client: ClientId,
     epoll: Epoll,
@@ -250,6 +258,7 @@ impl Server {
             address,
             endpoints: EndpointTable::new(),
             ports: PortTable::new(),
+            tcp_ports: PortTable::new(),
             clients: HashMap::new(),
             next_client: 1,
             epoll,
@@ -313,7 +322,11 @@ impl Server {
         let mut events = std::mem::take(&mut self.events);
         loop {
             let host = &mut self.host;
-            let ports = Ports { table: &self.ports };
+            let ports = Ports {
+                table: &self.ports,
+                tcp: &self.tcp_ports,
+                addr: self.config.addr,
+            };
             let n = self.channel.recv_batch(64, &mut |frame| {
                 host.receive(now, frame, &ports, &mut events)
             })?;
@@ -399,7 +412,8 @@ impl Server {
 
     fn update_filter(&mut self) {
         let ports = self.endpoints.cached_udp_ports();
-        let filter = bpf::netserver(self.config.addr, self.iface.mac, &ports);
+        let tcp_ports = self.endpoints.cached_tcp_ports();
+        let filter = bpf::netserver_excluding(self.config.addr, self.iface.mac, &ports, &tcp_ports);
         match self.channel.set_filter(&filter) {
             Ok(()) => {
                 self.control.filter_updates += 1;
@@ -506,6 +520,7 @@ impl Server {
         }
         for ep in self.endpoints.remove_client(id) {
             self.ports.release(ep.id);
+            self.tcp_ports.release(ep.id);
             self.filter_dirty = true;
         }
         for waiters in self.resolve_waiters.values_mut() {
@@ -539,8 +554,8 @@ impl Server {
             ),
             _ if !registered => err(libc::EPROTO),
             Request::Socket { family, kind } => {
-                if kind != SockKind::Datagram {
-                    return err(libc::EPROTONOSUPPORT);
+                if kind == SockKind::Stream && family != Family::Inet {
+                    return err(libc::EAFNOSUPPORT);
                 }
                 let pid = self.clients.get(&client).map_or(0, |c| c.cred.pid);
                 match self.endpoints.create(client, pid, family, kind) {
@@ -565,6 +580,7 @@ impl Server {
                 Ok(_) => {
                     self.endpoints.remove(id);
                     self.ports.release(id);
+                    self.tcp_ports.release(id);
                     self.filter_dirty = true;
                     (Reply::Ok, Vec::new())
                 }
@@ -636,7 +652,13 @@ impl Server {
         if !local.ip().is_unspecified() && *local.ip() != our_addr {
             return err(libc::EADDRNOTAVAIL);
         }
-        let bound = match self.ports.bind(BindRequest {
+        let stream = ep.kind == SockKind::Stream;
+        let table = if stream {
+            &mut self.tcp_ports
+        } else {
+            &mut self.ports
+        };
+        let bound = match table.bind(BindRequest {
             local,
             owner: id,
             reuse_addr,
@@ -647,7 +669,9 @@ impl Server {
             Err(e) => return err(bind_errno(e)),
         };
         // A wildcard bind also receives the subnet and limited broadcast, as on Linux.
-        let filter = if bound.ip().is_unspecified() {
+        let filter = if stream {
+            bpf::endpoint_tcp_port(SocketAddrV4::new(our_addr, bound.port()))
+        } else if bound.ip().is_unspecified() {
             let mask = super::host::prefix_mask(self.config.prefix_len);
             let subnet_broadcast = Ipv4Addr::from(u32::from(our_addr) | !mask);
             bpf::endpoint_udp_to(
@@ -666,6 +690,7 @@ impl Server {
             Ok(fd) => fd,
             Err(e) => {
                 self.ports.release(id);
+                self.tcp_ports.release(id);
                 return err(e.raw_os_error().unwrap_or(libc::ENOBUFS));
             }
         };

@@ -154,10 +154,19 @@ impl EndpointTable {
 
     /// UDP ports cached in some client: the netserver's own filter excludes them.
     pub fn cached_udp_ports(&self) -> Vec<u16> {
+        self.cached_ports(SockKind::Datagram)
+    }
+
+    /// TCP ports held by processes (excluded from the netserver's own filter).
+    pub fn cached_tcp_ports(&self) -> Vec<u16> {
+        self.cached_ports(SockKind::Stream)
+    }
+
+    fn cached_ports(&self, kind: SockKind) -> Vec<u16> {
         let mut ports: Vec<u16> = self
             .endpoints
             .values()
-            .filter(|ep| ep.kind == SockKind::Datagram)
+            .filter(|ep| ep.kind == kind)
             .filter_map(|ep| ep.local().map(|l| l.port()))
             .collect();
         ports.sort_unstable();

@@ -17,12 +17,17 @@ use crate::stack::stats::{DropCounters, DropReason};
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, DstUnreachable, EthernetAddress, EthernetFrame,
     EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Options, Ipv4Packet,
-    Ipv4Repr, UdpPacket, UdpRepr,
+    Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
 
 /// Where the netserver finds the owner of a UDP destination.
 pub trait PortLookup {
     fn udp_owner(&self, local: SocketAddrV4) -> Option<EndpointId>;
+    /// Whether a process holds TCP port `port` (its segments then go to that process's
+    /// channel; one reaching the netserver raced a filter update and is not answered).
+    fn tcp_held(&self, _port: u16) -> bool {
+        false
+    }
 }
 
 /// What the host asks its driver (the daemon) to do.
@@ -89,6 +94,7 @@ pub struct HostCounters {
     pub reassembled: u64,
     pub delivered: u64,
     pub icmp_errors_forwarded: u64,
+    pub tcp_resets: u64,
 }
 
 /// Linux's global ICMP limiter: `icmp_msgs_per_sec` = 1000, `icmp_msgs_burst` = 50.
@@ -414,8 +420,62 @@ impl Host {
         match ip.protocol {
             IpProtocol::Icmp => self.receive_icmp(now, src_mac, ip, body, ports, out),
             IpProtocol::Udp => self.receive_udp(now, src_mac, ip, body, ports, out),
+            IpProtocol::Tcp => self.receive_tcp(src_mac, ip, body, ports, out),
             _ => self.drops.count(DropReason::UnknownProtocol),
         }
+    }
+
+    /// A TCP segment that reached the netserver: nobody holds its port, so it is answered with
+    /// RST as Linux does (RFC 9293 §3.10.7.1); malformed segments are counted and dropped.
+    fn receive_tcp(
+        &mut self,
+        src_mac: EthernetAddress,
+        ip: &Ipv4Repr,
+        body: &[u8],
+        ports: &dyn PortLookup,
+        out: &mut Vec<Event>,
+    ) {
+        let Ok(packet) = TcpPacket::new_checked(body) else {
+            self.drops.count(DropReason::BadTcp);
+            return;
+        };
+        let seg = match TcpRepr::parse(&packet, ip.src_addr, ip.dst_addr) {
+            Ok(seg) => seg,
+            Err(crate::wire::Error::Checksum) => {
+                self.drops.count(DropReason::BadTcpChecksum);
+                return;
+            }
+            Err(_) => {
+                self.drops.count(DropReason::BadTcp);
+                return;
+            }
+        };
+        if ports.tcp_held(seg.dst_port) {
+            return;
+        }
+        self.drops.count(DropReason::TcpNoSocket);
+        if ip.dst_addr != self.config.addr
+            || ip.src_addr.is_broadcast()
+            || ip.src_addr.is_multicast()
+            || ip.src_addr.is_unspecified()
+        {
+            return;
+        }
+        let Some(rst) = crate::stack::tcp::connection::reset_for(&seg) else {
+            return;
+        };
+        self.counters.tcp_resets += 1;
+        let frame = self.ipv4_frame(
+            src_mac,
+            ip.src_addr,
+            IpProtocol::Tcp,
+            rst.buffer_len(),
+            |buf| {
+                let mut packet = TcpPacket::new_unchecked(buf);
+                rst.emit(&mut packet, ip.dst_addr, ip.src_addr);
+            },
+        );
+        out.push(Event::Transmit(frame));
     }
 
     fn receive_udp(

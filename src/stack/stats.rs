@@ -62,11 +62,17 @@ pub enum DropReason {
     NeighbourQueueFull = 21,
     /// A datagram waiting for neighbour resolution was dropped: resolution failed or timed out.
     NeighbourUnreachable = 22,
+    /// A TCP segment too short, with a bad data offset or malformed options.
+    BadTcp = 23,
+    /// A TCP segment whose checksum does not verify.
+    BadTcpChecksum = 24,
+    /// A TCP segment for a port nobody holds (answered with RST, RFC 9293 §3.10.7.1).
+    TcpNoSocket = 25,
 }
 
 impl DropReason {
     /// Every reason, in discriminant order: `ALL[r as usize] == r`.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Truncated,
         DropReason::BadEthernet,
         DropReason::NotForUs,
@@ -90,6 +96,9 @@ impl DropReason {
         DropReason::RcvbufFull,
         DropReason::NeighbourQueueFull,
         DropReason::NeighbourUnreachable,
+        DropReason::BadTcp,
+        DropReason::BadTcpChecksum,
+        DropReason::TcpNoSocket,
     ];
 
     /// Number of reasons (the length of a counter array).
@@ -135,6 +144,9 @@ impl DropReason {
             DropReason::RcvbufFull => "rcvbuf-full",
             DropReason::NeighbourQueueFull => "neighbour-queue-full",
             DropReason::NeighbourUnreachable => "neighbour-unreachable",
+            DropReason::BadTcp => "bad-tcp",
+            DropReason::BadTcpChecksum => "bad-tcp-checksum",
+            DropReason::TcpNoSocket => "tcp-no-socket",
         }
     }
 }

@@ -181,7 +181,7 @@ fn peer_segment<'a>(bytes: &'a [u8], view: &PeerView) -> TcpRepr<'a> {
             cwr: flags & 0x80 != 0,
         },
         window_len: window,
-        urgent_pointer: (flags & 0x20 != 0).then(|| (delta >> 16) as u16),
+        urgent_pointer: (flags & 0x20 != 0).then_some((delta >> 16) as u16),
         options: TcpOptions::parse(options_bytes).unwrap_or_default(),
         payload,
     }
@@ -273,11 +273,11 @@ pub fn engine(data: &[u8]) {
                     let _ = conn.send_urgent(bytes);
                 }
                 5 => {
-                    let _ = conn.recv_urgent(bytes.len() % 2 == 0);
+                    let _ = conn.recv_urgent(bytes.len().is_multiple_of(2));
                     let _ = conn.peek(&mut buf[..64]);
                 }
-                6 => conn.set_nodelay(bytes.len() % 2 == 0),
-                _ => conn.set_cork(bytes.len() % 2 == 0, now),
+                6 => conn.set_nodelay(bytes.len().is_multiple_of(2)),
+                _ => conn.set_cork(bytes.len().is_multiple_of(2), now),
             },
             8 => conn.on_icmp_frag_needed(
                 now,

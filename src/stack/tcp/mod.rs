@@ -16,6 +16,7 @@
 
 pub mod congestion;
 pub mod connection;
+pub mod fuzzing;
 pub mod image;
 pub mod info;
 pub mod isn;
@@ -24,7 +25,6 @@ pub mod rtt;
 pub mod scoreboard;
 pub mod send_buffer;
 pub mod sim;
-pub mod fuzzing;
 
 #[cfg(test)]
 mod tests;

@@ -466,7 +466,7 @@ pub enum SimErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimError {
     pub kind: SimErrorKind,
-    pub report: SimReport,
+    pub report: Box<SimReport>,
 }
 
 impl fmt::Display for SimError {
@@ -977,6 +977,16 @@ impl Simulation {
             self.retire(side);
         }
         let frames = core::mem::take(&mut self.outbox);
+        self.send_frames(side, frames, local, remote);
+    }
+
+    fn send_frames(
+        &mut self,
+        side: usize,
+        frames: Vec<(Instant, Vec<u8>)>,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+    ) {
         for (at, bytes) in frames {
             self.report.segments_sent[side] += 1;
             if let Ok(p) = TcpPacket::new_checked(&bytes[..])
@@ -1017,24 +1027,37 @@ impl Simulation {
             return Ok(());
         };
         let image = conn.export(now);
-        let restored = TcpConnection::import(&image, now)
+        let mut restored = TcpConnection::import(&image, now)
             .map_err(|error| SimErrorKind::Import { side, error })?;
-        let checks: [(&'static str, bool); 7] = [
-            ("re-exported image", restored.export(now) == image),
-            ("state", restored.state() == conn.state()),
-            ("poll_at", restored.poll_at() == conn.poll_at()),
-            ("readiness", restored.readiness() == conn.readiness()),
+        let reexported = restored.export(now) == image;
+        // Both dispatch at the same instant (an import may ask for one dispatch): they must
+        // emit the same bytes and then agree on everything observable.
+        let mut original = (**conn).clone();
+        let (local, remote) = (*conn.local().ip(), *conn.remote().ip());
+        let mut emitted = [Vec::new(), Vec::new()];
+        for (engine, out) in [&mut original, &mut restored].into_iter().zip(&mut emitted) {
+            engine.dispatch(now, &mut |o: Outgoing<'_>| {
+                out.push((o.departure.max(now), serialise(&o, local, remote)));
+                Ok(())
+            });
+        }
+        let checks: [(&'static str, bool); 8] = [
+            ("re-exported image", reexported),
+            ("emitted segments", emitted[0] == emitted[1]),
+            ("state", restored.state() == original.state()),
+            ("poll_at", restored.poll_at() == original.poll_at()),
+            ("readiness", restored.readiness() == original.readiness()),
             (
                 "recv_queue_len",
-                restored.recv_queue_len() == conn.recv_queue_len(),
+                restored.recv_queue_len() == original.recv_queue_len(),
             ),
             (
                 "send_queue_len",
-                restored.send_queue_len() == conn.send_queue_len(),
+                restored.send_queue_len() == original.send_queue_len(),
             ),
             (
                 "addresses",
-                restored.local() == conn.local() && restored.remote() == conn.remote(),
+                restored.local() == original.local() && restored.remote() == original.remote(),
             ),
         ];
         if let Some((what, _)) = checks.iter().find(|(_, ok)| !ok) {
@@ -1047,8 +1070,11 @@ impl Simulation {
         c.timeouts = (c.timeouts + old.timeouts).saturating_sub(new.timeouts);
         c.fast_retransmits =
             (c.fast_retransmits + old.fast_retransmits).saturating_sub(new.fast_retransmits);
+        self.report.visited[side] |= 1 << restored.state().linux_number();
         self.ends[side] = Endpoint::Active(Box::new(restored));
         self.report.migrations[side] += 1;
+        let [_, frames] = emitted;
+        self.send_frames(side, frames, local, remote);
         Ok(())
     }
 
@@ -1192,7 +1218,7 @@ impl Simulation {
     fn fail(&self, kind: SimErrorKind) -> SimError {
         SimError {
             kind,
-            report: self.snapshot(),
+            report: Box::new(self.snapshot()),
         }
     }
 }

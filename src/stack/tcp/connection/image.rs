@@ -208,6 +208,8 @@ impl TcpConnection {
         w.instant(self.next_departure);
         w.u32(self.retries);
         w.u32(self.persist_backoff);
+        w.bool(self.persist_force);
+        w.opt_instant(self.last_oow_ack_at);
         w.u32(self.keepalive_probes);
         for b in [self.ack_now, self.rst_pending] {
             w.bool(b);
@@ -333,6 +335,8 @@ impl TcpConnection {
         let next_departure = r.read_instant()?;
         let retries = r.read_u32()?;
         let persist_backoff = r.read_u32()?;
+        let persist_force = r.read_bool()?;
+        let last_oow_ack_at = r.read_opt_instant()?;
         let keepalive_probes = r.read_u32()?;
         let ack_now = r.read_bool()?;
         let rst_pending = r.read_bool()?;
@@ -447,6 +451,8 @@ impl TcpConnection {
             next_departure,
             retries,
             persist_backoff,
+            persist_force,
+            last_oow_ack_at,
             keepalive_probes,
             ack_now,
             rst_pending,

@@ -4,7 +4,7 @@
 
 use super::{ConnError, State, TcpConnection, TcpDropReason, Verdict};
 use crate::stack::{Duration, Instant};
-use crate::wire::tcp::{TcpRepr, TcpSeqNumber};
+use crate::wire::tcp::{TcpControl, TcpRepr, TcpSeqNumber};
 
 impl TcpConnection {
     /// Processes one segment of this connection's 4-tuple. Replies (ACKs, challenge ACKs, RST)
@@ -140,13 +140,55 @@ impl TcpConnection {
             return self.count_drop(TcpDropReason::PawsRejected);
         }
 
+        // Simultaneous open (RFC 9293 Figure 8): in SYN-RECEIVED the peer's SYN,ACK repeats
+        // its SYN; it completes the handshake when it acknowledges ours, otherwise (a plain
+        // retransmitted SYN) our SYN,ACK was lost and goes again.
+        if self.state == State::SynReceived
+            && seg.control.syn
+            && !seg.control.rst
+            && seg.seq_number + 1 == self.rcv_nxt
+        {
+            match seg.ack_number {
+                Some(ack) if ack > self.snd_una && ack <= self.snd_max => {
+                    let rest = TcpRepr {
+                        seq_number: seg.seq_number + 1,
+                        control: TcpControl {
+                            syn: false,
+                            ..seg.control
+                        },
+                        ..*seg
+                    };
+                    return self.process_synchronized(now, &rest);
+                }
+                _ => {
+                    self.snd_nxt = self.iss;
+                    return self.count_drop(TcpDropReason::SynInWindow);
+                }
+            }
+        }
+
         // First: sequence number check.
         if !self.acceptable(seg.seq_number, seg_len) {
             if seg.control.rst {
                 return self.count_drop(TcpDropReason::RstOutOfWindow);
             }
-            // A SYN in TIME_WAIT or a retransmitted SYN-ACK also just gets an ACK.
-            self.ack_now = true;
+            if self.state == State::TimeWait && seg.control.fin {
+                // A retransmitted FIN: re-ACK and restart the 2·MSL timer.
+                self.time_wait_at = Some(now + self.config.time_wait);
+            }
+            // Pure ACKs out of window are answered at most twice a second (Linux
+            // tcp_invalid_ratelimit) so two confused ends cannot ACK each other forever.
+            let pure = seg.payload.is_empty() && !seg.control.syn && !seg.control.fin;
+            let limited = pure
+                && self
+                    .last_oow_ack_at
+                    .is_some_and(|t| now - t < Duration::from_millis(500));
+            if !limited {
+                self.ack_now = true;
+                if pure {
+                    self.last_oow_ack_at = Some(now);
+                }
+            }
             return self.count_drop(TcpDropReason::OutOfWindow);
         }
 
@@ -295,9 +337,15 @@ impl TcpConnection {
         if self.sack_ok
             && let Some(blocks) = seg.options.sack_blocks()
         {
+            // The blocks are judged against the cumulative ACK they travel with (RFC 2883).
+            let una = if ack > self.snd_una && ack <= self.snd_max {
+                ack
+            } else {
+                self.snd_una
+            };
             let up = self
                 .scoreboard
-                .on_sack(self.snd_una, self.snd_max, blocks.as_slice());
+                .on_sack(una, self.snd_max, blocks.as_slice());
             if up.dsack {
                 self.stats.dsack_dups += 1;
             }

@@ -469,6 +469,10 @@ pub struct TcpConnection {
     next_departure: Instant,
     retries: u32,
     persist_backoff: u32,
+    /// The persist timer fired into a small open window: send a partial segment.
+    persist_force: bool,
+    /// Last reply to an out-of-window pure ACK (Linux `tcp_invalid_ratelimit`).
+    last_oow_ack_at: Option<Instant>,
     keepalive_probes: u32,
     first_retransmit_at: Option<Instant>,
 
@@ -567,6 +571,8 @@ impl TcpConnection {
             next_departure: now,
             retries: 0,
             persist_backoff: 0,
+            persist_force: false,
+            last_oow_ack_at: None,
             keepalive_probes: 0,
             first_retransmit_at: None,
             ack_now: false,
@@ -804,8 +810,9 @@ impl TcpConnection {
     fn after_read(&mut self, window_before: usize) {
         let announced = self.announced_window();
         let now_free = self.recv_buf.window();
+        let step = (2 * self.our_mss).min(self.recv_buf.capacity() / 2);
         if now_free > window_before
-            && now_free >= announced + 2 * self.our_mss
+            && now_free >= announced + step
             && announced < self.recv_buf.capacity() / 2
             && self.state.is_synchronized()
         {
@@ -869,7 +876,7 @@ impl TcpConnection {
             self.enter_closed(now);
             return;
         }
-        let unread = self.recv_buf.len() > 0 || self.recv_buf.has_out_of_order();
+        let unread = !self.recv_buf.is_empty() || self.recv_buf.has_out_of_order();
         if unread || self.config.linger == Some(Duration::ZERO) {
             self.abort(now);
             return;

@@ -89,6 +89,7 @@ impl TcpConnection {
             // Linux zero-window probe: an old ACK (SEQ = SND.UNA − 1) the peer must answer
             // with its current window; the interval backs off like the RTO.
             probe = true;
+            self.persist_force = self.snd_wnd > 0;
             self.persist_backoff = (self.persist_backoff + 1).min(16);
             self.persist_at = Some(now + self.persist_interval());
         }
@@ -241,7 +242,9 @@ impl TcpConnection {
             *probe = false;
         }
         if self.ack_now && self.state != State::SynSent {
-            let seq = self.snd_nxt;
+            // SND.MAX, not SND.NXT: after a timeout pulled SND.NXT back, an ACK numbered
+            // below the peer's RCV.NXT would itself be unacceptable and answered (BSD).
+            let seq = self.snd_max;
             self.emit_segment(
                 now,
                 emit,
@@ -259,7 +262,14 @@ impl TcpConnection {
     /// Retransmissions and new data (and the FIN) as windows, Nagle, cork and pacing allow.
     fn send_data(&mut self, now: Instant, emit: &mut Emit<'_>) -> Result<(), EmitError> {
         self.paced_hold = false;
-        let mss = self.effective_mss();
+        // SACK blocks ride on data segments while we hold out-of-order data: leave room for
+        // the largest block list so no segment exceeds the MSS (Linux tcp_current_mss).
+        let sack_room = match (self.sack_ok && self.recv_buf.has_out_of_order(), self.ts_ok) {
+            (false, _) => 0,
+            (true, true) => 28,
+            (true, false) => 36,
+        };
+        let mss = self.effective_mss() - sack_room;
         let data_start = self.data_start();
         let data_end = data_start + self.send_buf.len();
         let fin_allowed = self.fin_queued
@@ -293,7 +303,7 @@ impl TcpConnection {
                     } else {
                         None
                     }
-                    .or_else(|| first.then(|| (self.snd_una, mss)));
+                    .or_else(|| first.then_some((self.snd_una, mss)));
                     if let Some((seq, len)) = hole {
                         let len = self.retransmit_len(seq, len, data_end);
                         let fin = fin_allowed && seq + len == data_end && self.snd_max > data_end;
@@ -350,18 +360,17 @@ impl TcpConnection {
             if unsent > 0 && len < unsent.min(mss) {
                 // Limited by a window. Sender SWS avoidance: only send a partial segment when
                 // it is at least half the largest window the peer offered.
-                let sws_ok = len > 0 && len >= self.max_snd_wnd / 2 && wnd_room < cwnd_room;
+                // The persist timer doubles as the RFC 1122 §4.2.3.4 override: when it fires
+                // into a small open window, the partial segment goes.
+                let window_limited = wnd_room <= cwnd_room;
+                let sws_ok = len > 0
+                    && window_limited
+                    && (len >= self.max_snd_wnd / 2 || self.persist_force);
                 if !sws_ok {
-                    if wnd_room == 0
-                        && flight == 0
-                        && self.persist_at.is_none()
-                        && self.rto_at.is_none()
-                    {
+                    if flight == 0 && self.persist_at.is_none() && self.rto_at.is_none() {
                         self.persist_at = Some(now + self.persist_interval());
                     }
-                    if len == 0 || !sws_ok {
-                        break;
-                    }
+                    break;
                 }
             }
             if unsent > 0 && len < mss && len == unsent && !retransmission {
@@ -389,6 +398,7 @@ impl TcpConnection {
                     ..Shape::default()
                 },
             )?;
+            self.persist_force = false;
             if retransmission {
                 self.stats.retransmits += 1;
                 self.stats.bytes_retrans += len as u64;

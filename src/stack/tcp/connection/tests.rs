@@ -165,17 +165,9 @@ fn export_import_mid_transfer_continues() {
     let later = now + Duration::from_millis(3);
     let mut c2 = TcpConnection::import(&image_c, later).unwrap();
     let mut s2 = TcpConnection::import(&image_s, later).unwrap();
-    assert_eq!(
-        c2.export(later),
-        c.export(now)
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>()
-            .len()
-            .eq(&image_c.len())
-            .then_some(c2.export(later))
-            .unwrap()
-    );
+    // Instants are stored relative to the exporter's clock: re-exporting after the move
+    // gives the same bytes.
+    assert_eq!(c2.export(later), image_c);
     now = later;
     for seg in &in_flight {
         s2.process(now, &seg.repr());

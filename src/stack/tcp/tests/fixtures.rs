@@ -138,7 +138,7 @@ impl Fx {
     }
 
     /// Moves the clock to the engine's next deadline (panics if it has none: the test expects one).
-    pub fn to_deadline(&mut self) -> Instant {
+    pub fn run_to_deadline(&mut self) -> Instant {
         let at = self.conn.poll_at().expect("a timer is armed");
         self.now = self.now.max(at);
         self.now
