@@ -705,15 +705,16 @@ pub fn netserver_excluding(
     excluded_udp_ports: &[u16],
     excluded_tcp_ports: &[u16],
 ) -> BpfProgram {
-    let prepare = |list: &[u16]| {
+    // One instruction budget for both lists: TCP may take up to half, UDP the rest.
+    let prepare = |list: &[u16], limit: usize| {
         let mut ports = list.to_vec();
         ports.sort_unstable();
         ports.dedup();
-        ports.truncate(MAX_EXCLUDED_PORTS / 2);
+        ports.truncate(limit);
         ports
     };
-    let udp = prepare(excluded_udp_ports);
-    let tcp = prepare(excluded_tcp_ports);
+    let tcp = prepare(excluded_tcp_ports, MAX_EXCLUDED_PORTS / 2);
+    let udp = prepare(excluded_udp_ports, MAX_EXCLUDED_PORTS - tcp.len());
 
     let mut b = Builder::new();
     let reject = b.label();

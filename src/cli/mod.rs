@@ -5,6 +5,7 @@
 
 mod run;
 mod stat;
+mod tcp;
 
 /// Entry point; `args[0]` is the program name.
 pub fn main(args: Vec<String>) -> i32 {
@@ -15,6 +16,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Some("stat") => stat::stat_command(rest),
         Some("route") => stat::route_command(rest),
         Some("testnet") => crate::testnet::command(rest),
+        Some("tcp") => tcp::command(rest),
         Some("-h") | Some("--help") | Some("help") => {
             print!("{USAGE}");
             0
@@ -40,6 +42,7 @@ usage: msock <command> [args]
   run [--lib PATH] -- PROG [ARGS...]                    run PROG with libmsock.so preloaded
   stat [--json]                                         endpoints and counters (netstat for msock)
   route [--json]                                        the shared routing region
+  tcp connect ADDR:PORT | tcp listen PORT [options]       netcat over the msock TCP engine (stdin/stdout)
   testnet up|down|stats --name N [--impair SPEC] [--nft-drop P%]
                                                         test namespaces N-a / N-b joined by veth,
                                                         optionally through a link emulator

@@ -19,6 +19,7 @@ pub mod log;
 pub mod runtime;
 pub mod stats;
 pub mod sys;
+pub mod tcp_session;
 pub mod udp;
 
 /// The outcome of an interposed operation.

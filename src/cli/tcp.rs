@@ -1,0 +1,269 @@
+//! `msock tcp connect ADDR:PORT` / `msock tcp listen PORT`: netcat over the msock TCP engine.
+//! The engine runs in this process over the AF_PACKET channel the netserver hands out for the
+//! held port (`client::tcp_session`): stdin goes to the connection, the connection to stdout;
+//! stdin EOF half-closes. Exit status 0 after an orderly close, 1 with the error otherwise.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::client::tcp_session::TcpSession;
+use crate::stack::tcp::congestion::CongestionAlgorithm;
+use crate::stack::tcp::connection::{
+    ConnError, InitialSequence, ListenOutcome, State, TcpConfig, TcpConnection, TcpListener,
+};
+use crate::stack::tcp::isn::IsnGenerator;
+use crate::stack::{Duration, Instant};
+
+const USAGE: &str = "usage: msock tcp connect ADDR:PORT | msock tcp listen PORT
+  options: --nodelay  --congestion reno|cubic  --rcvbuf N  --sndbuf N
+           --keepalive IDLE,INTVL,CNT (seconds)  --time-wait-ms N  --info
+";
+
+struct Options {
+    config: TcpConfig,
+    info: bool,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut config = TcpConfig::default();
+    let mut info = false;
+    let mut it = args.iter();
+    let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
+        v.ok_or(format!("{what} needs a value"))?
+            .parse::<u64>()
+            .map_err(|_| format!("{what}: not a number"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--nodelay" => config.nodelay = true,
+            "--info" => info = true,
+            "--congestion" => {
+                let name = it.next().ok_or("--congestion needs a value")?;
+                config.congestion = CongestionAlgorithm::from_name(name)
+                    .ok_or(format!("--congestion: unknown algorithm '{name}'"))?;
+            }
+            "--rcvbuf" => config.recv_buffer = num(it.next(), "--rcvbuf")? as usize,
+            "--sndbuf" => config.send_buffer = num(it.next(), "--sndbuf")? as usize,
+            "--time-wait-ms" => {
+                config.time_wait = Duration::from_millis(num(it.next(), "--time-wait-ms")?)
+            }
+            "--keepalive" => {
+                let v = it.next().ok_or("--keepalive needs IDLE,INTVL,CNT")?;
+                let parts: Vec<u64> = v
+                    .split(',')
+                    .map(|p| p.parse::<u64>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "--keepalive: IDLE,INTVL,CNT in seconds".to_string())?;
+                let [idle, intvl, cnt] = parts[..] else {
+                    return Err("--keepalive: IDLE,INTVL,CNT in seconds".into());
+                };
+                config.keepalive = true;
+                config.keepalive_idle = Duration::from_secs(idle);
+                config.keepalive_interval = Duration::from_secs(intvl);
+                config.keepalive_count = cnt.max(1) as u32;
+            }
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    if config.recv_buffer == 0 || config.send_buffer == 0 {
+        return Err("buffer sizes must be positive".into());
+    }
+    Ok(Options { config, info })
+}
+
+fn secret() -> io::Result<[u8; 16]> {
+    let mut key = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    Ok(key)
+}
+
+pub fn command(args: &[String]) -> i32 {
+    let (mode, target, rest) = match args {
+        [mode, target, rest @ ..] if mode == "connect" || mode == "listen" => {
+            (mode.as_str(), target, rest)
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return 2;
+        }
+    };
+    let options = match parse_options(rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("msock tcp: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    match run(mode, target, options) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("msock tcp: {e}");
+            1
+        }
+    }
+}
+
+fn conn_error(e: ConnError) -> io::Error {
+    io::Error::from_raw_os_error(match e {
+        ConnError::Refused => libc::ECONNREFUSED,
+        ConnError::Reset => libc::ECONNRESET,
+        ConnError::TimedOut => libc::ETIMEDOUT,
+        ConnError::HostUnreachable => libc::EHOSTUNREACH,
+        ConnError::NetUnreachable => libc::ENETUNREACH,
+        ConnError::PortUnreachable => libc::ECONNREFUSED,
+    })
+}
+
+fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
+    let isn = IsnGenerator::new(secret()?);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    let (mut session, mut conn) = if mode == "connect" {
+        let remote: SocketAddrV4 = target.parse().map_err(|_| bad("connect needs ADDR:PORT"))?;
+        let mut session = TcpSession::open(0)?;
+        session.resolve(*remote.ip())?;
+        let now = session.now();
+        let local = session.local();
+        let initial = InitialSequence {
+            iss: isn.initial_sequence(local, remote, now),
+            ts_offset: isn.timestamp_offset(local, remote),
+        };
+        let conn = TcpConnection::connect(options.config.clone(), local, remote, initial, now);
+        (session, conn)
+    } else {
+        let port: u16 = target
+            .rsplit(':')
+            .next()
+            .unwrap_or(target)
+            .parse()
+            .map_err(|_| bad("listen needs a PORT"))?;
+        let mut session = TcpSession::open(port)?;
+        eprintln!("msock tcp: listening on {}", session.local());
+        let mut listener = TcpListener::new(options.config.clone(), session.local(), isn);
+        let conn = loop {
+            wait(&session, None, None)?;
+            let now = session.now();
+            let mut accepted = None;
+            session.receive(|src, seg| {
+                if accepted.is_none()
+                    && let ListenOutcome::Connection(conn) = listener.process(now, src, seg)
+                {
+                    accepted = Some(*conn);
+                }
+            })?;
+            if let Some(conn) = accepted {
+                break conn;
+            }
+        };
+        session.resolve(*conn.remote().ip())?;
+        (session, conn)
+    };
+
+    let stdin = io::stdin();
+    let stdin_fd = stdin.as_fd();
+    nix::fcntl::fcntl(
+        stdin_fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let mut stdout = io::stdout().lock();
+    let mut stdin_open = true;
+    let mut buf = vec![0u8; 256 * 1024];
+    let remote = conn.remote();
+    loop {
+        let now = session.now();
+        // Input from the network.
+        session.receive(|src, seg| {
+            if src == remote {
+                conn.process(now, seg);
+            }
+        })?;
+        // Output to stdout.
+        loop {
+            match conn.recv(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => stdout.write_all(&buf[..n])?,
+                Err(_) => break,
+            }
+        }
+        stdout.flush()?;
+        // Input from stdin.
+        let established = matches!(conn.state(), State::Established | State::CloseWait);
+        if stdin_open && established {
+            while conn.send_queue_free() > 0 {
+                let want = conn.send_queue_free().min(buf.len());
+                match nix::unistd::read(stdin_fd.as_raw_fd(), &mut buf[..want]) {
+                    Ok(0) => {
+                        stdin_open = false;
+                        conn.shutdown_write(now);
+                        break;
+                    }
+                    Ok(n) => {
+                        let _ = conn.send(&buf[..n]);
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        session.transmit(&mut conn, now)?;
+        if conn.state() == State::Closed {
+            break;
+        }
+        let stdin_wanted = stdin_open && established && conn.send_queue_free() > 0;
+        let deadline = conn.poll_at();
+        wait(
+            &session,
+            stdin_wanted.then_some(stdin_fd),
+            deadline.map(|t| (t, session.now())),
+        )?;
+    }
+    if options.info {
+        let i = conn.info(session.now());
+        eprintln!(
+            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} bytes_sent={} bytes_received={} segs_out={} segs_in={}",
+            i.rtt_us,
+            i.rttvar_us,
+            i.snd_cwnd,
+            i.snd_ssthresh,
+            i.total_retrans,
+            i.snd_wscale,
+            i.rcv_wscale,
+            u8::from(i.options & 2 != 0),
+            u8::from(i.options & 1 != 0),
+            i.bytes_sent,
+            i.bytes_received,
+            i.segs_out,
+            i.segs_in
+        );
+    }
+    match conn.take_error() {
+        Some(e) => Err(conn_error(e)),
+        None => Ok(()),
+    }
+}
+
+/// Sleeps until a frame arrives, stdin is readable (when asked) or the engine's deadline.
+fn wait(
+    session: &TcpSession,
+    stdin: Option<BorrowedFd<'_>>,
+    deadline: Option<(Instant, Instant)>,
+) -> io::Result<()> {
+    let mut fds = vec![PollFd::new(session.wake(), PollFlags::POLLIN)];
+    if let Some(fd) = stdin {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
+    let timeout = match deadline {
+        None => PollTimeout::from(1000u16),
+        Some((at, now)) if at <= now => PollTimeout::ZERO,
+        Some((at, now)) => {
+            let ms = (at - now).as_micros().div_ceil(1000).min(1000) as u16;
+            PollTimeout::from(ms)
+        }
+    };
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,306 @@
+//! The I/O shell around one TCP engine in a client process: it registers with the netserver,
+//! holds a TCP port there and receives the port's AF_PACKET channel (filter set and locked by
+//! the netserver), builds frames for what the engine emits (Ethernet + IPv4 with DF + TCP, the
+//! checksum computed while copying the payload out of the send ring, paper §7.2), parses
+//! arriving frames back into segments (bad ones counted, never a panic), and keeps time.
+//! `msock tcp` drives it; the preload library's TCP sockets will reuse it.
+#![deny(unsafe_code)]
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::Duration as StdDuration;
+
+use crate::channel::{Channel, PacketChannel};
+use crate::checksum;
+use crate::control::transport::{Connection, ControlAddress};
+use crate::control::{Family, Reply, Request, SockKind, Upcall, VERSION};
+use crate::routing::region::RegionReader;
+use crate::stack::Instant;
+use crate::stack::tcp::connection::{EmitError, Outgoing, TcpConnection};
+use crate::wire::ipv4::IpProtocol;
+use crate::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Ipv4Packet, Ipv4Repr,
+    TcpPacket, TcpRepr,
+};
+
+const ETH_LEN: usize = 14;
+const IP_LEN: usize = 20;
+
+/// Frames and segments the session dropped, by cause.
+#[derive(Debug, Default, Clone)]
+pub struct SessionStats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bad_frames: u64,
+    pub bad_tcp_checksum: u64,
+    pub channel_full: u64,
+}
+
+/// One held TCP port and its channel.
+pub struct TcpSession {
+    control: Connection,
+    upcall: Connection,
+    region: RegionReader,
+    channel: PacketChannel,
+    local: SocketAddrV4,
+    src_mac: EthernetAddress,
+    peer_mac: Option<EthernetAddress>,
+    ident: u16,
+    epoch: std::time::Instant,
+    pub stats: SessionStats,
+}
+
+fn proto(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("netserver: {e}"))
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+impl TcpSession {
+    /// Registers with the netserver and holds TCP port `port` (0 = ephemeral).
+    pub fn open(port: u16) -> io::Result<TcpSession> {
+        let control = Connection::connect(&ControlAddress::from_env())?;
+        let (reply, fds) = control.call(
+            &Request::Hello {
+                version: VERSION,
+                pid: std::process::id(),
+            },
+            &[],
+        )?;
+        let mut fds = fds.into_iter();
+        let (region_fd, upcall_fd) = match (reply, fds.next(), fds.next()) {
+            (Reply::Hello { .. }, Some(region), Some(upcall)) => (region, upcall),
+            (Reply::Error { errno: e }, _, _) => return Err(errno(e)),
+            (other, _, _) => return Err(proto(format!("unexpected reply {other:?}"))),
+        };
+        let region = RegionReader::map(region_fd)?;
+        let upcall = Connection::from_fd(upcall_fd);
+        let id = match control.call(
+            &Request::Socket {
+                family: Family::Inet,
+                kind: SockKind::Stream,
+            },
+            &[],
+        )? {
+            (Reply::Socket { id }, _) => id,
+            (Reply::Error { errno: e }, _) => return Err(errno(e)),
+            (other, _) => return Err(proto(format!("unexpected reply {other:?}"))),
+        };
+        let bind = Request::Bind {
+            id,
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            reuse_addr: false,
+            reuse_port: false,
+        };
+        let (local, ring, fd) = match control.call(&bind, &[])? {
+            (Reply::Bound { local, ring }, fds) => match fds.into_iter().next() {
+                Some(fd) => (local, ring, fd),
+                None => return Err(proto("bind reply without a channel")),
+            },
+            (Reply::Error { errno: e }, _) => return Err(errno(e)),
+            (other, _) => return Err(proto(format!("unexpected reply {other:?}"))),
+        };
+        let channel = PacketChannel::from_fd(fd, ring)?;
+        let iface = region
+            .interface()
+            .ok_or_else(|| proto("routing region has no interface"))?;
+        Ok(TcpSession {
+            control,
+            upcall,
+            local: SocketAddrV4::new(iface.addr, local.port()),
+            src_mac: iface.mac,
+            region,
+            channel,
+            peer_mac: None,
+            ident: (std::process::id() as u16).wrapping_mul(7919),
+            epoch: std::time::Instant::now(),
+            stats: SessionStats::default(),
+        })
+    }
+
+    /// msock's address and the held port.
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as u64 + 1_000_000)
+    }
+
+    pub fn wake_fd(&self) -> RawFd {
+        self.channel.wake_fd()
+    }
+
+    /// The channel, to poll for arriving frames.
+    pub fn wake(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+
+    /// Finds the MAC of the next hop towards `remote` (routing region first, then an ARP
+    /// resolution by the netserver, waiting up to 3 s).
+    pub fn resolve(&mut self, remote: Ipv4Addr) -> io::Result<()> {
+        let hop = self
+            .region
+            .lookup(remote)
+            .ok_or_else(|| errno(libc::ENETUNREACH))?;
+        if let Some(mac) = self.region.neighbor(hop.ip) {
+            self.peer_mac = Some(mac);
+            return Ok(());
+        }
+        match self.control.call(&Request::Resolve { addr: hop.ip }, &[])? {
+            (Reply::Resolve { mac: Some(mac) }, _) => {
+                self.peer_mac = Some(mac);
+                return Ok(());
+            }
+            (Reply::Resolve { mac: None }, _) => {}
+            (Reply::Error { errno: e }, _) => return Err(errno(e)),
+            (other, _) => return Err(proto(format!("unexpected reply {other:?}"))),
+        }
+        let deadline = std::time::Instant::now() + StdDuration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            let mut pfd = [nix::poll::PollFd::new(
+                self.upcall.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(200u16));
+            if let Ok(Upcall::Resolved { addr, mac }) = self.upcall.recv_upcall()
+                && addr == hop.ip
+            {
+                self.peer_mac = mac;
+                return if mac.is_some() {
+                    Ok(())
+                } else {
+                    Err(errno(libc::EHOSTUNREACH))
+                };
+            }
+            if let Some(mac) = self.region.neighbor(hop.ip) {
+                self.peer_mac = Some(mac);
+                return Ok(());
+            }
+        }
+        Err(errno(libc::EHOSTUNREACH))
+    }
+
+    /// Runs the engine's output: every segment becomes a frame on the channel.
+    pub fn transmit(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
+        let Some(dst_mac) = self.peer_mac else {
+            return Err(errno(libc::EHOSTUNREACH));
+        };
+        let (src_mac, local, remote) = (self.src_mac, self.local, conn.remote());
+        let channel = &mut self.channel;
+        let ident = &mut self.ident;
+        let stats = &mut self.stats;
+        let mut failure = None;
+        conn.dispatch(now, &mut |seg: Outgoing<'_>| {
+            let payload_len = seg.payload_len();
+            let tcp_len = seg.repr.header_len() + payload_len;
+            let len = ETH_LEN + IP_LEN + tcp_len;
+            *ident = ident.wrapping_add(1);
+            let ip = Ipv4Repr {
+                src_addr: *local.ip(),
+                dst_addr: *remote.ip(),
+                protocol: IpProtocol::Tcp,
+                payload_len: tcp_len,
+                ttl: 64,
+                ident: *ident,
+                dont_frag: true,
+                ..Ipv4Repr::default()
+            };
+            let result = channel.send_with(len, &mut |buf: &mut [u8]| {
+                let eth = EthernetRepr {
+                    src_addr: src_mac,
+                    dst_addr: dst_mac,
+                    ethertype: EthernetProtocol::Ipv4,
+                };
+                let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+                eth.emit(&mut frame);
+                let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+                ip.emit(&mut packet);
+                let segment = packet.payload_mut();
+                let header_len = seg.repr.header_len();
+                // Header with a zero checksum, then the payload copied and summed in one pass.
+                let mut tcp = TcpPacket::new_unchecked(&mut segment[..]);
+                seg.repr.emit(&mut tcp, *local.ip(), *remote.ip());
+                tcp.set_checksum(0);
+                let (head, body) = segment.split_at_mut(header_len);
+                let (first, second) = body.split_at_mut(seg.payload[0].len());
+                let s1 = checksum::copy_and_sum(first, seg.payload[0]);
+                let s2 = checksum::copy_and_sum(second, seg.payload[1]);
+                let s2 = if seg.payload[0].len() % 2 == 1 {
+                    s2.rotate_left(8)
+                } else {
+                    s2
+                };
+                let pseudo =
+                    checksum::pseudo_header_v4(*local.ip(), *remote.ip(), 6, tcp_len as u32);
+                let sum = checksum::combine(&[pseudo, checksum::data(head), s1, s2]);
+                head[16..18].copy_from_slice(&(!sum).to_be_bytes());
+            });
+            match result {
+                Ok(()) => {
+                    stats.frames_out += 1;
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    stats.channel_full += 1;
+                    Err(EmitError)
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    Err(EmitError)
+                }
+            }
+        });
+        match self.channel.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Parses every waiting frame and hands each valid segment, with its source, to
+    /// `on_segment`. Returns the number of frames read.
+    pub fn receive(
+        &mut self,
+        mut on_segment: impl FnMut(SocketAddrV4, &TcpRepr<'_>),
+    ) -> io::Result<usize> {
+        let stats = &mut self.stats;
+        let local = self.local;
+        self.channel.recv_batch(256, &mut |frame: &[u8]| {
+            stats.frames_in += 1;
+            let Ok(eth) = EthernetFrame::new_checked(frame) else {
+                stats.bad_frames += 1;
+                return;
+            };
+            let Ok(packet) = Ipv4Packet::new_checked(eth.payload()) else {
+                stats.bad_frames += 1;
+                return;
+            };
+            let Ok(ip) = Ipv4Repr::parse(&packet) else {
+                stats.bad_frames += 1;
+                return;
+            };
+            if ip.protocol != IpProtocol::Tcp || ip.dst_addr != *local.ip() {
+                stats.bad_frames += 1;
+                return;
+            }
+            let body = packet.payload();
+            let Ok(tcp) = TcpPacket::new_checked(body) else {
+                stats.bad_frames += 1;
+                return;
+            };
+            match TcpRepr::parse(&tcp, ip.src_addr, ip.dst_addr) {
+                Ok(seg) => on_segment(SocketAddrV4::new(ip.src_addr, seg.src_port), &seg),
+                Err(_) => stats.bad_tcp_checksum += 1,
+            }
+        })
+    }
+
+    pub fn upcall_fd(&self) -> RawFd {
+        self.upcall.as_fd().as_raw_fd()
+    }
+}
