@@ -81,15 +81,39 @@ fn secret() -> io::Result<[u8; 16]> {
 }
 
 pub fn command(args: &[String]) -> i32 {
-    let (mode, target, rest) = match args {
-        [mode, target, rest @ ..] if mode == "connect" || mode == "listen" => {
-            (mode.as_str(), target, rest)
-        }
-        _ => {
-            eprint!("{USAGE}");
+    // `msock tcp MODE [options] TARGET [options]`: the one argument that is neither an
+    // option nor an option's value is the target.
+    let Some((mode, rest)) = args
+        .split_first()
+        .filter(|(m, _)| *m == "connect" || *m == "listen")
+    else {
+        eprint!("{USAGE}");
+        return 2;
+    };
+    let mode = mode.as_str();
+    let mut target = None;
+    let mut option_args = Vec::new();
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        if arg.starts_with("--") {
+            option_args.push(arg.clone());
+            if !matches!(arg.as_str(), "--nodelay" | "--info")
+                && let Some(value) = it.next()
+            {
+                option_args.push(value.clone());
+            }
+        } else if target.is_none() {
+            target = Some(arg.as_str());
+        } else {
+            eprintln!("msock tcp: unexpected argument '{arg}'\n{USAGE}");
             return 2;
         }
+    }
+    let Some(target) = target else {
+        eprint!("{USAGE}");
+        return 2;
     };
+    let rest = &option_args[..];
     let options = match parse_options(rest) {
         Ok(o) => o,
         Err(e) => {
