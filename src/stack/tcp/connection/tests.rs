@@ -313,3 +313,274 @@ fn lossy_link_without_sack_or_timestamps() {
     };
     lossy_transfer(9, 50, 2, reno, 200_000);
 }
+
+/// One data segment from `from`, delivered to `to`.
+fn deliver(from: &mut TcpConnection, to: &mut TcpConnection, now: Instant) -> Vec<Captured> {
+    let segs = drain(from, now);
+    for s in &segs {
+        to.process(now, &s.repr());
+    }
+    segs
+}
+
+#[test]
+fn urgent_byte_is_read_out_of_band_and_reads_stop_at_the_mark() {
+    let (mut c, mut s, mut now) = pair(TcpConfig::default());
+    c.send(b"abc").unwrap();
+    c.send_urgent(b"!").unwrap();
+    c.send(b"def").unwrap();
+    c.set_nodelay(true);
+    let segs = drain(&mut c, now);
+    assert!(
+        segs[0].repr.urgent_pointer.is_some(),
+        "URG set on the segment before the pointer"
+    );
+    for seg in &segs {
+        s.process(now, &seg.repr());
+    }
+    exchange(&mut c, &mut s, &mut now);
+    assert!(s.readiness().priority);
+    let mut buf = [0u8; 16];
+    assert_eq!(s.recv(&mut buf), Ok(3));
+    assert_eq!(&buf[..3], b"abc", "read stops at the urgent mark");
+    assert_eq!(s.recv_urgent(false), Ok(b'!'));
+    assert_eq!(s.recv(&mut buf), Ok(3));
+    assert_eq!(&buf[..3], b"def", "the urgent byte is not in the stream");
+    assert_eq!(s.recv_urgent(false), Err(RecvError::InvalidOob));
+}
+
+#[test]
+fn keepalive_probes_after_idle_and_times_out_unanswered() {
+    let config = TcpConfig {
+        keepalive: true,
+        keepalive_idle: Duration::from_secs(10),
+        keepalive_interval: Duration::from_secs(2),
+        keepalive_count: 3,
+        ..TcpConfig::default()
+    };
+    let (mut c, _s, now) = pair(config);
+    assert!(drain(&mut c, now + Duration::from_secs(9)).is_empty());
+    let mut t = now + Duration::from_secs(10);
+    let probe = drain(&mut c, t);
+    assert_eq!(probe.len(), 1);
+    assert!(probe[0].payload.is_empty());
+    let una_minus_1 = probe[0].repr.seq_number;
+    for _ in 0..3 {
+        t += Duration::from_secs(2);
+        let p = drain(&mut c, t);
+        if c.state() == State::Closed {
+            assert!(
+                p.iter().any(|s| s.repr.control.rst),
+                "Linux sends RST when keepalive gives up"
+            );
+            break;
+        }
+        assert_eq!(
+            p[0].repr.seq_number, una_minus_1,
+            "probe carries SND.UNA − 1"
+        );
+    }
+    assert_eq!(c.state(), State::Closed);
+    assert_eq!(c.take_error(), Some(ConnError::TimedOut));
+}
+
+#[test]
+fn icmp_frag_needed_lowers_the_mss_and_resends_in_flight_data() {
+    let (mut c, _s, now) = pair(TcpConfig::default());
+    c.send(&[7u8; 3000]).unwrap();
+    let first = drain(&mut c, now);
+    assert_eq!(first[0].payload.len(), 1448);
+    c.on_icmp_frag_needed(now, 1280, first[0].repr.seq_number);
+    let again = drain(&mut c, now);
+    assert_eq!(
+        again[0].repr.seq_number, first[0].repr.seq_number,
+        "in-flight data resent"
+    );
+    assert!(
+        again.iter().all(|s| s.payload.len() <= 1240 - 12),
+        "segments fit MTU 1280"
+    );
+}
+
+#[test]
+fn max_pacing_rate_spaces_departures() {
+    let config = TcpConfig {
+        max_pacing_rate: Some(1_000_000),
+        nodelay: true,
+        ..TcpConfig::default()
+    };
+    let (mut c, _s, now) = pair(config);
+    c.send(&[0u8; 4000]).unwrap();
+    let mut departures = Vec::new();
+    let mut t = now;
+    for _ in 0..50 {
+        let mut got = Vec::new();
+        c.dispatch(t, &mut |seg| {
+            if seg.payload_len() > 0 {
+                got.push(seg.departure);
+            }
+            Ok(())
+        });
+        departures.extend(got);
+        match c.poll_at() {
+            Some(at) if at > t => t = at,
+            _ => break,
+        }
+        if departures.len() >= 3 {
+            break;
+        }
+    }
+    assert!(departures.len() >= 3, "{departures:?}");
+    let gap = departures[1] - departures[0];
+    // (1448 + 12 + 40) bytes at 1 MB/s ≈ 1.5 ms.
+    assert!(
+        gap >= Duration::from_micros(1400) && gap <= Duration::from_micros(1600),
+        "gap {gap}"
+    );
+}
+
+#[test]
+fn paws_drops_an_old_timestamp_and_acks() {
+    let (mut c, mut s, now) = pair(TcpConfig::default());
+    c.send(b"x").unwrap();
+    let segs = drain(&mut c, now);
+    let mut old = segs[0].repr();
+    let (tsval, tsecr) = old.options.timestamps().unwrap();
+    let mut options = crate::wire::tcp::TcpOptions::default();
+    options
+        .push_aligned(crate::wire::tcp::TcpOption::Timestamps {
+            tsval: tsval.wrapping_sub(1000),
+            tsecr,
+        })
+        .unwrap();
+    old.options = options;
+    assert_eq!(s.process(now, &segs[0].repr()), Verdict::Accepted);
+    assert_eq!(
+        s.process(now, &old),
+        Verdict::Dropped(TcpDropReason::PawsRejected)
+    );
+    assert_eq!(s.stats().dropped(TcpDropReason::PawsRejected), 1);
+}
+
+#[test]
+fn delayed_ack_after_quickack_phase_waits_for_the_timer_or_a_second_segment() {
+    let (mut c, mut s, mut now) = pair(TcpConfig {
+        nodelay: true,
+        ..TcpConfig::default()
+    });
+    let mut buf = vec![0u8; 65536];
+    // Use up the quick-ACK budget.
+    for _ in 0..20 {
+        c.send(&[0u8; 1448]).unwrap();
+        exchange(&mut c, &mut s, &mut now);
+        let _ = s.recv(&mut buf);
+    }
+    c.send(&[0u8; 1448]).unwrap();
+    deliver(&mut c, &mut s, now);
+    assert!(
+        drain(&mut s, now).is_empty(),
+        "one full segment: the ACK is delayed"
+    );
+    let at = s.poll_at().expect("delayed-ACK timer");
+    assert!(at - now >= Duration::from_millis(40) && at - now <= Duration::from_millis(200));
+    c.send(&[0u8; 1448]).unwrap();
+    deliver(&mut c, &mut s, now);
+    assert_eq!(
+        drain(&mut s, now).len(),
+        1,
+        "a second full segment is ACKed at once"
+    );
+}
+
+#[test]
+fn nagle_holds_a_small_second_write_until_acked_and_nodelay_does_not() {
+    let (mut c, mut s, now) = pair(TcpConfig::default());
+    c.send(b"a").unwrap();
+    assert_eq!(
+        deliver(&mut c, &mut s, now).len(),
+        1,
+        "first small write goes at once"
+    );
+    c.send(b"b").unwrap();
+    assert!(
+        drain(&mut c.clone(), now).is_empty(),
+        "Nagle holds the second while the first is unacked"
+    );
+    let mut nodelay = c.clone();
+    nodelay.set_nodelay(true);
+    assert_eq!(
+        drain(&mut nodelay, now)[0].payload,
+        b"b",
+        "TCP_NODELAY sends it"
+    );
+    // The ACK for "a" (quick-ACK phase: at once) releases "b".
+    let later = now + Duration::from_millis(1);
+    let acks = deliver(&mut s, &mut c, later);
+    assert!(!acks.is_empty());
+    let out = drain(&mut c, later);
+    assert_eq!(out[0].payload, b"b", "the ACK releases the held byte");
+}
+
+#[test]
+fn cork_holds_partial_segments_until_full_or_200_ms() {
+    let (mut c, mut s, now) = pair(TcpConfig::default());
+    c.set_cork(true, now);
+    c.send(&[1u8; 100]).unwrap();
+    assert!(drain(&mut c, now).is_empty(), "corked partial segment held");
+    c.send(&[2u8; 3000]).unwrap();
+    let full = deliver(&mut c, &mut s, now);
+    assert_eq!(full.len(), 2);
+    assert!(
+        full.iter().all(|s| s.payload.len() == 1448),
+        "only full segments leave while corked"
+    );
+    deliver(&mut s, &mut c, now);
+    assert!(
+        drain(&mut c, now + Duration::from_millis(150)).is_empty(),
+        "still corked"
+    );
+    let rest = drain(&mut c, now + Duration::from_millis(201));
+    assert_eq!(rest.len(), 1);
+    assert_eq!(
+        rest[0].payload.len(),
+        3100 - 2896,
+        "the 200 ms cork limit sends the rest"
+    );
+}
+
+#[test]
+fn small_window_persist_forces_the_rest_then_probes_with_backoff() {
+    let config = TcpConfig {
+        recv_buffer: 4096,
+        ..TcpConfig::default()
+    };
+    let (mut c, mut s, mut now) = pair(config);
+    c.send(&[1u8; 20_000]).unwrap();
+    exchange(&mut c, &mut s, &mut now);
+    // 2896 B arrived; 1200 B of window remain, less than half the largest window: the sender
+    // avoids silly windows and arms the persist timer instead.
+    assert_eq!(s.recv_queue_len(), 2896);
+    let t1 = c.poll_at().expect("persist armed");
+    let forced = deliver(&mut c, &mut s, t1);
+    // (The window reads 1280: 1200 rounded up to the 128-byte scale unit, never shrunk.)
+    assert!(
+        forced
+            .iter()
+            .any(|f| (1200..1448).contains(&f.payload.len())),
+        "RFC 1122 override sends the partial segment"
+    );
+    assert_eq!(s.recv_queue_len(), 4096);
+    deliver(&mut s, &mut c, t1);
+    // Now the window is zero: probes without data, at growing intervals.
+    let t2 = c.poll_at().expect("persist re-armed");
+    let probe = deliver(&mut c, &mut s, t2);
+    assert!(
+        probe.iter().all(|p| p.payload.is_empty()),
+        "zero-window probe carries no data"
+    );
+    deliver(&mut s, &mut c, t2);
+    let t3 = c.poll_at().expect("persist re-armed");
+    assert!(t3 - t2 > t2 - t1, "probe interval backs off");
+    // Resumption after the window reopens is covered by the simulator's tiny-buffer
+    // transfers (tests/transfers.rs).
+}
