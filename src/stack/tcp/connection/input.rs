@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use super::{ConnError, State, TcpConnection, TcpDropReason, Verdict};
+use crate::stack::tcp::rtt::RttEstimator;
 use crate::stack::{Duration, Instant};
 use crate::wire::tcp::{TcpControl, TcpRepr, TcpSeqNumber};
 
@@ -72,6 +73,13 @@ impl TcpConnection {
             self.snd_wl2 = ack;
             if self.retries == 0 {
                 self.rtt.on_sample(now - self.ts_origin);
+            } else {
+                // RFC 6298 (5.7): the SYN was retransmitted, start data with RTO = 3 s.
+                self.rtt = RttEstimator::new(
+                    Duration::from_secs(3).max(self.config.rto_min),
+                    self.config.rto_min,
+                    self.config.rto_max,
+                );
             }
             self.retries = 0;
             self.rto_at = None;
@@ -380,6 +388,16 @@ impl TcpConnection {
             {
                 self.rtt.on_sample(now - sent);
                 self.rtt_sample = None;
+            } else if self.ts_ok
+                && let Some((_, tsecr)) = seg.options.timestamps()
+                && tsecr != 0
+            {
+                // RFC 7323 §4: the echoed timestamp times even retransmitted segments.
+                let ms = self.ts_now(now).wrapping_sub(tsecr);
+                if ms < 60_000 {
+                    self.rtt
+                        .on_sample(Duration::from_millis(u64::from(ms.max(1))));
+                }
             }
             self.retries = 0;
             self.first_retransmit_at = None;

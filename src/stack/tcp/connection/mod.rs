@@ -691,9 +691,6 @@ impl TcpConnection {
                 Err(SendError::WouldBlock)
             };
         }
-        if self.config.cork && self.cork_at.is_none() {
-            self.cork_at = Some(self.last_send_at.max(self.ts_origin) + CORK_LIMIT);
-        }
         self.wake = true;
         Ok(n)
     }
@@ -764,7 +761,7 @@ impl TcpConnection {
             let want = buf.len().min(limit);
             let n = self.recv_buf.read(&mut buf[..want]);
             self.after_read(before);
-            self.pass_urgent_mark();
+            // The mark stays until the next read so SIOCATMARK can report it.
             return Ok(n);
         }
         if buf.is_empty() {
@@ -809,7 +806,8 @@ impl TcpConnection {
     /// the window we could announce grew by two segments and had fallen below half.
     fn after_read(&mut self, window_before: usize) {
         let announced = self.announced_window();
-        let now_free = self.recv_buf.window();
+        // What a window field can express at all (65535 without scaling).
+        let now_free = self.recv_buf.window().min(65_535usize << self.rcv_wscale);
         let step = (2 * self.our_mss).min(self.recv_buf.capacity() / 2);
         if now_free > window_before
             && now_free >= announced + step

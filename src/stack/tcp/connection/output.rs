@@ -379,6 +379,10 @@ impl TcpConnection {
                 let nagle_holds =
                     !self.config.nodelay && self.snd_max > self.snd_una && !fin_with_it;
                 let cork_holds = self.config.cork && !self.cork_expired && !fin_with_it;
+                if cork_holds && self.cork_at.is_none() {
+                    // Linux holds corked data at most 200 ms from when it was held.
+                    self.cork_at = Some(now + super::CORK_LIMIT);
+                }
                 if nagle_holds || cork_holds {
                     break;
                 }
