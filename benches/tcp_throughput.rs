@@ -7,12 +7,14 @@
 //! - send, msock: `msock tcp connect 198.18.0.1:P` in `N-a`, stdin a sparse file of [`VOLUME`]
 //!   zero bytes, into a kernel receiver in `N-b` (this binary's `--sink` role: reads and counts);
 //! - send, kernel: this binary's `--source` role in `N-a` bound to .3, into the same receiver;
-//! - receive, msock: a kernel `--source` in `N-b` into `msock tcp listen P` in `N-a`, whose stdout
-//!   (a pipe) this process reads and counts;
+//! - receive, msock: a kernel `--source` in `N-b` into `msock tcp listen P` in `N-a`, output to
+//!   /dev/null;
 //! - receive, kernel: the same source into a `--sink` in `N-a` bound to .3.
 //!
-//! Goodput is measured at the receiving application: bytes read from the first byte to EOF,
-//! divided by that time, capped at [`CAP`] (a slow run reports what arrived in [`CAP`]). CPU is
+//! The kernel of `N-b` measures every row: sending, its sink counts the bytes read from the
+//! first byte to EOF; receiving, its source counts from the established connection until every
+//! byte it wrote is acknowledged (`SIOCOUTQ` 0). Both stop at [`CAP`] (a slow run reports what
+//! got through in [`CAP`]). CPU is
 //! the `N-a` endpoint process's user+system time (`wait4` rusage) over the transfer time, and
 //! for msock the netserver's CPU time during the run (`/proc/PID/stat`). The same four cases run
 //! once more over `msock testnet up --impair delay=5ms,seed=1` (10 ms RTT through the link
@@ -51,6 +53,9 @@ const DELAY_SPEC: &str = "delay=5ms,seed=1";
 const DELAY_BUFFER: usize = 4 << 20;
 /// Read/write chunk of the bench's own sources and sinks.
 const CHUNK: usize = 256 << 10;
+/// msock's TIME_WAIT (ms), so an actively closing `msock tcp` exits and prints `--info` soon
+/// after the transfer (the transfer itself is unaffected).
+const TIME_WAIT_MS: u64 = 10;
 /// First TCP port; every run takes the next one (no TIME_WAIT collisions).
 const BASE_PORT: u16 = 9300;
 
@@ -112,7 +117,9 @@ fn sink_role(args: &[String]) -> io::Result<()> {
 }
 
 /// `--source BIND_IP DEST BYTES`: connects from BIND_IP (retrying while the listener is not up
-/// yet), writes BYTES zero bytes, half-closes, and waits for the peer's FIN.
+/// yet), writes BYTES zero bytes or as many as [`CAP`] allows, waits until the peer acknowledged
+/// everything (`SIOCOUTQ` 0, or [`CAP`] ran out), prints `result ACKED_BYTES NANOS` (from the
+/// established connection to the last acknowledgement), half-closes and waits for the peer's FIN.
 fn source_role(args: &[String]) -> io::Result<()> {
     let bind: Ipv4Addr = parse_arg(args.first())?;
     let dest: SocketAddrV4 = parse_arg(args.get(1))?;
@@ -121,23 +128,37 @@ fn source_role(args: &[String]) -> io::Result<()> {
     let mut stream = loop {
         match connect_from(bind, dest) {
             Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(e),
         }
     };
+    let start = Instant::now();
+    let end = start + CAP;
     let chunk = vec![0u8; CHUNK];
-    let mut left = volume;
-    while left > 0 {
-        let n = (left.min(CHUNK as u64)) as usize;
+    let mut written = 0u64;
+    while written < volume && Instant::now() < end {
+        let n = (volume - written).min(CHUNK as u64) as usize;
         stream.write_all(&chunk[..n])?;
-        left -= n as u64;
+        written += n as u64;
     }
-    stream.shutdown(Shutdown::Write)?;
+    let unacked = loop {
+        let mut outq: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int.
+        if unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut outq) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if outq <= 0 || Instant::now() >= end {
+            break outq.max(0) as u64;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let elapsed = start.elapsed().min(CAP);
+    println!("result {} {}", written - unacked, elapsed.as_nanos());
+    io::stdout().flush()?;
+    // After the result the end does not matter: a receiver cut short by [`CAP`] resets.
+    let _ = stream.shutdown(Shutdown::Write);
     let mut sink = [0u8; 4096];
-    while stream.read(&mut sink)? > 0 {}
+    while stream.read(&mut sink).is_ok_and(|n| n > 0) {}
     Ok(())
 }
 
@@ -416,6 +437,25 @@ fn proc_cpu(pid: i32) -> Option<Duration> {
     Some(Duration::from_nanos((utime + stime) * 1_000_000_000 / hz))
 }
 
+/// Busy time of all CPUs since boot (`/proc/stat` line `cpu`).
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(busy * 1_000_000_000 / hz))
+}
+
 fn netns(ns: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]);
@@ -448,6 +488,12 @@ struct Sample {
     cpu: Duration,
     /// CPU time of the netserver during the run (msock only).
     netserver_cpu: Option<Duration>,
+    /// Busy time of all CPUs during the run (`/proc/stat`: user, nice, system, irq, softirq,
+    /// steal): both stacks' work wherever the kernel charged it, and anything else running.
+    machine_cpu: Option<Duration>,
+    /// Segments the sender retransmitted (msock `--info`, or the sending kernel's
+    /// `RetransSegs`).
+    retransmits: Option<u64>,
     /// What msock printed on stderr (`--info`).
     info: String,
 }
@@ -507,20 +553,24 @@ fn start_sink(
     Ok((sink, reader))
 }
 
-/// Reads the sink's `result BYTES NANOS` line.
-fn sink_result(reader: &mut BufReader<ChildStdout>) -> Result<(u64, Duration), String> {
+/// Reads a role's `result BYTES NANOS` line.
+fn read_result(what: &str, reader: &mut BufReader<ChildStdout>) -> Result<(u64, Duration), String> {
     let mut line = String::new();
     reader
         .read_line(&mut line)
-        .map_err(|e| format!("sink: {e}"))?;
+        .map_err(|e| format!("{what}: {e}"))?;
     let mut it = line.split_whitespace();
     match (it.next(), it.next(), it.next()) {
         (Some("result"), Some(b), Some(ns)) => {
-            let bytes = b.parse().map_err(|_| format!("sink: bad line {line:?}"))?;
-            let ns: u64 = ns.parse().map_err(|_| format!("sink: bad line {line:?}"))?;
+            let bytes = b
+                .parse()
+                .map_err(|_| format!("{what}: bad line {line:?}"))?;
+            let ns: u64 = ns
+                .parse()
+                .map_err(|_| format!("{what}: bad line {line:?}"))?;
             Ok((bytes, Duration::from_nanos(ns)))
         }
-        _ => Err(format!("sink failed (output {line:?})")),
+        _ => Err(format!("{what} failed (output {line:?})")),
     }
 }
 
@@ -539,10 +589,11 @@ fn source_cmd(ctx: &Ctx, ns: &str, bind: Ipv4Addr, dest: SocketAddrV4) -> Comman
 
 fn msock_cmd(ctx: &Ctx, net: &Net, args: &[String], buffers: Option<usize>) -> Command {
     let mut cmd = netns(&net.ns_a());
-    cmd.arg(&ctx.msock)
-        .args(["tcp"])
-        .arg(&args[0])
-        .arg("--info");
+    cmd.arg(&ctx.msock).args(["tcp"]).arg(&args[0]).args([
+        "--info",
+        "--time-wait-ms",
+        &TIME_WAIT_MS.to_string(),
+    ]);
     if let Some(b) = buffers {
         cmd.args(["--rcvbuf", &b.to_string(), "--sndbuf", &b.to_string()]);
     }
@@ -550,20 +601,22 @@ fn msock_cmd(ctx: &Ctx, net: &Net, args: &[String], buffers: Option<usize>) -> C
     cmd
 }
 
-/// How long a sender may take to finish after the receiver counted `bytes`: a complete transfer
-/// ends by itself, one cut short by [`CAP`] is killed at once.
-fn grace(bytes: u64) -> Duration {
-    if bytes >= VOLUME {
-        EXIT_GRACE
-    } else {
-        Duration::ZERO
-    }
+/// Whether the receiver counted the whole [`VOLUME`] (else [`CAP`] cut the transfer short).
+fn complete(bytes: u64) -> bool {
+    bytes >= VOLUME
 }
 
-fn check_exit(what: &str, exit: &Exit, info: &str) -> Result<(), String> {
-    if exit.killed_by_us || exit.status == 0 {
-        // A sender stopped by the cap or a receiver that outlived the measurement is fine.
+/// Fails if a process exited with an error, unless the transfer was cut short by [`CAP`] (then
+/// the peer was stopped first and a reset or a kill is the expected end).
+fn check_exit(what: &str, exit: &Exit, info: &str, complete: bool) -> Result<(), String> {
+    if exit.status == 0 || !complete {
         Ok(())
+    } else if exit.killed_by_us {
+        Err(format!(
+            "{what} did not exit within {} s of the end of the transfer: {}",
+            EXIT_GRACE.as_secs(),
+            info.trim()
+        ))
     } else {
         Err(format!(
             "{what} failed (wait status {:#x}): {}",
@@ -571,6 +624,22 @@ fn check_exit(what: &str, exit: &Exit, info: &str) -> Result<(), String> {
             info.trim()
         ))
     }
+}
+
+/// `Tcp: RetransSegs` of namespace `ns` (`/proc/net/snmp` read inside it).
+fn retrans_segs(ns: &str) -> Option<u64> {
+    let out = netns(ns).args(["cat", "/proc/net/snmp"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RetransSegs")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// The value of `key=` in msock's `--info` line.
+fn info_field(info: &str, key: &str) -> Option<u64> {
+    info.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 /// One transfer of `stack` in `direction` over `net`.
@@ -584,6 +653,14 @@ fn run_once(
     let port = ctx.next_port();
     let ns_a = net.ns_a();
     let ns_b = net.ns_b();
+    // The namespace whose kernel sends, when the kernel sends.
+    let sender_ns = match (stack, direction) {
+        (Stack::Msock, Direction::Send) => None,
+        (Stack::Kernel, Direction::Send) => Some(ns_a.as_str()),
+        (_, Direction::Receive) => Some(ns_b.as_str()),
+    };
+    let retrans_before = sender_ns.and_then(retrans_segs);
+    let busy_before = machine_busy();
     let ns_cpu_before = net.netserver_cpu();
     let sample = match (stack, direction) {
         (_, Direction::Send) => {
@@ -607,67 +684,75 @@ fn run_once(
                     (Proc::spawn("kernel source", &mut cmd)?, None)
                 }
             };
-            let (bytes, elapsed) = sink_result(&mut reader)?;
-            let sender_exit = sender.finish(grace(bytes))?;
+            let (bytes, elapsed) = read_result("sink", &mut reader)?;
+            // The sink closes after its result: a cut-short sender sees a reset (msock prints
+            // its --info and exits); a kernel source is simply stopped.
             let _ = sink.finish(EXIT_GRACE)?;
+            let grace = match (stack, complete(bytes)) {
+                (Stack::Kernel, false) => Duration::ZERO,
+                _ => EXIT_GRACE,
+            };
+            let sender_exit = sender.finish(grace)?;
             let info = info
                 .map(|h| h.join().unwrap_or_default())
                 .unwrap_or_default();
-            check_exit(&sender.what, &sender_exit, &info)?;
+            check_exit(&sender.what, &sender_exit, &info, complete(bytes))?;
             Sample {
                 bytes,
                 elapsed,
                 cpu: sender_exit.cpu,
                 netserver_cpu: None,
+                machine_cpu: None,
+                retransmits: info_field(&info, "retrans"),
                 info,
             }
         }
-        (Stack::Msock, Direction::Receive) => {
-            let mut cmd = msock_cmd(ctx, net, &["listen".into(), port.to_string()], buffers);
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-            let mut receiver = Proc::spawn("msock tcp listen", &mut cmd)?;
-            // Held open until the measurement ends, so stdin EOF cannot close the connection.
-            let stdin = receiver.child.stdin.take();
-            let stdout = receiver
-                .child
-                .stdout
-                .take()
-                .ok_or("msock listen: no stdout")?;
-            let info = drain(receiver.child.stderr.take());
-            let mut cmd = source_cmd(ctx, &ns_b, PEER, SocketAddrV4::new(MSOCK, port));
+        (_, Direction::Receive) => {
+            // The receiver discards (msock into /dev/null, the kernel sink reads and drops);
+            // the kernel source in `N-b` measures until everything is acknowledged.
+            let (mut receiver, info, stdin, sink_reader) = match stack {
+                Stack::Msock => {
+                    let mut cmd =
+                        msock_cmd(ctx, net, &["listen".into(), port.to_string()], buffers);
+                    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+                    let mut p = Proc::spawn("msock tcp listen", &mut cmd)?;
+                    // Held open until the measurement ends, so stdin EOF cannot end anything.
+                    let stdin = p.child.stdin.take();
+                    let info = drain(p.child.stderr.take());
+                    (p, Some(info), stdin, None)
+                }
+                Stack::Kernel => {
+                    let (p, reader) = start_sink(ctx, &ns_a, SocketAddrV4::new(KERNEL_A, port))?;
+                    (p, None, None, Some(reader))
+                }
+            };
+            let dest = match stack {
+                Stack::Msock => MSOCK,
+                Stack::Kernel => KERNEL_A,
+            };
+            let mut cmd = source_cmd(ctx, &ns_b, PEER, SocketAddrV4::new(dest, port));
+            cmd.stdout(Stdio::piped());
             let mut source = Proc::spawn("kernel source", &mut cmd)?;
-            let counted = count_until_eof(stdout.as_raw_fd(), CAP, FIRST_BYTE_TIMEOUT)
-                .map_err(|e| format!("reading msock tcp listen: {e}"));
+            let mut reader = BufReader::new(source.child.stdout.take().ok_or("source: no stdout")?);
+            let result = read_result("source", &mut reader);
             drop(stdin);
-            drop(stdout);
-            let complete = counted.as_ref().map(|c| grace(c.0)).unwrap_or_default();
-            let _ = source.finish(complete)?;
-            let receiver_exit = receiver.finish(complete)?;
-            let info = info.join().unwrap_or_default();
+            let _ = source.finish(EXIT_GRACE)?;
+            let receiver_exit = receiver.finish(EXIT_GRACE)?;
+            drop(sink_reader);
+            let info = info
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default();
             let (bytes, elapsed) =
-                counted.map_err(|e| format!("{e}; msock said: {}", info.trim()))?;
-            check_exit(&receiver.what, &receiver_exit, &info)?;
+                result.map_err(|e| format!("{e}; msock said: {}", info.trim()))?;
+            check_exit(&receiver.what, &receiver_exit, &info, true)?;
             Sample {
                 bytes,
                 elapsed,
                 cpu: receiver_exit.cpu,
                 netserver_cpu: None,
+                machine_cpu: None,
+                retransmits: None,
                 info,
-            }
-        }
-        (Stack::Kernel, Direction::Receive) => {
-            let (mut sink, mut reader) = start_sink(ctx, &ns_a, SocketAddrV4::new(KERNEL_A, port))?;
-            let mut cmd = source_cmd(ctx, &ns_b, PEER, SocketAddrV4::new(KERNEL_A, port));
-            let mut source = Proc::spawn("kernel source", &mut cmd)?;
-            let (bytes, elapsed) = sink_result(&mut reader)?;
-            let sink_exit = sink.finish(EXIT_GRACE)?;
-            let _ = source.finish(grace(bytes))?;
-            Sample {
-                bytes,
-                elapsed,
-                cpu: sink_exit.cpu,
-                netserver_cpu: None,
-                info: String::new(),
             }
         }
     };
@@ -675,8 +760,18 @@ fn run_once(
         (Stack::Msock, Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
+    let retransmits = match (retrans_before, sender_ns.and_then(retrans_segs)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => sample.retransmits,
+    };
+    let machine_cpu = match (busy_before, machine_busy()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     Ok(Sample {
         netserver_cpu,
+        retransmits,
+        machine_cpu,
         ..sample
     })
 }
@@ -732,7 +827,7 @@ fn measure(
             let s = run_once(ctx, net, case.stack, case.direction, buffers)
                 .map_err(|e| format!("{label} {:?} {:?}: {e}", case.direction, case.stack))?;
             println!(
-                "{label:<22} {:<8} {:<7} run {}: {:>6.2} Gbit/s  {:>5} MiB in {:.2} s  cpu {:.2} s{}",
+                "{label:<22} {:<8} {:<7} run {}: {:>6.2} Gbit/s  {:>5} MiB in {:.2} s  cpu {:.2} s  retrans {}{}{}",
                 format!("{:?}", case.direction).to_lowercase(),
                 format!("{:?}", case.stack).to_lowercase(),
                 rep + 1,
@@ -740,8 +835,12 @@ fn measure(
                 s.bytes >> 20,
                 s.elapsed.as_secs_f64(),
                 s.cpu.as_secs_f64(),
+                s.retransmits.map_or_else(|| "?".into(), |n| n.to_string()),
                 s.netserver_cpu
                     .map(|c| format!("  netserver cpu {:.2} s", c.as_secs_f64()))
+                    .unwrap_or_default(),
+                s.machine_cpu
+                    .map(|c| format!("  machine cpu {:.2} s", c.as_secs_f64()))
                     .unwrap_or_default()
             );
             case.samples.push(s);
@@ -755,6 +854,38 @@ fn percent_of(cpu: Duration, elapsed: Duration) -> String {
         "{:.0} %",
         100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9)
     )
+}
+
+fn direction_text(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Send => "N-a → N-b (N-a sends)",
+        Direction::Receive => "N-b → N-a (N-a receives)",
+    }
+}
+
+/// Median over a case's runs of all CPUs' busy time per GiB moved.
+fn cpu_per_gib(case: &Case) -> String {
+    let v: Vec<f64> = case
+        .samples
+        .iter()
+        .filter_map(|s| {
+            Some(s.machine_cpu?.as_secs_f64() / (s.bytes.max(1) as f64 / (1u64 << 30) as f64))
+        })
+        .collect();
+    if v.len() == case.samples.len() && !v.is_empty() {
+        format!("{:.2}", support::median(&v))
+    } else {
+        "?".into()
+    }
+}
+
+/// Sum of a case's retransmissions over its runs (`?` if a count is missing).
+fn retransmits(case: &Case) -> String {
+    case.samples
+        .iter()
+        .map(|s| s.retransmits)
+        .sum::<Option<u64>>()
+        .map_or_else(|| "?".into(), |n| n.to_string())
 }
 
 fn table(cases: &[Case]) -> support::Table {
@@ -771,10 +902,7 @@ fn table(cases: &[Case]) -> support::Table {
         let (mg, kg) = (m.median_gbits(), k.median_gbits());
         let ms = m.median_sample();
         let ks = k.median_sample();
-        let direction = match m.direction {
-            Direction::Send => "N-a → N-b (N-a sends)",
-            Direction::Receive => "N-b → N-a (N-a receives)",
-        };
+        let direction = direction_text(m.direction);
         rows.push(vec![
             m.label.clone(),
             direction.to_string(),
@@ -785,6 +913,8 @@ fn table(cases: &[Case]) -> support::Table {
             ms.and_then(|s| s.netserver_cpu.map(|c| percent_of(c, s.elapsed)))
                 .unwrap_or_else(|| "–".into()),
             ks.map(|s| percent_of(s.cpu, s.elapsed)).unwrap_or_default(),
+            format!("{} / {}", cpu_per_gib(m), cpu_per_gib(k)),
+            format!("{} / {}", retransmits(m), retransmits(k)),
         ]);
     }
     support::Table {
@@ -797,6 +927,8 @@ fn table(cases: &[Case]) -> support::Table {
             "msock process CPU".into(),
             "netserver CPU".into(),
             "kernel-side process CPU".into(),
+            "machine CPU s per GiB, median (msock / kernel)".into(),
+            "retransmitted segments, all runs (msock / kernel)".into(),
         ],
         rows,
     }
@@ -851,18 +983,22 @@ fn run() -> Result<(), String> {
     let all: Vec<Case> = plain.into_iter().chain(delayed).collect();
     let table = table(&all);
     print!("\n{}", table.to_markdown());
+    // The `--info` line of each msock row's median run (engine state at the end).
+    let mut infos = String::new();
     for case in all.iter().filter(|c| c.stack == Stack::Msock) {
-        if let Some(s) = case.median_sample()
-            && !s.info.trim().is_empty()
-        {
-            println!(
-                "\nmsock --info, {} {:?} (median run):\n{}",
+        let line = case
+            .median_sample()
+            .and_then(|s| s.info.lines().find(|l| l.contains("rtt_us=")));
+        if let Some(line) = line {
+            let line = line.trim_start_matches("msock tcp: ");
+            infos.push_str(&format!(
+                "- {}, {}: `{line}`\n",
                 case.label,
-                case.direction,
-                s.info.trim_end()
-            );
+                direction_text(case.direction)
+            ));
         }
     }
+    print!("\nmsock --info at exit (median runs):\n{infos}");
     let target = all
         .iter()
         .filter(|c| c.stack == Stack::Msock && c.label.starts_with("veth"))
@@ -878,14 +1014,17 @@ fn run() -> Result<(), String> {
          1500, offloads off): msock (`msock tcp connect|listen`, the engine in-process over its \
          netserver channel, at 198.18.0.2) against the kernel stack of the same namespace \
          (198.18.0.3), the kernel of `N-b` as the peer in every row, all in one run with \
-         msock and kernel runs interleaved. Goodput is measured at the receiving application \
-         (first byte to EOF) for {} MiB, or what arrives within {} s; {REPS} runs per row on the \
+         msock and kernel runs interleaved. Goodput is measured by the kernel of `N-b`: its \
+         receiving application from the first byte to EOF, or its sender from the established \
+         connection until all it wrote is acknowledged, for {} MiB or what gets through in {} s \
+         (receivers discard: msock writes to /dev/null, the kernel sink reads and drops); {REPS} runs per row on the \
          plain veth, {REPS_DELAY} over the link emulator (`--impair {DELAY_SPEC}`, msock with \
          `--rcvbuf/--sndbuf {DELAY_BUFFER}`; the kernel autotunes). CPU columns: user+system time \
          of the `N-a` endpoint process (msock, or the kernel-stack program, whose in-kernel \
-         receive work is partly charged to softirq context instead) and of the netserver, as a \
-         share of one core over the transfer time. The msock receiver writes into a pipe read by \
-         the bench (one extra copy compared to the kernel sink). Load average at start: {}.\n\n{}",
+         work is largely charged to other tasks' softirq context instead) and of the netserver, as \
+         a share of one core over the transfer time; machine CPU is the busy time of all CPUs \
+         during the run (both stacks' work wherever the kernel charged it, set-up included, and \
+         whatever else the machine was doing) per GiB moved. Load average at start: {}.\n\n{}\n`msock tcp --info` at exit, median runs:\n\n{infos}",
         VOLUME >> 20,
         CAP.as_secs(),
         load.split_whitespace()
@@ -897,7 +1036,7 @@ fn run() -> Result<(), String> {
     support::write_section_markdown(
         "tcp_throughput",
         &body,
-        "make build && cargo bench --bench tcp_throughput",
+        "cargo bench --bench tcp_throughput  # as root",
     )
     .map_err(|e| format!("BENCHMARKS.md: {e}"))?;
     drop(zeros);
