@@ -2,7 +2,11 @@
 //! real netserver and AF_PACKET channel (`msock tcp connect|listen` in N-a, socat on the
 //! kernel stack in N-b): active and passive open, 100 MB each way with SHA-256 equality, the
 //! same over the seeded link emulator and over nftables `numgen` drops, options negotiated as
-//! `ss -tin` shows them, RSTs both ways.
+//! `ss -tin` shows them, RSTs both ways, keepalive probes both ways (and ETIMEDOUT when ours
+//! go unanswered), the kernel closing first, TIME-WAIT held for its configured time, path MTU
+//! from an ICMP fragmentation-needed forwarded by the netserver, and blind RST/SYN/data
+//! injection (RFC 5961). Needs root, socat, tcpdump, nft and python3 (the ICMP "router" and
+//! the attacker are small raw-socket scripts in N-b).
 
 mod common;
 
@@ -306,4 +310,697 @@ fn resets_both_ways() {
         "{}",
         stderr_of(&out)
     );
+}
+
+/// `tcpdump -lnS` of TCP port `port` on N-b's interface, started and ready (the kernel's view
+/// of every segment).
+fn tcpdump(net: &TestNet, port: &str) -> Proc {
+    let filter = format!("tcp port {port}");
+    let dump = net.spawn(
+        "tcpdump",
+        net.command_in(
+            net.ns_b(),
+            &[
+                "tcpdump",
+                "--immediate-mode",
+                "-lnS",
+                "-i",
+                net.iface_b(),
+                &filter,
+            ],
+        ),
+    );
+    let ready = wait_until(READY_TIMEOUT, || dump.log().contains("listening on"));
+    assert!(ready, "tcpdump not ready: {}", dump.log());
+    dump
+}
+
+/// The tcpdump lines of segments sent by `src` (an address) with exactly the flags `flags`
+/// (tcpdump's notation: `"."` ACK, `"S."` SYN-ACK, `"R"`, ...) and no payload.
+fn empty_segments<'a>(log: &'a str, src: std::net::Ipv4Addr, flags: &str) -> Vec<&'a str> {
+    let from = format!(" IP {src}.");
+    let flags = format!("Flags [{flags}],");
+    log.lines()
+        .filter(|l| l.contains(&from) && l.contains(&flags) && l.ends_with("length 0"))
+        .collect()
+}
+
+/// The first `AF=2 ADDR:PORT` peer port in a `socat -d -d` log ("accepting connection from").
+fn accepted_port(log: &str) -> Option<u16> {
+    let rest = log.split("accepting connection from AF=2 ").nth(1)?;
+    let addr = rest.split_whitespace().next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+/// Runs `script` in N-b and returns whether it succeeded.
+fn sh_ok(net: &TestNet, ns: &str, script: &str) -> bool {
+    net.exec(sh(net, ns, script)).status.success()
+}
+
+/// Our keepalive (`--keepalive 1,1,3`) against a kernel peer: over 4.5 s of idle the probes
+/// (SEQ = SND.UNA − 1, no data) are answered by the kernel and the connection survives to an
+/// orderly close; then, with the kernel made silent by an nftables drop, the probes go
+/// unanswered and the connection fails with ETIMEDOUT after IDLE + CNT·INTVL.
+#[test]
+fn keepalive_probes_with_the_kernel() {
+    let Some(net) = TestNet::new("ti-ka") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5002";
+    let mut dump = tcpdump(&net, port);
+
+    // 1. Our probes, answered.
+    let mut sink = net.spawn(
+        "kernel-sink",
+        sh(
+            &net,
+            net.ns_b(),
+            &format!("exec socat -u TCP4-LISTEN:{port},bind={PEER_ADDR} /dev/null"),
+        ),
+    );
+    wait_listening(&net, net.ns_b(), port);
+    let mut idle = net.spawn(
+        "msock-keepalive",
+        sh(&net, net.ns_a(), &format!(
+            "sleep 4.5 | exec {msock} tcp connect {PEER_ADDR}:{port} --keepalive 1,1,3 --info --time-wait-ms 100"
+        )),
+    );
+    let status = idle.wait_timeout(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "idle connection with keepalive did not close cleanly: {}",
+        idle.log()
+    );
+    assert!(
+        sink.wait_timeout(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
+    dump.stop();
+    let log = dump.log();
+    // After the handshake's ACK every empty ACK we send before our FIN is a probe.
+    let idle_log = log.split("Flags [F.]").next().unwrap_or_default();
+    let ours = empty_segments(idle_log, MSOCK_ADDR, ".")
+        .len()
+        .saturating_sub(1);
+    let answers = empty_segments(idle_log, PEER_ADDR, ".").len();
+    eprintln!(
+        "keepalive: {ours} probes sent, {answers} kernel ACKs; {}",
+        idle.log().trim()
+    );
+    assert!(
+        (3..=6).contains(&ours),
+        "expected ~4 keepalive probes in 4.5 s idle, saw {ours}:\n{log}"
+    );
+    assert!(
+        answers >= ours,
+        "kernel answered {answers} of {ours} probes:\n{log}"
+    );
+
+    // 2. Unanswered probes: ETIMEDOUT after 1 s idle + 3 probes 1 s apart.
+    let mut sink = net.spawn(
+        "kernel-sink-2",
+        sh(
+            &net,
+            net.ns_b(),
+            &format!("exec socat -u TCP4-LISTEN:{port},reuseaddr,bind={PEER_ADDR} /dev/null"),
+        ),
+    );
+    wait_listening(&net, net.ns_b(), port);
+    // Our stdin stays open (and idle) until the test ends.
+    let mut cmd = sh(
+        &net,
+        net.ns_a(),
+        &format!("exec {msock} tcp connect {PEER_ADDR}:{port} --keepalive 1,1,3"),
+    );
+    cmd.stdin(std::process::Stdio::piped());
+    let mut doomed = net.spawn("msock-keepalive-timeout", cmd);
+    let _stdin = doomed.take_stdin();
+    let established = wait_until(READY_TIMEOUT, || {
+        let out = net.exec(net.command_in(net.ns_b(), &["ss", "-Htn", "state", "established"]));
+        stdout_of(&out).contains(&format!("{PEER_ADDR}:{port}"))
+    });
+    assert!(established, "no connection: {}", doomed.log());
+    let silenced = std::time::Instant::now();
+    assert!(sh_ok(
+        &net,
+        net.ns_b(),
+        &format!(
+            "nft add table ip tikeep && nft add chain ip tikeep in '{{ type filter hook input priority -10; }}' \
+             && nft add rule ip tikeep in ip saddr {MSOCK_ADDR} tcp dport {port} drop"
+        )
+    ));
+    let status = doomed.wait_timeout(Duration::from_secs(15));
+    let waited = silenced.elapsed();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "keepalive did not time out: {}",
+        doomed.log()
+    );
+    assert!(
+        doomed.log().contains("timed out"),
+        "expected ETIMEDOUT: {}",
+        doomed.log()
+    );
+    assert!(
+        waited >= Duration::from_millis(3500) && waited < Duration::from_secs(8),
+        "timed out after {waited:?}, expected ≈ 4 s (idle 1 s + 3 × 1 s)"
+    );
+    eprintln!("keepalive timeout after {waited:?}");
+    sink.stop();
+}
+
+/// The kernel's keepalive (socat `keepalive,keepidle=1,keepintvl=1,keepcnt=2`) against our
+/// idle engine: its probes (SEQ = SND.UNA − 1) are answered with ACKs, so over 5 s of idle —
+/// long enough for an unanswered peer to be dropped after 3 s — the kernel keeps the
+/// connection, and both ends then close cleanly.
+#[test]
+fn kernel_keepalive_probes_are_answered() {
+    let Some(net) = TestNet::new("ti-kka") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5003";
+    let mut dump = tcpdump(&net, port);
+    let mut sink = net.spawn(
+        "kernel-sink",
+        sh(&net, net.ns_b(), &format!(
+            "exec socat -u TCP4-LISTEN:{port},bind={PEER_ADDR},keepalive,keepidle=1,keepintvl=1,keepcnt=2 /dev/null"
+        )),
+    );
+    wait_listening(&net, net.ns_b(), port);
+    let mut idle = net.spawn(
+        "msock-idle",
+        sh(
+            &net,
+            net.ns_a(),
+            &format!("sleep 5 | exec {msock} tcp connect {PEER_ADDR}:{port} --time-wait-ms 100"),
+        ),
+    );
+    // Mid-idle, the kernel still has the connection with its keepalive timer armed.
+    std::thread::sleep(Duration::from_millis(3500));
+    let out = net.exec(net.command_in(net.ns_b(), &["ss", "-Htno", "state", "established"]));
+    let ss = stdout_of(&out);
+    assert!(
+        ss.contains(&format!("{PEER_ADDR}:{port}")) && ss.contains("timer:(keepalive"),
+        "kernel connection with keepalive timer missing after 3.5 s idle: {ss}"
+    );
+    let status = idle.wait_timeout(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", idle.log());
+    assert!(
+        sink.wait_timeout(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
+    dump.stop();
+    let log = dump.log();
+    let idle_log = log.split("Flags [F.]").next().unwrap_or_default();
+    let probes = empty_segments(idle_log, PEER_ADDR, ".").len();
+    let answers = empty_segments(idle_log, MSOCK_ADDR, ".")
+        .len()
+        .saturating_sub(1);
+    eprintln!("kernel keepalive: {probes} kernel probes, {answers} answers");
+    assert!(
+        (3..=6).contains(&probes),
+        "expected ~4 kernel probes in 5 s idle, saw {probes}:\n{log}"
+    );
+    assert!(
+        answers >= probes,
+        "answered {answers} of {probes} kernel probes:\n{log}"
+    );
+}
+
+/// The kernel closes first: it sends 1 MB and closes, we read everything and see EOF while
+/// our side stays open (the kernel sits in FIN-WAIT-2); when our stdin ends we send FIN and
+/// exit at once (passive closer: no TIME-WAIT here), and the kernel goes to TIME-WAIT.
+#[test]
+fn kernel_closes_first() {
+    let Some(net) = TestNet::new("ti-kcf") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5004";
+    let dir = TempDir::new("tcp-kcf");
+    let data = random_file(&dir, "data.bin", 1);
+    let out_path = dir.path().join("data.out");
+    let mut source = net.spawn(
+        "kernel-source",
+        sh(
+            &net,
+            net.ns_b(),
+            &format!(
+                "exec socat -u FILE:{} TCP4-LISTEN:{port},bind={PEER_ADDR}",
+                data.display()
+            ),
+        ),
+    );
+    wait_listening(&net, net.ns_b(), port);
+    let mut cmd = sh(
+        &net,
+        net.ns_a(),
+        &format!(
+            "exec {msock} tcp connect {PEER_ADDR}:{port} > {}",
+            out_path.display()
+        ),
+    );
+    cmd.stdin(std::process::Stdio::piped());
+    let mut client = net.spawn("msock-connect", cmd);
+    let stdin = client.take_stdin().expect("piped stdin");
+    let size = std::fs::metadata(&data).expect("data").len();
+    let got_all = wait_until(Duration::from_secs(10), || {
+        std::fs::metadata(&out_path).is_ok_and(|m| m.len() == size)
+    });
+    assert!(got_all, "1 MB did not arrive: {}", client.log());
+    assert!(
+        source
+            .wait_timeout(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
+    assert_eq!(sha256(&data), sha256(&out_path));
+    // The kernel's half is closed and acknowledged; ours is open.
+    let fin_wait2 = wait_until(Duration::from_secs(5), || {
+        let out = net.exec(net.command_in(net.ns_b(), &["ss", "-Htn", "state", "fin-wait-2"]));
+        stdout_of(&out).contains(&format!("{PEER_ADDR}:{port}"))
+    });
+    assert!(fin_wait2, "kernel not in FIN-WAIT-2 after closing first");
+    assert!(
+        client.is_running(),
+        "msock exited before its own side was closed"
+    );
+    let closed_at = std::time::Instant::now();
+    drop(stdin);
+    let status = client.wait_timeout(Duration::from_secs(5));
+    let took = closed_at.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{}", client.log());
+    assert!(took < Duration::from_secs(2), "passive close took {took:?}");
+    let out = net.exec(net.command_in(net.ns_b(), &["ss", "-Htn", "state", "time-wait"]));
+    assert!(
+        stdout_of(&out).contains(&format!("{PEER_ADDR}:{port}")),
+        "kernel not in TIME-WAIT: {}",
+        stdout_of(&out)
+    );
+    eprintln!("kernel closed first; our FIN after stdin EOF, exit in {took:?}");
+}
+
+/// TIME-WAIT when we close first: the process keeps the 4-tuple (and the port) for
+/// `--time-wait-ms`, then releases it (a new SYN is refused by the netserver); a new SYN from
+/// the kernel for the same 4-tuple during TIME-WAIT is answered by the engine with an ACK for
+/// the old connection (RFC 9293 §3.10.7.4 / RFC 5961 §4), not by a RST.
+#[test]
+fn time_wait_is_honoured() {
+    let Some(net) = TestNet::new("ti-tw") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5005";
+    let time_wait = Duration::from_millis(2000);
+    let connect =
+        |label: &str| {
+            let mut sink = net.spawn(
+            "kernel-sink",
+            sh(&net, net.ns_b(), &format!(
+                "exec socat -d -d -u TCP4-LISTEN:{port},reuseaddr,bind={PEER_ADDR} /dev/null"
+            )),
+        );
+            wait_listening(&net, net.ns_b(), port);
+            let client = net.spawn(
+                label,
+                sh(
+                    &net,
+                    net.ns_a(),
+                    &format!(
+                        "exec {msock} tcp connect {PEER_ADDR}:{port} --time-wait-ms {} < /dev/null",
+                        time_wait.as_millis()
+                    ),
+                ),
+            );
+            // We close first (stdin is empty); the kernel answers our FIN with its own and exits.
+            assert!(
+                sink.wait_timeout(Duration::from_secs(5))
+                    .is_some_and(|s| s.success()),
+                "{}",
+                sink.log()
+            );
+            let closed = std::time::Instant::now();
+            let ephemeral = accepted_port(&sink.log()).expect("socat logged the peer port");
+            (client, closed, ephemeral)
+        };
+
+    // 1. Held for the configured time, then released.
+    let (mut client, closed, ephemeral) = connect("msock-time-wait");
+    std::thread::sleep(time_wait / 2);
+    assert!(
+        client.is_running(),
+        "left TIME-WAIT early: {}",
+        client.log()
+    );
+    let status = client.wait_timeout(Duration::from_secs(5));
+    let held = closed.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{}", client.log());
+    assert!(
+        held >= time_wait - Duration::from_millis(100) && held < time_wait + Duration::from_secs(1),
+        "TIME-WAIT lasted {held:?}, configured {time_wait:?}"
+    );
+    let out = net.exec(sh(
+        &net,
+        net.ns_b(),
+        &format!(
+            "socat -u /dev/null TCP4:{MSOCK_ADDR}:{ephemeral},bind={PEER_ADDR}:{port},reuseaddr"
+        ),
+    ));
+    assert!(
+        stderr_of(&out).contains("Connection refused"),
+        "port {ephemeral} still held after TIME-WAIT: {}",
+        stderr_of(&out)
+    );
+
+    // 2. A new SYN for the same 4-tuple during TIME-WAIT reaches the engine.
+    let mut dump = tcpdump(&net, port);
+    let (mut client, _, ephemeral) = connect("msock-time-wait-2");
+    let mut intruder = net.spawn(
+        "kernel-reconnect",
+        sh(&net, net.ns_b(), &format!(
+            "exec socat -u /dev/null TCP4:{MSOCK_ADDR}:{ephemeral},bind={PEER_ADDR}:{port},reuseaddr"
+        )),
+    );
+    assert!(intruder.wait_timeout(Duration::from_secs(10)).is_some());
+    assert!(client.wait_timeout(Duration::from_secs(5)).is_some());
+    dump.stop();
+    let log = dump.log();
+    let syn_to_us = format!("IP {PEER_ADDR}.{port} > {MSOCK_ADDR}.{ephemeral}: Flags [S],");
+    let lines: Vec<&str> = log.lines().collect();
+    let syn = lines
+        .iter()
+        .position(|l| l.contains(&syn_to_us))
+        .unwrap_or_else(|| panic!("no SYN in TIME-WAIT:\n{log}"));
+    let reply = lines[syn + 1..]
+        .iter()
+        .find(|l| l.contains(&format!("IP {MSOCK_ADDR}.{ephemeral} > ")))
+        .unwrap_or_else(|| panic!("the SYN in TIME-WAIT got no answer:\n{log}"));
+    assert!(
+        reply.contains("Flags [.],"),
+        "the SYN in TIME-WAIT must get an ACK of the old connection, got: {reply}\n{log}"
+    );
+    eprintln!("TIME-WAIT held {held:?}; SYN in TIME-WAIT answered: {reply}\n{log}");
+}
+
+/// A "router" in N-b: sniffs the first data segment msock sends and answers it with an ICMP
+/// fragmentation-needed (RFC 1191) quoting it, next-hop MTU `argv[2]`.
+const FRAG_NEEDED_ROUTER: &str = r#"
+import socket, struct, sys
+iface, mtu, ours = sys.argv[1], int(sys.argv[2]), socket.inet_aton(sys.argv[3])
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+sniff.bind((iface, 0))
+print("ready", flush=True)
+while True:
+    frame = sniff.recv(65535)
+    ip = frame[14:]
+    ihl = (ip[0] & 15) * 4
+    total = struct.unpack("!H", ip[2:4])[0]
+    if ip[9] != 6 or ip[12:16] != ours:
+        continue
+    tcp = ip[ihl:total]
+    if total - ihl - (tcp[12] >> 4) * 4 > 0:
+        break
+body = struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + ip[:ihl] + tcp[:8]
+s = sum(struct.unpack("!%dH" % (len(body) // 2), body))
+while s >> 16:
+    s = (s & 0xFFFF) + (s >> 16)
+body = body[:2] + struct.pack("!H", ~s & 0xFFFF) + body[4:]
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+raw.sendto(body, (sys.argv[3], 0))
+print("frag-needed mtu %d quoting seq %d" % (mtu, struct.unpack("!I", tcp[4:8])[0]), flush=True)
+"#;
+
+/// Path MTU discovery (RFC 1191) through the netserver: an ICMP fragmentation-needed quoting
+/// one of our segments reaches the process holding the port (`Upcall::TcpIcmpError`), the
+/// engine lowers its MSS to MTU − 40 (TCP_INFO snd_mss 1148 after the timestamp option, as Linux reports it) and every later segment fits; the stream stays exact.
+#[test]
+fn icmp_frag_needed_lowers_the_path_mtu() {
+    if !have("python3") {
+        assert!(!under_ci(), "python3 missing under CI");
+        eprintln!("skipped: python3 not installed");
+        return;
+    }
+    let Some(net) = TestNet::new("ti-pmtu") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5006";
+    let dir = TempDir::new("tcp-pmtu");
+    let data = random_file(&dir, "data.bin", 4);
+    let out_path = dir.path().join("data.out");
+    let mut dump = tcpdump(&net, &format!("{port} or icmp"));
+    let mtu = "1200";
+    let msock_addr = MSOCK_ADDR.to_string();
+    let mut router = net.spawn(
+        "frag-needed-router",
+        net.command_in(
+            net.ns_b(),
+            &[
+                "python3",
+                "-c",
+                FRAG_NEEDED_ROUTER,
+                net.iface_b(),
+                mtu,
+                &msock_addr,
+            ],
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || router.log().contains("ready")),
+        "{}",
+        router.log()
+    );
+    let mut sink = net.spawn(
+        "kernel-sink",
+        sh(
+            &net,
+            net.ns_b(),
+            &format!(
+                "exec socat -u TCP4-LISTEN:{port},bind={PEER_ADDR} CREATE:{}",
+                out_path.display()
+            ),
+        ),
+    );
+    wait_listening(&net, net.ns_b(), port);
+    // 1 MB at full size, a pause for the ICMP to act, then 3 MB more.
+    let data_path = data.display();
+    let mut client = net.spawn(
+        "msock-connect",
+        sh(&net, net.ns_a(), &format!(
+            "(head -c 1048576 {data_path}; sleep 0.5; tail -c +1048577 {data_path}) | exec {msock} tcp connect {PEER_ADDR}:{port} --info --time-wait-ms 100"
+        )),
+    );
+    let status = client.wait_timeout(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{}", client.log());
+    assert!(sink.wait_timeout(Duration::from_secs(5)).is_some());
+    assert!(
+        router.wait_timeout(Duration::from_secs(1)).is_some(),
+        "{}",
+        router.log()
+    );
+    assert_eq!(sha256(&data), sha256(&out_path), "stream differs");
+    dump.stop();
+    let info = client.log();
+    eprintln!("{}\n{}", router.log().trim(), info.trim());
+    assert!(
+        info.contains("pmtu=1200 snd_mss=1148") && info.contains("icmp_errors=1"),
+        "the engine did not take the path MTU: {info}"
+    );
+    // On the wire: full 1448-byte segments before the ICMP; after it, once the segments already
+    // in flight have left, none above 1148 (1160 minus the timestamp option).
+    let log = dump.log();
+    let ours = format!("IP {MSOCK_ADDR}.");
+    let lengths = |text: &str| -> Vec<usize> {
+        text.lines()
+            .filter(|l| l.contains(&ours))
+            .filter_map(|l| l.rsplit("length ").next()?.trim().parse().ok())
+            .filter(|&n| n > 0)
+            .collect()
+    };
+    let (before, after) = log
+        .split_once("need to frag (mtu 1200)")
+        .unwrap_or_else(|| panic!("no ICMP frag-needed on the wire:\n{log}"));
+    assert_eq!(lengths(before).into_iter().max(), Some(1448));
+    let after: Vec<usize> = lengths(after)
+        .into_iter()
+        .skip_while(|&n| n == 1448)
+        .collect();
+    let largest = after.iter().copied().max().unwrap_or(0);
+    let full = after.iter().filter(|&&n| n == 1148).count();
+    eprintln!(
+        "after the ICMP: {} data segments, {full} of 1148 bytes, largest {largest}",
+        after.len()
+    );
+    assert_eq!(largest, 1148, "segments after the ICMP: {after:?}");
+    assert!(
+        full > 2000,
+        "3 MB after the pause should need > 2000 full segments: {full}"
+    );
+}
+
+/// A blind attacker in N-b (it sees one of our segments, then spoofs the kernel's side of the
+/// 4-tuple): an in-window RST and SYN (RFC 5961 §3, §4: challenge ACK), data far outside the
+/// window, data at RCV.NXT acknowledging what we never sent or long-acknowledged data
+/// (RFC 5961 §5), and a segment with a bad checksum.
+const BLIND_INJECTOR: &str = r#"
+import socket, struct, sys, time
+iface, ours, peer = sys.argv[1], sys.argv[2], sys.argv[3]
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+sniff.bind((iface, 0))
+print("ready", flush=True)
+while True:
+    ip = sniff.recv(65535)[14:]
+    ihl = (ip[0] & 15) * 4
+    total = struct.unpack("!H", ip[2:4])[0]
+    if ip[9] != 6 or ip[12:16] != socket.inet_aton(ours):
+        continue
+    tcp = ip[ihl:total]
+    doff = (tcp[12] >> 4) * 4
+    if total - ihl - doff > 0:
+        break
+sport, dport, seq, ack = struct.unpack("!HHII", tcp[:12])
+opts = tcp[20:doff]
+tsecr = 0
+i = 0
+while i < len(opts):
+    if opts[i] == 0: break
+    if opts[i] == 1: i += 1; continue
+    if opts[i] == 8: tsecr = struct.unpack("!I", opts[i + 6:i + 10])[0]
+    i += max(opts[i + 1], 2)
+time.sleep(0.3)
+
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+def send(name, flags, s, a, payload=b"", ts=True, corrupt=False):
+    # TSval: the kernel's clock (1 kHz) as last echoed to it, plus a second, so PAWS
+    # (RFC 7323) lets the forgery through to the RFC 5961 checks.
+    opt = struct.pack("!BBBBII", 1, 1, 8, 10, (tsecr + 1000) & 0xFFFFFFFF, 0) if ts else b""
+    hdr = struct.pack("!HHIIBBHHH", dport, sport, s & 0xFFFFFFFF, a & 0xFFFFFFFF,
+                      (5 + len(opt) // 4) << 4, flags, 1000, 0, 0) + opt
+    pseudo = socket.inet_aton(peer) + socket.inet_aton(ours) + struct.pack("!BBH", 0, 6, len(hdr) + len(payload))
+    c = csum(pseudo + hdr + payload) ^ (0x5555 if corrupt else 0)
+    seg = hdr[:16] + struct.pack("!H", c) + hdr[18:] + payload
+    raw.sendto(seg, (ours, 0))
+    print("injected", name, flush=True)
+    time.sleep(0.05)
+
+RST, SYN, ACK, PSH = 0x04, 0x02, 0x10, 0x08
+send("rst-in-window", RST, ack + 1000, 0, ts=False)
+send("syn-in-window", SYN, ack + 2000, 0)
+send("data-out-of-window", ACK | PSH, ack + 10_000_000, seq, b"EVIL" * 4)
+send("data-ack-beyond-snd-max", ACK | PSH, ack, seq + (1 << 30), b"EVIL")
+send("data-ack-too-old", ACK | PSH, ack, seq - (1 << 30), b"EVIL")
+send("data-bad-checksum", ACK | PSH, ack, seq, b"EVIL", corrupt=True)
+"#;
+
+/// Blind injection over the wire (RFC 5961) during a transfer to a kernel peer: the RST and
+/// SYN draw challenge ACKs, the forged data is never delivered, the bad checksum is counted,
+/// and the connection carries on to a byte-exact, orderly end.
+#[test]
+fn blind_injection_is_rejected() {
+    if !have("python3") {
+        assert!(!under_ci(), "python3 missing under CI");
+        eprintln!("skipped: python3 not installed");
+        return;
+    }
+    let Some(net) = TestNet::new("ti-blind") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5007";
+    let dir = TempDir::new("tcp-blind");
+    let data = random_file(&dir, "data.bin", 2);
+    let out_path = dir.path().join("data.out");
+    let received = dir.path().join("received");
+    let (ours, peer) = (MSOCK_ADDR.to_string(), PEER_ADDR.to_string());
+    let mut injector = net.spawn(
+        "blind-injector",
+        net.command_in(
+            net.ns_b(),
+            &["python3", "-c", BLIND_INJECTOR, net.iface_b(), &ours, &peer],
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || injector.log().contains("ready")),
+        "{}",
+        injector.log()
+    );
+    let mut sink = net.spawn(
+        "kernel-sink",
+        sh(
+            &net,
+            net.ns_b(),
+            &format!(
+                "exec socat -u TCP4-LISTEN:{port},bind={PEER_ADDR} CREATE:{}",
+                out_path.display()
+            ),
+        ),
+    );
+    wait_listening(&net, net.ns_b(), port);
+    // 1 MB, a 1.5 s pause while the attacker works, then 1 MB more.
+    let data_path = data.display();
+    let mut client = net.spawn(
+        "msock-connect",
+        sh(&net, net.ns_a(), &format!(
+            "(head -c 1048576 {data_path}; sleep 1.5; tail -c +1048577 {data_path}) | exec {msock} tcp connect {PEER_ADDR}:{port} --info --time-wait-ms 100 > {}",
+            received.display()
+        )),
+    );
+    let status = client.wait_timeout(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{}", client.log());
+    assert!(sink.wait_timeout(Duration::from_secs(5)).is_some());
+    assert!(
+        injector.wait_timeout(Duration::from_secs(2)).is_some(),
+        "{}",
+        injector.log()
+    );
+    assert_eq!(
+        injector.log().matches("injected").count(),
+        6,
+        "{}",
+        injector.log()
+    );
+    assert_eq!(sha256(&data), sha256(&out_path), "stream differs");
+    let forged = std::fs::metadata(&received).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(forged, 0, "forged data was delivered to the application");
+    let info = client.log();
+    eprintln!("{}", info.trim());
+    let counter = |name: &str| -> u64 {
+        info.split(&format!(" {name}="))
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {info}"))
+    };
+    assert!(
+        counter("challenge_acks") >= 2,
+        "RST and SYN in window need challenge ACKs: {info}"
+    );
+    assert_eq!(counter("bad_checksums"), 1, "{info}");
+    for drop in [
+        "challenge-ack:",
+        "syn-in-window:",
+        "out-of-window:",
+        "bad-ack:",
+    ] {
+        assert!(info.contains(drop), "{drop} not counted: {info}");
+    }
 }

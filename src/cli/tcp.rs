@@ -9,10 +9,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::client::tcp_session::TcpSession;
+use crate::client::tcp_session::{TcpSession, apply_icmp};
 use crate::stack::tcp::congestion::CongestionAlgorithm;
 use crate::stack::tcp::connection::{
-    ConnError, InitialSequence, ListenOutcome, State, TcpConfig, TcpConnection, TcpListener,
+    ConnError, InitialSequence, ListenOutcome, State, TcpConfig, TcpConnection, TcpDropReason,
+    TcpListener,
 };
 use crate::stack::tcp::isn::IsnGenerator;
 use crate::stack::{Duration, Instant};
@@ -169,6 +170,8 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
         let conn = loop {
             wait(&session, None, None)?;
             let now = session.now();
+            // Nothing to apply ICMP errors to yet; drain them so they cannot keep waking us.
+            session.upcalls(|_| {})?;
             let mut accepted = None;
             session.receive(|src, seg| {
                 if accepted.is_none()
@@ -202,6 +205,10 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             if src == remote {
                 conn.process(now, seg);
             }
+        })?;
+        // ICMP errors about our segments (path MTU, unreachable), forwarded by the netserver.
+        session.upcalls(|report| {
+            apply_icmp(&mut conn, now, &report);
         })?;
         // Output to stdout.
         loop {
@@ -245,8 +252,14 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
     }
     if options.info {
         let i = conn.info(session.now());
+        let stats = conn.stats();
+        let drops: Vec<String> = TcpDropReason::all()
+            .into_iter()
+            .filter(|r| stats.dropped(*r) > 0)
+            .map(|r| format!("{}:{}", r.name(), stats.dropped(r)))
+            .collect();
         eprintln!(
-            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} bytes_sent={} bytes_received={} segs_out={} segs_in={}",
+            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} pmtu={} snd_mss={} bytes_sent={} bytes_received={} segs_out={} segs_in={} icmp_errors={} timeouts={} fast_retransmits={} challenge_acks={} bad_checksums={} drops={}",
             i.rtt_us,
             i.rttvar_us,
             i.snd_cwnd,
@@ -256,10 +269,22 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             i.rcv_wscale,
             u8::from(i.options & 2 != 0),
             u8::from(i.options & 1 != 0),
+            i.pmtu,
+            i.snd_mss,
             i.bytes_sent,
             i.bytes_received,
             i.segs_out,
-            i.segs_in
+            i.segs_in,
+            session.stats.icmp_errors,
+            stats.timeouts,
+            stats.fast_retransmits,
+            stats.challenge_acks,
+            session.stats.bad_tcp_checksum,
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(",")
+            }
         );
     }
     match conn.take_error() {
@@ -274,7 +299,10 @@ fn wait(
     stdin: Option<BorrowedFd<'_>>,
     deadline: Option<(Instant, Instant)>,
 ) -> io::Result<()> {
-    let mut fds = vec![PollFd::new(session.wake(), PollFlags::POLLIN)];
+    let mut fds = vec![
+        PollFd::new(session.wake(), PollFlags::POLLIN),
+        PollFd::new(session.upcall(), PollFlags::POLLIN),
+    ];
     if let Some(fd) = stdin {
         fds.push(PollFd::new(fd, PollFlags::POLLIN));
     }

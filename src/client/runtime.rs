@@ -410,6 +410,9 @@ impl Session {
                         sock.icmp_error(remote, errno);
                     }
                 }
+                // Only a process running a TCP engine holds TCP ports (`client::tcp_session`);
+                // this runtime's sockets are UDP, so such an upcall is not for it.
+                Ok(Upcall::TcpIcmpError { .. }) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)

@@ -3,7 +3,10 @@
 //! the netserver), builds frames for what the engine emits (Ethernet + IPv4 with DF + TCP, the
 //! checksum computed while copying the payload out of the send ring, paper §7.2), parses
 //! arriving frames back into segments (bad ones counted, never a panic), and keeps time.
-//! `msock tcp` drives it; the preload library's TCP sockets will reuse it.
+//! ICMP destination-unreachable messages quoting our segments reach it from the netserver as
+//! upcalls ([`TcpSession::upcalls`]) and are applied with [`apply_icmp`] (RFC 1191 PMTU,
+//! RFC 1122 §4.2.3.9 soft/hard errors). `msock tcp` drives it; the preload library's TCP
+//! sockets will reuse it.
 #![deny(unsafe_code)]
 
 use std::io;
@@ -17,8 +20,9 @@ use crate::control::transport::{Connection, ControlAddress};
 use crate::control::{Family, Reply, Request, SockKind, Upcall, VERSION};
 use crate::routing::region::RegionReader;
 use crate::stack::Instant;
-use crate::stack::tcp::connection::{EmitError, Outgoing, TcpConnection};
+use crate::stack::tcp::connection::{ConnError, EmitError, Outgoing, TcpConnection};
 use crate::wire::ipv4::IpProtocol;
+use crate::wire::tcp::TcpSeqNumber;
 use crate::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Ipv4Packet, Ipv4Repr,
     TcpPacket, TcpRepr,
@@ -35,6 +39,41 @@ pub struct SessionStats {
     pub bad_frames: u64,
     pub bad_tcp_checksum: u64,
     pub channel_full: u64,
+    /// ICMP errors the netserver forwarded.
+    pub icmp_errors: u64,
+}
+
+/// An ICMP destination-unreachable quoting a segment this session sent (forwarded by the
+/// netserver, `Upcall::TcpIcmpError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpReport {
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    /// As Linux maps the ICMP code: EMSGSIZE (fragmentation needed), ECONNREFUSED (port),
+    /// ENETUNREACH, EHOSTUNREACH, ENOPROTOOPT.
+    pub errno: i32,
+    pub next_hop_mtu: u16,
+    pub quoted_seq: TcpSeqNumber,
+}
+
+/// Hands `report` to `conn` if it is about `conn`'s 4-tuple: fragmentation needed lowers the
+/// path MTU (`on_icmp_frag_needed`), anything else is an unreachable error (hard while
+/// connecting, soft afterwards: the engine decides). Returns whether it applied.
+pub fn apply_icmp(conn: &mut TcpConnection, now: Instant, report: &IcmpReport) -> bool {
+    if report.remote != conn.remote() || report.local.port() != conn.local().port() {
+        return false;
+    }
+    let error = match report.errno {
+        libc::EMSGSIZE => {
+            conn.on_icmp_frag_needed(now, report.next_hop_mtu, report.quoted_seq);
+            return true;
+        }
+        libc::ECONNREFUSED | libc::ENOPROTOOPT => ConnError::PortUnreachable,
+        libc::ENETUNREACH => ConnError::NetUnreachable,
+        _ => ConnError::HostUnreachable,
+    };
+    conn.on_icmp_unreachable(now, error);
+    true
 }
 
 /// One held TCP port and its channel.
@@ -78,6 +117,7 @@ impl TcpSession {
         };
         let region = RegionReader::map(region_fd)?;
         let upcall = Connection::from_fd(upcall_fd);
+        upcall.set_nonblocking(true)?;
         let id = match control.call(
             &Request::Socket {
                 family: Family::Inet,
@@ -302,5 +342,51 @@ impl TcpSession {
 
     pub fn upcall_fd(&self) -> RawFd {
         self.upcall.as_fd().as_raw_fd()
+    }
+
+    /// The upcall socket, to poll for netserver notifications ([`TcpSession::upcalls`]).
+    pub fn upcall(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.upcall.as_fd()
+    }
+
+    /// Drains the upcall socket without blocking, handing each forwarded ICMP error to
+    /// `on_icmp`. Fails with ENETDOWN when the netserver has gone (the socket reached EOF):
+    /// the held port and its filter went with it.
+    pub fn upcalls(&mut self, mut on_icmp: impl FnMut(IcmpReport)) -> io::Result<()> {
+        loop {
+            match self.upcall.recv_upcall() {
+                Ok(Upcall::TcpIcmpError {
+                    local,
+                    remote,
+                    errno,
+                    next_hop_mtu,
+                    quoted_seq,
+                    ..
+                }) => {
+                    self.stats.icmp_errors += 1;
+                    on_icmp(IcmpReport {
+                        local,
+                        remote,
+                        errno,
+                        next_hop_mtu,
+                        quoted_seq: TcpSeqNumber(quoted_seq),
+                    });
+                }
+                // Late resolutions and UDP upcalls are not for a TCP session.
+                Ok(
+                    Upcall::Resolved { .. } | Upcall::Datagram { .. } | Upcall::IcmpError { .. },
+                ) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        || matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) =>
+                {
+                    return Err(errno(libc::ENETDOWN));
+                }
+                // A malformed upcall was consumed: skip it.
+                Err(_) => {}
+            }
+        }
     }
 }

@@ -54,6 +54,7 @@ mod kind {
     pub const UP_DATAGRAM: u16 = 0x0301;
     pub const UP_RESOLVED: u16 = 0x0302;
     pub const UP_ICMP_ERROR: u16 = 0x0303;
+    pub const UP_TCP_ICMP_ERROR: u16 = 0x0304;
 }
 
 /// Why a byte string is not a valid message.
@@ -258,6 +259,21 @@ pub fn encode_upcall(msg: &Upcall, out: &mut Vec<u8>) {
             w.u64(*id);
             w.sockaddr(*remote);
             w.i32(*errno);
+        }),
+        Upcall::TcpIcmpError {
+            id,
+            local,
+            remote,
+            errno,
+            next_hop_mtu,
+            quoted_seq,
+        } => frame(out, kind::UP_TCP_ICMP_ERROR, |w| {
+            w.u64(*id);
+            w.sockaddr(*local);
+            w.sockaddr(*remote);
+            w.i32(*errno);
+            w.u16(*next_hop_mtu);
+            w.u32(*quoted_seq);
         }),
     }
 }
@@ -474,6 +490,14 @@ pub fn decode_upcall(data: &[u8]) -> Result<Upcall> {
             remote: r.sockaddr()?,
             errno: r.errno()?,
         }),
+        kind::UP_TCP_ICMP_ERROR => Ok(Upcall::TcpIcmpError {
+            id: r.u64()?,
+            local: r.sockaddr()?,
+            remote: r.sockaddr()?,
+            errno: r.errno()?,
+            next_hop_mtu: r.u16()?,
+            quoted_seq: r.u32()?,
+        }),
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -629,6 +653,14 @@ mod tests {
                 remote: sa("198.18.0.1:9"),
                 errno: libc::ECONNREFUSED,
             },
+            Upcall::TcpIcmpError {
+                id: 6,
+                local: sa("198.18.0.2:40000"),
+                remote: sa("198.18.0.1:5001"),
+                errno: libc::EMSGSIZE,
+                next_hop_mtu: 1280,
+                quoted_seq: 0xdead_beef,
+            },
         ]
     }
 
@@ -692,14 +724,14 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 0x01, 0x00, 0x03, 0x01, 16, 0, 0, 0,
+            0x53, 0x4d, 0x02, 0x00, 0x03, 0x01, 16, 0, 0, 0,
             0x02, 0x01, 0, 0, 0, 0, 0, 0,
             198, 18, 0, 2, 53, 0,
             1, 0,
         ];
         assert_eq!(b, expected);
         encode_reply(&Reply::Resolve { mac: None }, &mut b);
-        assert_eq!(b, [0x53, 0x4d, 1, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
+        assert_eq!(b, [0x53, 0x4d, 2, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -762,7 +794,7 @@ mod tests {
             Err(DecodeError::BadValue(_))
         ));
         // A field running past the declared body: header length exact, body short.
-        let short = [0x53, 0x4d, 1, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
+        let short = [0x53, 0x4d, 2, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
         assert_eq!(decode_reply(&short), Err(DecodeError::Truncated));
 
         // Bad tags.

@@ -22,7 +22,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use crate::wire::EthernetAddress;
 
 /// Protocol version; bumped on any incompatible change. `Hello` carries it.
-pub const VERSION: u16 = 1;
+/// 2: [`Upcall::TcpIcmpError`] (ICMP errors quoting a segment of a held TCP port).
+pub const VERSION: u16 = 2;
 
 /// Abstract socket name of the netserver in the current network namespace.
 pub const DEFAULT_ADDRESS: &str = "@msock/control";
@@ -144,5 +145,18 @@ pub enum Upcall {
         id: EndpointId,
         remote: SocketAddrV4,
         errno: i32,
+    },
+    /// An ICMP destination-unreachable quoting a TCP segment sent from a port this client
+    /// holds: `errno` as Linux maps the code (EMSGSIZE for fragmentation needed, whose
+    /// `next_hop_mtu` is the RFC 1191 field; other codes carry it as received) and the quoted
+    /// segment's sequence number, for the engine's `on_icmp_frag_needed` /
+    /// `on_icmp_unreachable`.
+    TcpIcmpError {
+        id: EndpointId,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        errno: i32,
+        next_hop_mtu: u16,
+        quoted_seq: u32,
     },
 }

@@ -102,8 +102,8 @@ impl PortLookup for Ports<'_> {
         self.table.lookup(local.port(), *local.ip(), 0)
     }
 
-    fn tcp_held(&self, port: u16) -> bool {
-        self.tcp.lookup(port, self.addr, 0).is_some()
+    fn tcp_owner(&self, port: u16) -> Option<EndpointId> {
+        self.tcp.lookup(port, self.addr, 0)
     }
 }
 
@@ -384,6 +384,29 @@ impl Server {
                     if let Some(ep) = self.endpoints.get(id) {
                         let owner = ep.owner;
                         self.upcall(owner, &Upcall::IcmpError { id, remote, errno });
+                    }
+                }
+                Event::TcpIcmpError {
+                    id,
+                    local,
+                    remote,
+                    errno,
+                    next_hop_mtu,
+                    quoted_seq,
+                } => {
+                    if let Some(ep) = self.endpoints.get(id) {
+                        let owner = ep.owner;
+                        self.upcall(
+                            owner,
+                            &Upcall::TcpIcmpError {
+                                id,
+                                local,
+                                remote,
+                                errno,
+                                next_hop_mtu,
+                                quoted_seq,
+                            },
+                        );
                     }
                 }
             }

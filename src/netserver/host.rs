@@ -23,10 +23,13 @@ use crate::wire::{
 /// Where the netserver finds the owner of a UDP destination.
 pub trait PortLookup {
     fn udp_owner(&self, local: SocketAddrV4) -> Option<EndpointId>;
-    /// Whether a process holds TCP port `port` (its segments then go to that process's
-    /// channel; one reaching the netserver raced a filter update and is not answered).
-    fn tcp_held(&self, _port: u16) -> bool {
-        false
+    /// The endpoint holding TCP port `port` in a process (its segments then go to that
+    /// process's channel; one reaching the netserver raced a filter update and is not answered).
+    fn tcp_owner(&self, _port: u16) -> Option<EndpointId> {
+        None
+    }
+    fn tcp_held(&self, port: u16) -> bool {
+        self.tcp_owner(port).is_some()
     }
 }
 
@@ -56,6 +59,15 @@ pub enum Event {
         id: EndpointId,
         remote: SocketAddrV4,
         errno: i32,
+    },
+    /// An ICMP destination-unreachable quoting a segment a held TCP port sent.
+    TcpIcmpError {
+        id: EndpointId,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        errno: i32,
+        next_hop_mtu: u16,
+        quoted_seq: u32,
     },
 }
 
@@ -603,21 +615,44 @@ impl Host {
             }
             Icmpv4Repr::DstUnreachable {
                 reason,
+                next_hop_mtu,
                 header,
                 data,
-                ..
             } => {
-                // The quoted packet is one we sent: its source port names the endpoint.
-                let Some((local, remote)) = quoted_udp_ports(&header, data) else {
-                    self.drops.count(DropReason::BadIcmp);
-                    return;
-                };
                 let errno = match reason {
                     DstUnreachable::PortUnreachable => libc::ECONNREFUSED,
                     DstUnreachable::ProtoUnreachable => libc::ENOPROTOOPT,
                     DstUnreachable::FragRequired => libc::EMSGSIZE,
                     DstUnreachable::NetUnreachable => libc::ENETUNREACH,
                     _ => libc::EHOSTUNREACH,
+                };
+                // A quoted TCP segment goes to the process holding its source port, with the
+                // sequence number the engine needs (RFC 1191 / RFC 5927 checks).
+                if let Some((local, remote, quoted_seq)) = quoted_tcp(&header, data) {
+                    if header.src_addr != self.config.addr {
+                        self.drops.count(DropReason::BadIcmp);
+                        return;
+                    }
+                    match ports.tcp_owner(local.port()) {
+                        Some(id) => {
+                            self.counters.icmp_errors_forwarded += 1;
+                            out.push(Event::TcpIcmpError {
+                                id,
+                                local,
+                                remote,
+                                errno,
+                                next_hop_mtu,
+                                quoted_seq,
+                            });
+                        }
+                        None => self.drops.count(DropReason::NoSocket),
+                    }
+                    return;
+                }
+                // The quoted packet is one we sent: its source port names the endpoint.
+                let Some((local, remote)) = quoted_udp_ports(&header, data) else {
+                    self.drops.count(DropReason::BadIcmp);
+                    return;
                 };
                 match ports.udp_owner(local) {
                     Some(id) => {
@@ -666,6 +701,23 @@ impl Host {
         fill(packet.payload_mut());
         buf
     }
+}
+
+/// (our local address, remote address, sequence number) of the TCP segment quoted in an ICMP
+/// error (RFC 792 quotes the IP header and at least 8 bytes: ports and sequence number).
+fn quoted_tcp(header: &Ipv4Repr, data: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, u32)> {
+    if header.protocol != IpProtocol::Tcp || header.frag_offset != 0 {
+        return None;
+    }
+    let quoted = data.get(..8)?;
+    let src_port = u16::from_be_bytes([quoted[0], quoted[1]]);
+    let dst_port = u16::from_be_bytes([quoted[2], quoted[3]]);
+    let seq = u32::from_be_bytes([quoted[4], quoted[5], quoted[6], quoted[7]]);
+    Some((
+        SocketAddrV4::new(header.src_addr, src_port),
+        SocketAddrV4::new(header.dst_addr, dst_port),
+        seq,
+    ))
 }
 
 /// (our local address, remote address) of the UDP datagram quoted in an ICMP error.
@@ -719,7 +771,7 @@ mod tests {
         host: &mut Host,
         now: Instant,
         frames: &[Vec<u8>],
-        owners: &Owners,
+        owners: &dyn PortLookup,
         cached: &[u16],
     ) -> Vec<Event> {
         let hub = MemoryHub::with_limits(9000, 100_000);
@@ -1123,6 +1175,91 @@ mod tests {
                 errno: libc::ECONNREFUSED
             }]
         );
+    }
+
+    struct TcpOwners(HashMap<u16, EndpointId>);
+
+    impl PortLookup for TcpOwners {
+        fn udp_owner(&self, _local: SocketAddrV4) -> Option<EndpointId> {
+            None
+        }
+        fn tcp_owner(&self, port: u16) -> Option<EndpointId> {
+            self.0.get(&port).copied()
+        }
+    }
+
+    /// An ICMP destination-unreachable from PEER quoting a TCP segment `src` → PEER:80.
+    fn icmp_about_tcp(reason: DstUnreachable, mtu: u16, src: SocketAddrV4, seq: u32) -> Vec<u8> {
+        let quoted_ip = Ipv4Repr {
+            src_addr: *src.ip(),
+            dst_addr: PEER,
+            protocol: IpProtocol::Tcp,
+            payload_len: 1480,
+            dont_frag: true,
+            ..Ipv4Repr::default()
+        };
+        let mut quoted_tcp = src.port().to_be_bytes().to_vec();
+        quoted_tcp.extend_from_slice(&80u16.to_be_bytes());
+        quoted_tcp.extend_from_slice(&seq.to_be_bytes());
+        let icmp = Icmpv4Repr::DstUnreachable {
+            reason,
+            next_hop_mtu: mtu,
+            header: quoted_ip,
+            data: &quoted_tcp,
+        };
+        let mut body = vec![0u8; icmp.buffer_len()];
+        icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut body[..]));
+        ipv4(PEER, 13, false, 0, IpProtocol::Icmp, &body)
+    }
+
+    #[test]
+    fn icmp_about_a_held_tcp_port_reaches_its_holder() {
+        let mut host = Host::new(config());
+        let owners = TcpOwners(HashMap::from([(40000, 7)]));
+        let ours = SocketAddrV4::new(ADDR, 40000);
+        let frames = [
+            icmp_about_tcp(DstUnreachable::FragRequired, 1280, ours, 0xdead_beef),
+            icmp_about_tcp(DstUnreachable::HostUnreachable, 0, ours, 5),
+            // Nobody holds port 40001; a segment we never sent (another source address).
+            icmp_about_tcp(
+                DstUnreachable::FragRequired,
+                1280,
+                SocketAddrV4::new(ADDR, 40001),
+                1,
+            ),
+            icmp_about_tcp(
+                DstUnreachable::FragRequired,
+                1280,
+                SocketAddrV4::new(PEER, 40000),
+                1,
+            ),
+        ];
+        let events = through_channel(&mut host, Instant::ZERO, &frames, &owners, &[]);
+        let remote = SocketAddrV4::new(PEER, 80);
+        assert_eq!(
+            events,
+            vec![
+                Event::TcpIcmpError {
+                    id: 7,
+                    local: ours,
+                    remote,
+                    errno: libc::EMSGSIZE,
+                    next_hop_mtu: 1280,
+                    quoted_seq: 0xdead_beef,
+                },
+                Event::TcpIcmpError {
+                    id: 7,
+                    local: ours,
+                    remote,
+                    errno: libc::EHOSTUNREACH,
+                    next_hop_mtu: 0,
+                    quoted_seq: 5,
+                },
+            ]
+        );
+        assert_eq!(host.counters.icmp_errors_forwarded, 2);
+        assert_eq!(host.all_drops().get(DropReason::NoSocket), 1);
+        assert_eq!(host.all_drops().get(DropReason::BadIcmp), 1);
     }
 
     #[test]
