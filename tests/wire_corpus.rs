@@ -837,6 +837,17 @@ fn control_seeds() -> Seeds {
                 errno: 111,
             },
         ),
+        (
+            "up-tcp-icmp-error",
+            Upcall::TcpIcmpError {
+                id: 7,
+                local,
+                remote,
+                errno: 90,
+                next_hop_mtu: 1200,
+                quoted_seq: 0x0102_0304,
+            },
+        ),
     ];
     let mut s = Seeds::new();
     let mut buf = Vec::new();
