@@ -12,8 +12,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::client::tcp_session::{TcpSession, apply_icmp};
 use crate::stack::tcp::congestion::CongestionAlgorithm;
 use crate::stack::tcp::connection::{
-    ConnError, InitialSequence, ListenOutcome, State, TcpConfig, TcpConnection, TcpDropReason,
-    TcpListener,
+    ConnError, DEFAULT_SYN_BACKLOG, InitialSequence, State, TcpBacklog, TcpConfig, TcpConnection,
+    TcpDropReason, TcpListener, reset_for,
 };
 use crate::stack::tcp::isn::IsnGenerator;
 use crate::stack::{Duration, Instant};
@@ -21,16 +21,23 @@ use crate::stack::{Duration, Instant};
 const USAGE: &str = "usage: msock tcp connect ADDR:PORT | msock tcp listen PORT
   options: --nodelay  --congestion reno|cubic  --rcvbuf N  --sndbuf N
            --keepalive IDLE,INTVL,CNT (seconds)  --time-wait-ms N  --info
+           --syn-backlog N (listen: half-open connections kept, default 256)
 ";
+
+/// Resets sent per receive batch to segments of other peers (a flood cannot make us a
+/// reflector of unbounded traffic).
+const MAX_STRAY_RESETS: usize = 32;
 
 struct Options {
     config: TcpConfig,
     info: bool,
+    syn_backlog: usize,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut config = TcpConfig::default();
     let mut info = false;
+    let mut syn_backlog = DEFAULT_SYN_BACKLOG;
     let mut it = args.iter();
     let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
         v.ok_or(format!("{what} needs a value"))?
@@ -46,6 +53,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 config.congestion = CongestionAlgorithm::from_name(name)
                     .ok_or(format!("--congestion: unknown algorithm '{name}'"))?;
             }
+            "--syn-backlog" => syn_backlog = num(it.next(), "--syn-backlog")?.max(1) as usize,
             "--rcvbuf" => config.recv_buffer = num(it.next(), "--rcvbuf")? as usize,
             "--sndbuf" => config.send_buffer = num(it.next(), "--sndbuf")? as usize,
             "--time-wait-ms" => {
@@ -72,7 +80,11 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     if config.recv_buffer == 0 || config.send_buffer == 0 {
         return Err("buffer sizes must be positive".into());
     }
-    Ok(Options { config, info })
+    Ok(Options {
+        config,
+        info,
+        syn_backlog,
+    })
 }
 
 fn secret() -> io::Result<[u8; 16]> {
@@ -166,23 +178,52 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             .map_err(|_| bad("listen needs a PORT"))?;
         let mut session = TcpSession::open(port)?;
         eprintln!("msock tcp: listening on {}", session.local());
-        let mut listener = TcpListener::new(options.config.clone(), session.local(), isn);
+        let listener = TcpListener::new(options.config.clone(), session.local(), isn);
+        // One connection is served: an accept queue of one, half-open ones bounded.
+        let mut backlog = TcpBacklog::new(listener, options.syn_backlog, 1);
         let conn = loop {
-            wait(&session, None, None)?;
             let now = session.now();
             // Nothing to apply ICMP errors to yet; drain them so they cannot keep waking us.
             session.upcalls(|_| {})?;
-            let mut accepted = None;
+            let mut resets = Vec::new();
             session.receive(|src, seg| {
-                if accepted.is_none()
-                    && let ListenOutcome::Connection(conn) = listener.process(now, src, seg)
-                {
-                    accepted = Some(*conn);
+                if let Some(rst) = backlog.process(now, src, seg) {
+                    resets.push((src, rst));
                 }
             })?;
-            if let Some(conn) = accepted {
+            for (dst, rst) in resets {
+                session.send_segment(dst, &rst)?;
+            }
+            for half_open in backlog.half_open_mut() {
+                session.transmit(half_open, now)?;
+            }
+            backlog.reap();
+            if let Some(conn) = backlog.accept() {
+                if options.info {
+                    let b = backlog.stats();
+                    eprintln!(
+                        "msock tcp: backlog syns={} cookies_sent={} cookies_accepted={} cookies_rejected={} half_open_evicted={} accept_queue_full={} completions_deferred={} handshakes_failed={} resets={} dropped={} half_open_now={} no_neighbor={}",
+                        b.syns_accepted,
+                        b.cookies_sent,
+                        b.cookies_accepted,
+                        b.cookies_rejected,
+                        b.half_open_evicted,
+                        b.accept_queue_full,
+                        b.completions_deferred,
+                        b.handshakes_failed,
+                        b.resets,
+                        b.dropped,
+                        backlog.half_open_len(),
+                        session.stats.no_neighbor,
+                    );
+                }
                 break conn;
             }
+            wait(
+                &session,
+                None,
+                backlog.poll_at().map(|t| (t, session.now())),
+            )?;
         };
         session.resolve(*conn.remote().ip())?;
         (session, conn)
@@ -201,11 +242,21 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
     loop {
         let now = session.now();
         // Input from the network.
+        // The listener is gone once the connection is accepted: anyone else gets a reset,
+        // as from a closed port.
+        let mut strays = Vec::new();
         session.receive(|src, seg| {
             if src == remote {
                 conn.process(now, seg);
+            } else if strays.len() < MAX_STRAY_RESETS
+                && let Some(rst) = reset_for(seg)
+            {
+                strays.push((src, rst));
             }
         })?;
+        for (dst, rst) in strays {
+            session.send_segment(dst, &rst)?;
+        }
         // ICMP errors about our segments (path MTU, unreachable), forwarded by the netserver.
         session.upcalls(|report| {
             apply_icmp(&mut conn, now, &report);

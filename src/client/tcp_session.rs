@@ -41,7 +41,24 @@ pub struct SessionStats {
     pub channel_full: u64,
     /// ICMP errors the netserver forwarded.
     pub icmp_errors: u64,
+    /// Frames not sent because the next hop's MAC was not known yet (a resolution was asked
+    /// for; the engine retransmits as if they were lost).
+    pub no_neighbor: u64,
 }
+
+/// The next hop's MAC for one destination, valid while the routing region's generation is
+/// unchanged (so route and ARP changes are followed on the next transmit).
+#[derive(Debug, Clone, Copy)]
+struct NextHopCache {
+    remote: Ipv4Addr,
+    generation: u64,
+    mac: EthernetAddress,
+}
+
+/// Bound on remembered resolution requests (a SYN flood from spoofed sources asks for many).
+const MAX_PENDING_RESOLUTIONS: usize = 1024;
+/// A destination without a MAC is asked for again after this long.
+const RESOLVE_RETRY: StdDuration = StdDuration::from_secs(1);
 
 /// An ICMP destination-unreachable quoting a segment this session sent (forwarded by the
 /// netserver, `Upcall::TcpIcmpError`).
@@ -84,7 +101,9 @@ pub struct TcpSession {
     channel: PacketChannel,
     local: SocketAddrV4,
     src_mac: EthernetAddress,
-    peer_mac: Option<EthernetAddress>,
+    next_hop: Option<NextHopCache>,
+    /// When a resolution was last asked for, per next hop without a MAC.
+    resolving: std::collections::HashMap<Ipv4Addr, std::time::Instant>,
     ident: u16,
     epoch: std::time::Instant,
     pub stats: SessionStats,
@@ -154,7 +173,8 @@ impl TcpSession {
             src_mac: iface.mac,
             region,
             channel,
-            peer_mac: None,
+            next_hop: None,
+            resolving: std::collections::HashMap::new(),
             ident: (std::process::id() as u16).wrapping_mul(7919),
             epoch: std::time::Instant::now(),
             stats: SessionStats::default(),
@@ -187,12 +207,12 @@ impl TcpSession {
             .lookup(remote)
             .ok_or_else(|| errno(libc::ENETUNREACH))?;
         if let Some(mac) = self.region.neighbor(hop.ip) {
-            self.peer_mac = Some(mac);
+            self.remember(remote, mac);
             return Ok(());
         }
         match self.control.call(&Request::Resolve { addr: hop.ip }, &[])? {
             (Reply::Resolve { mac: Some(mac) }, _) => {
-                self.peer_mac = Some(mac);
+                self.remember(remote, mac);
                 return Ok(());
             }
             (Reply::Resolve { mac: None }, _) => {}
@@ -209,91 +229,129 @@ impl TcpSession {
             if let Ok(Upcall::Resolved { addr, mac }) = self.upcall.recv_upcall()
                 && addr == hop.ip
             {
-                self.peer_mac = mac;
-                return if mac.is_some() {
-                    Ok(())
-                } else {
-                    Err(errno(libc::EHOSTUNREACH))
+                return match mac {
+                    Some(mac) => {
+                        self.remember(remote, mac);
+                        Ok(())
+                    }
+                    None => Err(errno(libc::EHOSTUNREACH)),
                 };
             }
             if let Some(mac) = self.region.neighbor(hop.ip) {
-                self.peer_mac = Some(mac);
+                self.remember(remote, mac);
                 return Ok(());
             }
         }
         Err(errno(libc::EHOSTUNREACH))
     }
 
-    /// Runs the engine's output: every segment becomes a frame on the channel.
-    pub fn transmit(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
-        let Some(dst_mac) = self.peer_mac else {
-            return Err(errno(libc::EHOSTUNREACH));
-        };
-        let (src_mac, local, remote) = (self.src_mac, self.local, conn.remote());
-        let channel = &mut self.channel;
-        let ident = &mut self.ident;
-        let stats = &mut self.stats;
-        let mut failure = None;
-        conn.dispatch(now, &mut |seg: Outgoing<'_>| {
-            let payload_len = seg.payload_len();
-            let tcp_len = seg.repr.header_len() + payload_len;
-            let len = ETH_LEN + IP_LEN + tcp_len;
-            *ident = ident.wrapping_add(1);
-            let ip = Ipv4Repr {
-                src_addr: *local.ip(),
-                dst_addr: *remote.ip(),
-                protocol: IpProtocol::Tcp,
-                payload_len: tcp_len,
-                ttl: 64,
-                ident: *ident,
-                dont_frag: true,
-                ..Ipv4Repr::default()
-            };
-            let result = channel.send_with(len, &mut |buf: &mut [u8]| {
-                let eth = EthernetRepr {
-                    src_addr: src_mac,
-                    dst_addr: dst_mac,
-                    ethertype: EthernetProtocol::Ipv4,
-                };
-                let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-                eth.emit(&mut frame);
-                let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-                ip.emit(&mut packet);
-                let segment = packet.payload_mut();
-                let header_len = seg.repr.header_len();
-                // Header with a zero checksum, then the payload copied and summed in one pass.
-                let mut tcp = TcpPacket::new_unchecked(&mut segment[..]);
-                seg.repr.emit(&mut tcp, *local.ip(), *remote.ip());
-                tcp.set_checksum(0);
-                let (head, body) = segment.split_at_mut(header_len);
-                let (first, second) = body.split_at_mut(seg.payload[0].len());
-                let s1 = checksum::copy_and_sum(first, seg.payload[0]);
-                let s2 = checksum::copy_and_sum(second, seg.payload[1]);
-                let s2 = if seg.payload[0].len() % 2 == 1 {
-                    s2.rotate_left(8)
-                } else {
-                    s2
-                };
-                let pseudo =
-                    checksum::pseudo_header_v4(*local.ip(), *remote.ip(), 6, tcp_len as u32);
-                let sum = checksum::combine(&[pseudo, checksum::data(head), s1, s2]);
-                head[16..18].copy_from_slice(&(!sum).to_be_bytes());
-            });
-            match result {
-                Ok(()) => {
-                    stats.frames_out += 1;
-                    Ok(())
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    stats.channel_full += 1;
-                    Err(EmitError)
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    Err(EmitError)
-                }
-            }
+    fn remember(&mut self, remote: Ipv4Addr, mac: EthernetAddress) {
+        self.next_hop = Some(NextHopCache {
+            remote,
+            generation: self.region.generation(),
+            mac,
         });
+    }
+
+    /// The next hop's MAC towards `remote` from the routing region, without waiting: the last
+    /// answer while the region is unchanged, else a fresh lookup. A miss asks the netserver
+    /// to resolve it (at most once per [`RESOLVE_RETRY`] per next hop) and returns `None`.
+    fn next_hop_mac(&mut self, remote: Ipv4Addr) -> Option<EthernetAddress> {
+        let generation = self.region.generation();
+        if let Some(c) = self.next_hop
+            && c.remote == remote
+            && c.generation == generation
+        {
+            return Some(c.mac);
+        }
+        let hop = self.region.lookup(remote)?;
+        if let Some(mac) = self.region.neighbor(hop.ip) {
+            self.next_hop = Some(NextHopCache {
+                remote,
+                generation,
+                mac,
+            });
+            return Some(mac);
+        }
+        // Keep using what the netserver told us for this destination until the region has it.
+        if let Some(c) = self.next_hop.as_mut()
+            && c.remote == remote
+        {
+            return Some(c.mac);
+        }
+        self.ask_resolution(hop.ip);
+        None
+    }
+
+    /// Asks the netserver to resolve `hop` unless it was asked recently; its answer lands in
+    /// the routing region (or, failing, nowhere: the engine's retransmissions ask again).
+    fn ask_resolution(&mut self, hop: Ipv4Addr) {
+        let now = std::time::Instant::now();
+        if let Some(at) = self.resolving.get(&hop)
+            && now.duration_since(*at) < RESOLVE_RETRY
+        {
+            return;
+        }
+        if self.resolving.len() >= MAX_PENDING_RESOLUTIONS {
+            self.resolving
+                .retain(|_, at| now.duration_since(*at) < RESOLVE_RETRY);
+            if self.resolving.len() >= MAX_PENDING_RESOLUTIONS {
+                return;
+            }
+        }
+        self.resolving.insert(hop, now);
+        // The reply is immediate (known MAC or "asked"); a known one is in the region already.
+        let _ = self.control.call(&Request::Resolve { addr: hop }, &[]);
+    }
+
+    /// Runs the engine's output: every segment becomes a frame on the channel. Without the
+    /// next hop's MAC the segments are dropped (counted in `no_neighbor`) and a resolution is
+    /// asked for; the engine's retransmission timer brings them back.
+    pub fn transmit(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
+        let remote = conn.remote();
+        let dst_mac = self.next_hop_mac(*remote.ip());
+        let mut failure = None;
+        let mut frames = FrameWriter {
+            channel: &mut self.channel,
+            ident: &mut self.ident,
+            stats: &mut self.stats,
+            src_mac: self.src_mac,
+            dst_mac,
+            local: self.local,
+            remote,
+        };
+        conn.dispatch(now, &mut |seg: Outgoing<'_>| {
+            frames.write(seg, &mut failure)
+        });
+        self.flush(failure)
+    }
+
+    /// Sends one segment that belongs to no connection (a reset answering a stray segment).
+    pub fn send_segment(&mut self, remote: SocketAddrV4, repr: &TcpRepr<'_>) -> io::Result<()> {
+        let dst_mac = self.next_hop_mac(*remote.ip());
+        let mut failure = None;
+        let mut frames = FrameWriter {
+            channel: &mut self.channel,
+            ident: &mut self.ident,
+            stats: &mut self.stats,
+            src_mac: self.src_mac,
+            dst_mac,
+            local: self.local,
+            remote,
+        };
+        let seg = Outgoing {
+            repr: TcpRepr {
+                payload: &[],
+                ..*repr
+            },
+            payload: [repr.payload, &[]],
+            departure: Instant::ZERO,
+        };
+        let _ = frames.write(seg, &mut failure);
+        self.flush(failure)
+    }
+
+    fn flush(&mut self, failure: Option<io::Error>) -> io::Result<()> {
         match self.channel.flush() {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -386,6 +444,90 @@ impl TcpSession {
                 }
                 // A malformed upcall was consumed: skip it.
                 Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Builds Ethernet + IPv4 (DF) + TCP frames for one destination into the channel's ring, the
+/// checksum computed while the payload is copied out of the send ring (paper §7.2).
+struct FrameWriter<'a> {
+    channel: &'a mut PacketChannel,
+    ident: &'a mut u16,
+    stats: &'a mut SessionStats,
+    src_mac: EthernetAddress,
+    dst_mac: Option<EthernetAddress>,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+}
+
+impl FrameWriter<'_> {
+    fn write(
+        &mut self,
+        seg: Outgoing<'_>,
+        failure: &mut Option<io::Error>,
+    ) -> Result<(), EmitError> {
+        let Some(dst_mac) = self.dst_mac else {
+            // Lost before the wire, like a frame queued behind a failed ARP.
+            self.stats.no_neighbor += 1;
+            return Ok(());
+        };
+        let (src_mac, local, remote) = (self.src_mac, self.local, self.remote);
+        let payload_len = seg.payload_len();
+        let tcp_len = seg.repr.header_len() + payload_len;
+        let len = ETH_LEN + IP_LEN + tcp_len;
+        *self.ident = self.ident.wrapping_add(1);
+        let ip = Ipv4Repr {
+            src_addr: *local.ip(),
+            dst_addr: *remote.ip(),
+            protocol: IpProtocol::Tcp,
+            payload_len: tcp_len,
+            ttl: 64,
+            ident: *self.ident,
+            dont_frag: true,
+            ..Ipv4Repr::default()
+        };
+        let result = self.channel.send_with(len, &mut |buf: &mut [u8]| {
+            let eth = EthernetRepr {
+                src_addr: src_mac,
+                dst_addr: dst_mac,
+                ethertype: EthernetProtocol::Ipv4,
+            };
+            let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+            eth.emit(&mut frame);
+            let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+            ip.emit(&mut packet);
+            let segment = packet.payload_mut();
+            let header_len = seg.repr.header_len();
+            // Header with a zero checksum, then the payload copied and summed in one pass.
+            let mut tcp = TcpPacket::new_unchecked(&mut segment[..]);
+            seg.repr.emit(&mut tcp, *local.ip(), *remote.ip());
+            tcp.set_checksum(0);
+            let (head, body) = segment.split_at_mut(header_len);
+            let (first, second) = body.split_at_mut(seg.payload[0].len());
+            let s1 = checksum::copy_and_sum(first, seg.payload[0]);
+            let s2 = checksum::copy_and_sum(second, seg.payload[1]);
+            let s2 = if seg.payload[0].len() % 2 == 1 {
+                s2.rotate_left(8)
+            } else {
+                s2
+            };
+            let pseudo = checksum::pseudo_header_v4(*local.ip(), *remote.ip(), 6, tcp_len as u32);
+            let sum = checksum::combine(&[pseudo, checksum::data(head), s1, s2]);
+            head[16..18].copy_from_slice(&(!sum).to_be_bytes());
+        });
+        match result {
+            Ok(()) => {
+                self.stats.frames_out += 1;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.stats.channel_full += 1;
+                Err(EmitError)
+            }
+            Err(e) => {
+                *failure = Some(e);
+                Err(EmitError)
             }
         }
     }

@@ -24,6 +24,7 @@ pub mod recv_buffer;
 pub mod rtt;
 pub mod scoreboard;
 pub mod send_buffer;
+pub mod syn_cookie;
 pub mod sim;
 
 #[cfg(test)]

@@ -40,6 +40,11 @@ impl TcpListener {
         &self.config
     }
 
+    /// The ISN and timestamp-offset generator (its secret also keys SYN cookies).
+    pub fn isn(&self) -> &IsnGenerator {
+        &self.isn
+    }
+
     /// "first check for an RST … second check for an ACK … third check for a SYN".
     pub fn process(&mut self, now: Instant, src: SocketAddrV4, seg: &TcpRepr<'_>) -> ListenOutcome {
         if seg.dst_port != self.local.port() {

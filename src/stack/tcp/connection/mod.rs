@@ -16,6 +16,7 @@
 //! stack.
 #![forbid(unsafe_code)]
 
+mod backlog;
 mod image;
 mod input;
 mod listener;
@@ -33,6 +34,7 @@ use super::send_buffer::SendBuffer;
 use crate::stack::{Duration, Instant};
 use crate::wire::tcp::{TcpRepr, TcpSeqNumber};
 
+pub use backlog::{BacklogStats, DEFAULT_ACCEPT_BACKLOG, DEFAULT_SYN_BACKLOG, TcpBacklog};
 pub use listener::{ListenOutcome, TcpListener, reset_for};
 
 /// Socket-level settings of a connection; `Default` is Linux's.
