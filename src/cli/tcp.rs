@@ -24,6 +24,9 @@ const USAGE: &str = "usage: msock tcp connect ADDR:PORT | msock tcp listen PORT
            --syn-backlog N (listen: half-open connections kept, default 256)
 ";
 
+/// Frames read between two runs of the engine's output.
+const RX_BATCH: usize = 32;
+
 /// Resets sent per receive batch to segments of other peers (a flood cannot make us a
 /// reflector of unbounded traffic).
 const MAX_STRAY_RESETS: usize = 32;
@@ -194,8 +197,8 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             for (dst, rst) in resets {
                 session.send_segment(dst, &rst)?;
             }
-            for half_open in backlog.half_open_mut() {
-                session.transmit(half_open, now)?;
+            for pending in backlog.connections_mut() {
+                session.transmit(pending, now)?;
             }
             backlog.reap();
             if let Some(conn) = backlog.accept() {
@@ -240,23 +243,32 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     let remote = conn.remote();
     loop {
-        let now = session.now();
-        // Input from the network.
-        // The listener is gone once the connection is accepted: anyone else gets a reset,
-        // as from a closed port.
-        let mut strays = Vec::new();
-        session.receive(|src, seg| {
-            if src == remote {
-                conn.process(now, seg);
-            } else if strays.len() < MAX_STRAY_RESETS
-                && let Some(rst) = reset_for(seg)
-            {
-                strays.push((src, rst));
+        // Input from the network, answered every RX_BATCH frames: ACKs leave while a burst is
+        // still being read (no stretch ACKs covering a whole ring), and ACKs we receive open
+        // the window for new data as early.
+        loop {
+            let now = session.now();
+            // The listener is gone once the connection is accepted: anyone else gets a reset,
+            // as from a closed port.
+            let mut strays = Vec::new();
+            let frames = session.receive_up_to(RX_BATCH, |src, seg| {
+                if src == remote {
+                    conn.process(now, seg);
+                } else if strays.len() < MAX_STRAY_RESETS
+                    && let Some(rst) = reset_for(seg)
+                {
+                    strays.push((src, rst));
+                }
+            })?;
+            for (dst, rst) in strays {
+                session.send_segment(dst, &rst)?;
             }
-        })?;
-        for (dst, rst) in strays {
-            session.send_segment(dst, &rst)?;
+            if frames < RX_BATCH {
+                break;
+            }
+            session.transmit(&mut conn, now)?;
         }
+        let now = session.now();
         // ICMP errors about our segments (path MTU, unreachable), forwarded by the netserver.
         session.upcalls(|report| {
             apply_icmp(&mut conn, now, &report);

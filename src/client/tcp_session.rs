@@ -364,11 +364,21 @@ impl TcpSession {
     /// `on_segment`. Returns the number of frames read.
     pub fn receive(
         &mut self,
+        on_segment: impl FnMut(SocketAddrV4, &TcpRepr<'_>),
+    ) -> io::Result<usize> {
+        self.receive_up_to(256, on_segment)
+    }
+
+    /// [`TcpSession::receive`] for at most `max` frames, so a driver can answer (ACK) between
+    /// batches instead of once per ring-full.
+    pub fn receive_up_to(
+        &mut self,
+        max: usize,
         mut on_segment: impl FnMut(SocketAddrV4, &TcpRepr<'_>),
     ) -> io::Result<usize> {
         let stats = &mut self.stats;
         let local = self.local;
-        self.channel.recv_batch(256, &mut |frame: &[u8]| {
+        self.channel.recv_batch(max, &mut |frame: &[u8]| {
             stats.frames_in += 1;
             let Ok(eth) = EthernetFrame::new_checked(frame) else {
                 stats.bad_frames += 1;

@@ -12,7 +12,7 @@
 //! it is counted in [`BacklogStats`].
 //!
 //! Sans-I/O like the connection: the driver feeds segments to [`TcpBacklog::process`], runs
-//! each [`TcpBacklog::half_open_mut`] connection's `dispatch` (SYN-ACKs and their
+//! each [`TcpBacklog::connections_mut`] connection's `dispatch` (SYN-ACKs and their
 //! retransmissions), calls [`TcpBacklog::reap`] and takes connections with
 //! [`TcpBacklog::accept`].
 #![forbid(unsafe_code)]
@@ -68,7 +68,10 @@ pub struct TcpBacklog {
     /// Arrival order, oldest first; entries whose connection has gone are skipped lazily.
     arrivals: VecDeque<(SocketAddrV4, u64)>,
     next_arrival: u64,
-    ready: VecDeque<TcpConnection>,
+    /// Completed connections not yet accepted, by peer (they receive and acknowledge data
+    /// meanwhile), and their completion order.
+    ready: HashMap<SocketAddrV4, TcpConnection>,
+    ready_order: VecDeque<SocketAddrV4>,
     /// `None`: cookies off, a full half-open queue evicts its oldest entry.
     cookies: Option<SynCookies>,
     /// When the last cookie was sent: ACKs are only checked as cookies while one may be
@@ -89,7 +92,8 @@ impl TcpBacklog {
             half_open: HashMap::new(),
             arrivals: VecDeque::new(),
             next_arrival: 0,
-            ready: VecDeque::new(),
+            ready: HashMap::new(),
+            ready_order: VecDeque::new(),
             cookies,
             last_cookie_at: None,
             stats: BacklogStats::default(),
@@ -125,6 +129,12 @@ impl TcpBacklog {
         src: SocketAddrV4,
         seg: &TcpRepr<'_>,
     ) -> Option<TcpRepr<'static>> {
+        if let Some(conn) = self.ready.get_mut(&src) {
+            if conn.process(now, seg) != Verdict::Accepted {
+                self.stats.dropped += 1;
+            }
+            return None;
+        }
         if let Some((conn, _)) = self.half_open.get_mut(&src) {
             let completes = seg.ack_number.is_some() && !seg.control.rst && !seg.control.syn;
             if completes && self.ready.len() >= self.accept_backlog {
@@ -181,9 +191,14 @@ impl TcpBacklog {
         }
     }
 
-    /// The half-open connections, for the driver to `dispatch` (call [`Self::reap`] after).
-    pub fn half_open_mut(&mut self) -> impl Iterator<Item = &mut TcpConnection> {
-        self.half_open.values_mut().map(|(conn, _)| conn)
+    /// The connections not yet accepted, half-open and completed, for the driver to
+    /// `dispatch` (SYN-ACKs and their retransmissions, ACKs for data that arrived before the
+    /// accept); call [`Self::reap`] after.
+    pub fn connections_mut(&mut self) -> impl Iterator<Item = &mut TcpConnection> {
+        self.half_open
+            .values_mut()
+            .map(|(conn, _)| conn)
+            .chain(self.ready.values_mut())
     }
 
     /// Moves connections whose handshake completed to the accept queue and forgets those
@@ -206,17 +221,24 @@ impl TcpBacklog {
         }
     }
 
-    /// The earliest time a half-open connection needs `dispatch`.
+    /// The earliest time a connection not yet accepted needs `dispatch`.
     pub fn poll_at(&self) -> Option<Instant> {
         self.half_open
             .values()
-            .filter_map(|(c, _)| c.poll_at())
+            .map(|(c, _)| c)
+            .chain(self.ready.values())
+            .filter_map(|c| c.poll_at())
             .min()
     }
 
     /// The oldest completed connection.
     pub fn accept(&mut self) -> Option<TcpConnection> {
-        self.ready.pop_front()
+        while let Some(key) = self.ready_order.pop_front() {
+            if let Some(conn) = self.ready.remove(&key) {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     fn cookie_may_be_outstanding(&self, now: Instant) -> bool {
@@ -316,7 +338,7 @@ impl TcpBacklog {
         }
         self.stats.cookies_accepted += 1;
         self.stats.completed += 1;
-        self.ready.push_back(conn);
+        self.push_ready(src, conn);
         None
     }
 
@@ -336,10 +358,15 @@ impl TcpBacklog {
             _ => {
                 if let Some((conn, _)) = self.half_open.remove(&key) {
                     self.stats.completed += 1;
-                    self.ready.push_back(conn);
+                    self.push_ready(key, conn);
                 }
             }
         }
+    }
+
+    fn push_ready(&mut self, key: SocketAddrV4, conn: TcpConnection) {
+        self.ready.insert(key, conn);
+        self.ready_order.push_back(key);
     }
 
     fn evict_oldest(&mut self) {
@@ -449,7 +476,7 @@ mod tests {
     /// Dispatches every half-open connection; returns the SYN-ACKs sent (peer, their ISS).
     fn dispatch(b: &mut TcpBacklog, now: Instant) -> Vec<(SocketAddrV4, TcpSeqNumber)> {
         let mut sent = Vec::new();
-        for conn in b.half_open_mut() {
+        for conn in b.connections_mut() {
             let remote = conn.remote();
             conn.dispatch(now, &mut |out: Outgoing<'_>| {
                 if out.repr.control.syn {
@@ -642,6 +669,41 @@ mod tests {
         // In time, the real one is taken.
         assert!(b.process(now, client, &stale).is_none());
         assert_eq!(b.accept().map(|c| c.remote()), Some(client));
+    }
+
+    #[test]
+    fn data_arriving_before_accept_goes_to_the_completed_connection() {
+        let mut b = backlog(8, 8);
+        let now = Instant::from_secs(1);
+        let client = peer(1, 40000);
+        b.process(now, client, &syn_from(client));
+        let iss = dispatch(&mut b, now)[0].1;
+        let ack = completing_ack(client, iss);
+        assert!(b.process(now, client, &ack).is_none());
+        // The client's first data, in the same receive batch as its ACK, before any accept.
+        let data = TcpRepr {
+            payload: b"early",
+            ..ack
+        };
+        assert!(
+            b.process(now, client, &data).is_none(),
+            "not a stray: no reset"
+        );
+        assert_eq!(b.stats().resets, 0);
+        // It is acknowledged while waiting, and delivered after the accept.
+        let mut acks = 0;
+        for conn in b.connections_mut() {
+            conn.dispatch(now + Duration::from_millis(300), &mut |out: Outgoing<
+                '_,
+            >| {
+                acks += usize::from(out.repr.ack_number == Some(ack.seq_number + 5));
+                Ok(())
+            });
+        }
+        assert_eq!(acks, 1);
+        let mut conn = b.accept().expect("accepted");
+        let mut buf = [0u8; 8];
+        assert_eq!(conn.recv(&mut buf).ok(), Some(5));
     }
 
     #[test]
