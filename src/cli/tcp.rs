@@ -322,7 +322,7 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             .map(|r| format!("{}:{}", r.name(), stats.dropped(r)))
             .collect();
         eprintln!(
-            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} pmtu={} snd_mss={} bytes_sent={} bytes_received={} segs_out={} segs_in={} icmp_errors={} timeouts={} fast_retransmits={} challenge_acks={} bad_checksums={} drops={}",
+            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} pmtu={} snd_mss={} bytes_sent={} bytes_received={} segs_out={} segs_in={} icmp_errors={} timeouts={} fast_retransmits={} challenge_acks={} bad_checksums={} ring_drops={} drops={}",
             i.rtt_us,
             i.rttvar_us,
             i.snd_cwnd,
@@ -343,6 +343,7 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             stats.fast_retransmits,
             stats.challenge_acks,
             session.stats.bad_tcp_checksum,
+            session.channel_stats().kernel_drops,
             if drops.is_empty() {
                 "none".to_string()
             } else {

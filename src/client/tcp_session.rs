@@ -190,6 +190,11 @@ impl TcpSession {
         Instant::from_micros(self.epoch.elapsed().as_micros() as u64 + 1_000_000)
     }
 
+    /// The channel's counters (frames, bytes, frames the kernel dropped on a full ring).
+    pub fn channel_stats(&self) -> crate::channel::ChannelStats {
+        self.channel.stats()
+    }
+
     pub fn wake_fd(&self) -> RawFd {
         self.channel.wake_fd()
     }
