@@ -782,4 +782,81 @@ mod tests {
         assert_eq!(b.stats().dropped, 1);
         assert_eq!(b.half_open_len(), 0);
     }
+
+    /// Seeded random segments (SYNs, ACKs with guessed and real cookies, RSTs, data, from a
+    /// few peers) against small queues: no panic, bounds held, every accepted connection
+    /// synchronized and unique.
+    #[test]
+    fn random_segments_keep_the_queues_bounded_and_consistent() {
+        let mut b = backlog(4, 2);
+        let mut now = Instant::from_secs(10);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut syn_acks: Vec<(SocketAddrV4, TcpSeqNumber)> = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..20_000 {
+            let r = next();
+            let src = peer(1 + (r % 3) as u8, 40000 + ((r >> 8) % 6) as u16);
+            let base = syn_from(src);
+            let seg = match (r >> 16) % 6 {
+                0 => base,
+                1 => {
+                    // An ACK for a SYN-ACK we sent to this peer, if any, else a guess.
+                    let iss = syn_acks
+                        .iter()
+                        .rev()
+                        .find(|(p, _)| *p == src)
+                        .map(|(_, iss)| *iss)
+                        .unwrap_or(TcpSeqNumber((r >> 24) as u32));
+                    completing_ack(src, iss)
+                }
+                2 => TcpRepr {
+                    control: TcpControl::RST,
+                    ..base
+                },
+                3 => TcpRepr {
+                    payload: b"data",
+                    ..completing_ack(src, TcpSeqNumber((r >> 32) as u32))
+                },
+                4 => TcpRepr {
+                    control: TcpControl {
+                        fin: true,
+                        ..TcpControl::SYN
+                    },
+                    ..base
+                },
+                _ => TcpRepr {
+                    seq_number: TcpSeqNumber((r >> 20) as u32),
+                    ..completing_ack(src, TcpSeqNumber((r >> 40) as u32))
+                },
+            };
+            if let Some(reply) = b.process(now, src, &seg)
+                && reply.control.syn
+            {
+                syn_acks.push((src, reply.seq_number));
+            }
+            for (p, iss) in dispatch(&mut b, now) {
+                syn_acks.push((p, iss));
+            }
+            if syn_acks.len() > 64 {
+                syn_acks.drain(..32);
+            }
+            assert!(b.half_open_len() <= 4);
+            assert!(b.ready_len() <= 2);
+            if (r >> 50) % 4 == 0
+                && let Some(conn) = b.accept()
+            {
+                assert_ne!(conn.state(), State::SynReceived);
+                accepted.push(conn);
+            }
+            now = now + Duration::from_micros((r >> 56) * 1000);
+        }
+        assert!(!accepted.is_empty(), "some handshakes completed");
+        assert!(b.stats().cookies_sent > 0 && b.stats().resets > 0);
+    }
 }
