@@ -10,6 +10,7 @@ mod daemon;
 pub mod endpoints;
 pub mod host;
 mod stat;
+pub mod tcp_host;
 
 use std::net::Ipv4Addr;
 

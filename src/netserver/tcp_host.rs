@@ -1,0 +1,477 @@
+//! TCP endpoints the netserver itself holds (paper §3.1, the boundary operations): listeners
+//! with their half-open and accept queues ([`TcpBacklog`]), and connections no process holds —
+//! handed over by a process that closed or exited (FIN_WAIT, LAST_ACK, TIME_WAIT), or flushed.
+//! It is the same engine a client process runs: a connection arrives here as the image the
+//! process exported and leaves as the image a process imports (one engine, no second copy).
+//!
+//! Sans-I/O like the engine: the daemon feeds segments ([`TcpHost::process`]), runs output
+//! ([`TcpHost::dispatch`], which names each segment's remote so the daemon can frame it), sleeps
+//! until [`TcpHost::poll_at`] and asks [`TcpHost::holds_port`] for port uniqueness. A segment
+//! that reaches neither a connection nor a listener is answered with a reset, as before.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+
+use crate::stack::Instant;
+use crate::stack::tcp::connection::{
+    BacklogStats, EmitError, Outgoing, State, TcpBacklog, TcpConfig, TcpConnection, TcpListener,
+    reset_for,
+};
+use crate::stack::tcp::image::ImageError;
+use crate::stack::tcp::isn::IsnGenerator;
+use crate::wire::tcp::TcpRepr;
+
+/// Why a request on the host failed (the daemon maps these to errnos).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpHostError {
+    /// EADDRINUSE: the port already has a listener, or the 4-tuple a connection.
+    AddressInUse,
+    /// EINVAL: no listener on that port.
+    NotListening,
+    /// EINVAL: a handed-over connection in CLOSED or LISTEN, or for another address.
+    BadConnection,
+    /// The handed-over image did not decode.
+    BadImage(ImageError),
+}
+
+/// Counters for `msock stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpHostStats {
+    /// Connections handed over by processes.
+    pub adopted: u64,
+    /// Connections that ended here (closed, timed out, TIME_WAIT over).
+    pub finished: u64,
+    /// Segments answered with a reset because nothing here wanted them.
+    pub resets: u64,
+    /// Segments for held connections the engine dropped.
+    pub dropped: u64,
+}
+
+/// One connection as `msock stat` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldConnection {
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub state: State,
+}
+
+type Key = (u16, SocketAddrV4);
+
+/// The netserver's TCP endpoints for one local address.
+#[derive(Debug)]
+pub struct TcpHost {
+    addr: std::net::Ipv4Addr,
+    isn: IsnGenerator,
+    listeners: HashMap<u16, TcpBacklog>,
+    connections: HashMap<Key, TcpConnection>,
+    stats: TcpHostStats,
+}
+
+impl TcpHost {
+    /// `isn` is the host's secret, shared with its client processes so a connection keeps its
+    /// sequence space (and SYN cookies validate) wherever it lives.
+    pub fn new(addr: std::net::Ipv4Addr, isn: IsnGenerator) -> TcpHost {
+        TcpHost {
+            addr,
+            isn,
+            listeners: HashMap::new(),
+            connections: HashMap::new(),
+            stats: TcpHostStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TcpHostStats {
+        self.stats
+    }
+
+    /// Listens on `port` with `config` for the connections it opens.
+    pub fn listen(
+        &mut self,
+        port: u16,
+        config: TcpConfig,
+        syn_backlog: usize,
+        accept_backlog: usize,
+    ) -> Result<(), TcpHostError> {
+        if self.listeners.contains_key(&port) {
+            return Err(TcpHostError::AddressInUse);
+        }
+        let local = SocketAddrV4::new(self.addr, port);
+        let listener = TcpListener::new(config, local, self.isn.clone());
+        self.listeners
+            .insert(port, TcpBacklog::new(listener, syn_backlog, accept_backlog));
+        Ok(())
+    }
+
+    /// Stops listening on `port`. Completed connections nobody accepted are reset, as Linux
+    /// does when the last reference to a listener goes (`inet_csk_listen_stop`); half-open
+    /// ones are forgotten. The resets leave on the next [`TcpHost::dispatch`].
+    pub fn close_listener(&mut self, port: u16, now: Instant) -> Result<(), TcpHostError> {
+        let mut backlog = self
+            .listeners
+            .remove(&port)
+            .ok_or(TcpHostError::NotListening)?;
+        while let Some(mut conn) = backlog.accept() {
+            conn.abort(now);
+            self.insert(conn);
+        }
+        Ok(())
+    }
+
+    /// The oldest completed connection of the listener on `port`.
+    pub fn accept(&mut self, port: u16) -> Result<Option<TcpConnection>, TcpHostError> {
+        let backlog = self
+            .listeners
+            .get_mut(&port)
+            .ok_or(TcpHostError::NotListening)?;
+        Ok(backlog.accept())
+    }
+
+    /// Connections waiting in the accept queue of `port` (for readiness of a listening socket).
+    pub fn pending(&self, port: u16) -> usize {
+        self.listeners.get(&port).map_or(0, |b| b.ready_len())
+    }
+
+    pub fn listener_stats(&self, port: u16) -> Option<BacklogStats> {
+        self.listeners.get(&port).map(|b| b.stats())
+    }
+
+    /// Takes over a connection a process no longer holds (closed with data still to deliver,
+    /// closing, in TIME_WAIT, or flushed). Its timers keep running here.
+    pub fn adopt(&mut self, conn: TcpConnection) -> Result<(), TcpHostError> {
+        if matches!(conn.state(), State::Closed | State::Listen) || *conn.local().ip() != self.addr
+        {
+            return Err(TcpHostError::BadConnection);
+        }
+        let key = (conn.local().port(), conn.remote());
+        if self.connections.contains_key(&key) {
+            return Err(TcpHostError::AddressInUse);
+        }
+        self.stats.adopted += 1;
+        self.connections.insert(key, conn);
+        Ok(())
+    }
+
+    /// [`TcpHost::adopt`] from the image a process exported (untrusted input).
+    pub fn adopt_image(&mut self, image: &[u8], now: Instant) -> Result<(), TcpHostError> {
+        let conn = TcpConnection::import(image, now).map_err(TcpHostError::BadImage)?;
+        self.adopt(conn)
+    }
+
+    /// Hands a held connection back to a process (its image), e.g. a flushed socket being
+    /// cached again. `None` if no such connection is held.
+    pub fn release(
+        &mut self,
+        local_port: u16,
+        remote: SocketAddrV4,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let conn = self.connections.remove(&(local_port, remote))?;
+        Some(conn.export(now))
+    }
+
+    /// Whether `port` is in use here: a listener or a connection from it (TIME_WAIT included,
+    /// as Linux refuses a bind without SO_REUSEADDR while one lingers).
+    pub fn holds_port(&self, port: u16) -> bool {
+        self.listeners.contains_key(&port) || self.connections.keys().any(|(p, _)| *p == port)
+    }
+
+    /// Whether a connection for this 4-tuple is held (a connect must pick another port).
+    pub fn holds_connection(&self, local_port: u16, remote: SocketAddrV4) -> bool {
+        self.connections.contains_key(&(local_port, remote))
+    }
+
+    /// Every held connection, for `msock stat`.
+    pub fn connections(&self) -> impl Iterator<Item = HeldConnection> + '_ {
+        self.connections.values().map(|c| HeldConnection {
+            local: c.local(),
+            remote: c.remote(),
+            state: c.state(),
+        })
+    }
+
+    /// Ports with a listener.
+    pub fn listening_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.listeners.keys().copied()
+    }
+
+    /// A segment from `src` to our address. Returns a segment to send back to `src` when no
+    /// connection took it (a reset, or a listener's SYN cookie).
+    pub fn process(
+        &mut self,
+        now: Instant,
+        src: SocketAddrV4,
+        seg: &TcpRepr<'_>,
+    ) -> Option<TcpRepr<'static>> {
+        if let Some(conn) = self.connections.get_mut(&(seg.dst_port, src)) {
+            if conn.process(now, seg) != crate::stack::tcp::connection::Verdict::Accepted {
+                self.stats.dropped += 1;
+            }
+            return None;
+        }
+        if let Some(backlog) = self.listeners.get_mut(&seg.dst_port) {
+            return backlog.process(now, src, seg);
+        }
+        let rst = reset_for(seg)?;
+        self.stats.resets += 1;
+        Some(rst)
+    }
+
+    /// Runs every endpoint's output; `emit` gets each segment with its remote address. Ended
+    /// connections are dropped afterwards.
+    pub fn dispatch(
+        &mut self,
+        now: Instant,
+        emit: &mut dyn FnMut(SocketAddrV4, Outgoing<'_>) -> Result<(), EmitError>,
+    ) {
+        for backlog in self.listeners.values_mut() {
+            for conn in backlog.connections_mut() {
+                let remote = conn.remote();
+                conn.dispatch(now, &mut |seg| emit(remote, seg));
+            }
+            backlog.reap();
+        }
+        for conn in self.connections.values_mut() {
+            let remote = conn.remote();
+            conn.dispatch(now, &mut |seg| emit(remote, seg));
+        }
+        let before = self.connections.len();
+        self.connections.retain(|_, c| c.state() != State::Closed);
+        self.stats.finished += (before - self.connections.len()) as u64;
+    }
+
+    /// When [`TcpHost::dispatch`] next has work.
+    pub fn poll_at(&self) -> Option<Instant> {
+        let listeners = self.listeners.values().filter_map(|b| b.poll_at());
+        let connections = self.connections.values().filter_map(|c| c.poll_at());
+        listeners.chain(connections).min()
+    }
+
+    fn insert(&mut self, conn: TcpConnection) {
+        let key = (conn.local().port(), conn.remote());
+        self.connections.insert(key, conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::stack::Duration;
+    use crate::stack::tcp::connection::InitialSequence;
+    use crate::wire::tcp::TcpSeqNumber;
+
+    const OURS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40000);
+
+    fn host() -> TcpHost {
+        TcpHost::new(OURS, IsnGenerator::new([4; 16]))
+    }
+
+    fn config() -> TcpConfig {
+        TcpConfig {
+            time_wait: Duration::from_secs(2),
+            ..TcpConfig::default()
+        }
+    }
+
+    /// A segment as it crosses the wire (header plus its payload, owned).
+    struct Wire {
+        repr: TcpRepr<'static>,
+        payload: Vec<u8>,
+    }
+
+    fn collect(out: &mut Vec<Wire>) -> impl FnMut(Outgoing<'_>) -> Result<(), EmitError> + '_ {
+        move |seg: Outgoing<'_>| {
+            let mut payload = seg.payload[0].to_vec();
+            payload.extend_from_slice(seg.payload[1]);
+            out.push(Wire {
+                repr: TcpRepr {
+                    payload: &[],
+                    ..seg.repr
+                },
+                payload,
+            });
+            Ok(())
+        }
+    }
+
+    /// Moves segments between the host and the peer until both are quiet at `now`.
+    fn exchange(host: &mut TcpHost, peer: &mut TcpConnection, now: Instant) -> Vec<Wire> {
+        let mut to_peer_log = Vec::new();
+        for _ in 0..1000 {
+            let mut to_peer = Vec::new();
+            host.dispatch(now, &mut |remote, seg| {
+                assert_eq!(remote, PEER);
+                collect(&mut to_peer)(seg)
+            });
+            let mut to_host = Vec::new();
+            peer.dispatch(now, &mut collect(&mut to_host));
+            if to_peer.is_empty() && to_host.is_empty() {
+                return to_peer_log;
+            }
+            for w in &to_host {
+                let seg = TcpRepr {
+                    payload: &w.payload,
+                    ..w.repr
+                };
+                if let Some(reply) = host.process(now, PEER, &seg) {
+                    peer.process(now, &reply);
+                }
+            }
+            for w in to_peer {
+                peer.process(
+                    now,
+                    &TcpRepr {
+                        payload: &w.payload,
+                        ..w.repr
+                    },
+                );
+                to_peer_log.push(w);
+            }
+        }
+        panic!("no quiet point");
+    }
+
+    fn peer_connecting(port: u16, now: Instant) -> TcpConnection {
+        let initial = InitialSequence {
+            iss: TcpSeqNumber(1000),
+            ts_offset: 0,
+        };
+        TcpConnection::connect(config(), PEER, SocketAddrV4::new(OURS, port), initial, now)
+    }
+
+    fn established(host: &mut TcpHost, port: u16, now: Instant) -> (TcpConnection, TcpConnection) {
+        host.listen(port, config(), 16, 16).expect("listen");
+        let mut peer = peer_connecting(port, now);
+        exchange(host, &mut peer, now);
+        assert_eq!(peer.state(), State::Established);
+        let ours = host.accept(port).expect("listening").expect("accepted");
+        assert_eq!(ours.state(), State::Established);
+        (ours, peer)
+    }
+
+    #[test]
+    fn a_listener_here_hands_accepted_connections_out_as_images() {
+        let mut h = host();
+        let now = Instant::from_secs(1);
+        let (ours, mut peer) = established(&mut h, 80, now);
+        assert!(h.holds_port(80));
+        assert_eq!(
+            h.listen(80, config(), 1, 1),
+            Err(TcpHostError::AddressInUse)
+        );
+        // The accepted connection moves to a process as its image and works there.
+        let image = ours.export(now);
+        let mut moved = TcpConnection::import(&image, now).expect("import");
+        peer.send(b"ping").expect("send");
+        let mut to_ours = Vec::new();
+        peer.dispatch(now, &mut collect(&mut to_ours));
+        for w in &to_ours {
+            moved.process(
+                now,
+                &TcpRepr {
+                    payload: &w.payload,
+                    ..w.repr
+                },
+            );
+        }
+        let mut buf = [0u8; 8];
+        assert_eq!(moved.recv(&mut buf).ok(), Some(4));
+        assert_eq!(&buf[..4], b"ping");
+    }
+
+    #[test]
+    fn a_closed_connection_handed_over_delivers_its_data_then_lingers_in_time_wait() {
+        let mut h = host();
+        let mut now = Instant::from_secs(1);
+        let (mut ours, mut peer) = established(&mut h, 81, now);
+        h.close_listener(81, now).expect("listening");
+        // The process writes 100 kB and closes at once, then exits: the netserver finishes.
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let n = ours.send(&data).expect("send");
+        assert_eq!(n, data.len());
+        ours.close(now);
+        h.adopt_image(&ours.export(now), now).expect("adopt");
+        drop(ours);
+        assert!(h.holds_port(81));
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..100 {
+            exchange(&mut h, &mut peer, now);
+            while let Ok(n) = peer.recv(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..n]);
+            }
+            if peer.state() == State::CloseWait {
+                break;
+            }
+            now += Duration::from_millis(50);
+        }
+        assert_eq!(received, data, "every byte delivered by the netserver");
+        assert_eq!(peer.state(), State::CloseWait, "then its FIN");
+        peer.close(now);
+        exchange(&mut h, &mut peer, now);
+        let held: Vec<_> = h.connections().collect();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].state, State::TimeWait);
+        assert!(h.holds_port(81), "TIME_WAIT keeps the port");
+        // TIME_WAIT ends after its 2 s here; the port is free again.
+        now += Duration::from_secs(3);
+        exchange(&mut h, &mut peer, now);
+        assert_eq!(h.connections().count(), 0);
+        assert!(!h.holds_port(81));
+        assert_eq!(h.stats().adopted, 1);
+        assert_eq!(h.stats().finished, 1);
+    }
+
+    #[test]
+    fn strays_are_reset_and_bad_handovers_refused() {
+        let mut h = host();
+        let now = Instant::from_secs(1);
+        let mut peer = peer_connecting(99, now);
+        let sent = {
+            let mut out = Vec::new();
+            peer.dispatch(now, &mut collect(&mut out));
+            out
+        };
+        let reply = h.process(now, PEER, &sent[0].repr).expect("reset");
+        assert!(reply.control.rst);
+        assert_eq!(h.stats().resets, 1);
+        assert!(matches!(
+            h.adopt_image(b"not an image", now),
+            Err(TcpHostError::BadImage(_))
+        ));
+        assert_eq!(h.accept(99).err(), Some(TcpHostError::NotListening));
+        // A connection for another address, or one already closed, is not taken.
+        let elsewhere = TcpConnection::connect(
+            config(),
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 9), 5),
+            PEER,
+            InitialSequence {
+                iss: TcpSeqNumber(1),
+                ts_offset: 0,
+            },
+            now,
+        );
+        assert_eq!(h.adopt(elsewhere), Err(TcpHostError::BadConnection));
+    }
+
+    #[test]
+    fn closing_a_listener_resets_what_nobody_accepted() {
+        let mut h = host();
+        let now = Instant::from_secs(1);
+        h.listen(82, config(), 16, 16).expect("listen");
+        let mut peer = peer_connecting(82, now);
+        exchange(&mut h, &mut peer, now);
+        assert_eq!(h.pending(82), 1);
+        h.close_listener(82, now).expect("listening");
+        exchange(&mut h, &mut peer, now);
+        assert_eq!(peer.state(), State::Closed, "the peer got a reset");
+        assert_eq!(h.connections().count(), 0);
+        assert!(!h.holds_port(82));
+    }
+}
