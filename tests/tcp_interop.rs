@@ -1153,3 +1153,93 @@ fn syn_flood_does_not_lock_out_a_real_client() {
     let stat = net.exec(net.command_msock_cli(&["stat"]));
     assert!(stat.status.success(), "{}", stderr_of(&stat));
 }
+
+/// The kernel's own TCP_INFO for its end of a connection with msock (what `ss -tin` would
+/// print if this ss showed `ts`/`sack`): a Python listener in N-b reads it after the transfer.
+const TCP_INFO_LISTENER: &str = r#"
+import socket, struct, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+total = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    total += len(b)
+info = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+options, wscales = info[5], info[6]
+rtt, rttvar = struct.unpack_from("II", info, 68)
+print("bytes=%d options=%d snd_wscale=%d rcv_wscale=%d rtt_us=%d" % (
+    total, options, wscales & 15, wscales >> 4, rtt), flush=True)
+"#;
+
+#[test]
+fn kernel_tcp_info_shows_sack_timestamps_window_scale_and_rtt() {
+    if !have("python3") {
+        assert!(!under_ci(), "python3 missing under CI");
+        eprintln!("skipped: python3 not installed");
+        return;
+    }
+    let Some(net) = TestNet::new("ti-info") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5009";
+    let mut listener = net.spawn(
+        "kernel-tcp-info",
+        net.command_in(
+            net.ns_b(),
+            &[
+                "python3",
+                "-c",
+                TCP_INFO_LISTENER,
+                &PEER_ADDR.to_string(),
+                port,
+            ],
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || listener.log().contains("ready")),
+        "{}",
+        listener.log()
+    );
+    let mut sender = net.spawn(
+        "msock-connect",
+        sh(&net, net.ns_a(), &format!(
+            "head -c 2000000 /dev/urandom | exec {msock} tcp connect {PEER_ADDR}:{port} --time-wait-ms 100"
+        )),
+    );
+    assert!(
+        sender
+            .wait_timeout(Duration::from_secs(20))
+            .is_some_and(|s| s.success()),
+        "{}",
+        sender.log()
+    );
+    assert!(listener.wait_timeout(Duration::from_secs(10)).is_some());
+    let log = listener.log();
+    eprintln!("{}", log.trim());
+    let field = |name: &str| -> u64 {
+        log.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {log}"))
+    };
+    assert_eq!(field("bytes"), 2_000_000);
+    // TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE.
+    assert_eq!(field("options") & 7, 7, "TS, SACK and window scale: {log}");
+    assert_eq!(
+        field("snd_wscale"),
+        7,
+        "the kernel applies our shift: {log}"
+    );
+    let rtt = field("rtt_us");
+    assert!(rtt > 0 && rtt < 50_000, "sane RTT: {log}");
+}
