@@ -24,8 +24,8 @@ pub mod recv_buffer;
 pub mod rtt;
 pub mod scoreboard;
 pub mod send_buffer;
-pub mod syn_cookie;
 pub mod sim;
+pub mod syn_cookie;
 
 #[cfg(test)]
 mod tests;
