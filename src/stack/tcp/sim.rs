@@ -32,7 +32,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::congestion::CongestionAlgorithm;
 use super::connection::{
     ConnError, InitialSequence, ListenOutcome, Outgoing, RecvError, SendError, State, TcpConfig,
-    TcpConnection, TcpListener, Verdict, reset_for,
+    TcpConnection, TcpDropReason, TcpListener, Verdict, reset_for,
 };
 use super::image::ImageError;
 use super::isn::IsnGenerator;
@@ -371,9 +371,29 @@ pub struct SimReport {
     pub errors: [Option<ConnError>; 2],
     /// The most recent segments: (time µs, direction, summary).
     pub trace: Vec<(u64, usize, String)>,
+    /// Virtual time at which each side's application read end of stream (goodput = bytes read
+    /// over this, without the closing handshake and TIME_WAIT).
+    pub eof_at: [Option<Duration>; 2],
+    /// Segments each engine dropped, by [`TcpDropReason`] (index = reason as usize).
+    pub drop_reasons: [[u64; TcpDropReason::COUNT]; 2],
+    /// Sum and count of each engine's congestion window (segments) sampled at every segment it
+    /// processed in ESTABLISHED, CLOSE_WAIT or FIN_WAIT_1: the mean window over the transfer.
+    pub cwnd_samples: [(u64, u64); 2],
 }
 
 impl SimReport {
+    /// Mean congestion window (segments) of side `side` while ESTABLISHED.
+    pub fn mean_cwnd(&self, side: usize) -> u64 {
+        let (sum, n) = self.cwnd_samples[side];
+        sum / n.max(1)
+    }
+
+    /// Goodput of the data side `side` *received*, in bit/s up to its end of stream.
+    pub fn goodput_bps(&self, side: usize) -> u64 {
+        let t = self.eof_at[side].map_or(0, |d| d.as_micros()).max(1);
+        self.bytes_read[side].saturating_mul(8_000_000) / t
+    }
+
     /// Whether side `side` was seen in `state`.
     pub fn visited(&self, side: usize, state: State) -> bool {
         self.visited[side] & (1 << state.linux_number()) != 0
@@ -645,6 +665,9 @@ impl Simulation {
             visited: [0; 2],
             errors: [None; 2],
             trace: Vec::new(),
+            eof_at: [None; 2],
+            drop_reasons: [[0; TcpDropReason::COUNT]; 2],
+            cwnd_samples: [(0, 0); 2],
         };
         report.visited[0] |= 1 << a.state().linux_number();
         if let Endpoint::Active(b) = &b {
@@ -804,8 +827,17 @@ impl Simulation {
         let now = self.now;
         match &mut self.ends[to] {
             Endpoint::Active(conn) => {
-                if let Verdict::Dropped(_) = conn.process(now, &repr) {
+                if let Verdict::Dropped(reason) = conn.process(now, &repr) {
                     self.report.segments_dropped[to] += 1;
+                    self.report.drop_reasons[to][reason as usize] += 1;
+                }
+                if matches!(
+                    conn.state(),
+                    State::Established | State::CloseWait | State::FinWait1
+                ) {
+                    let sample = &mut self.report.cwnd_samples[to];
+                    sample.0 += u64::from(conn.info(now).snd_cwnd);
+                    sample.1 += 1;
                 }
                 self.report.visited[to] |= 1 << conn.state().linux_number();
             }
@@ -915,6 +947,7 @@ impl Simulation {
                             });
                         }
                         app.eof = true;
+                        self.report.eof_at[side] = Some(now.saturating_duration_since(Instant::ZERO));
                         break;
                     }
                     Ok(n) => {

@@ -5,3 +5,4 @@ mod rfc;
 mod fixtures;
 mod states;
 mod transfers;
+mod interop;
