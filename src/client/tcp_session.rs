@@ -75,7 +75,8 @@ pub struct IcmpReport {
 
 /// Hands `report` to `conn` if it is about `conn`'s 4-tuple: fragmentation needed lowers the
 /// path MTU (`on_icmp_frag_needed`), anything else is an unreachable error (hard while
-/// connecting, soft afterwards: the engine decides). Returns whether it applied.
+/// connecting, soft afterwards: the engine decides). The engine ignores messages quoting a
+/// sequence number outside its flight (RFC 5927). Returns whether it applied.
 pub fn apply_icmp(conn: &mut TcpConnection, now: Instant, report: &IcmpReport) -> bool {
     if report.remote != conn.remote() || report.local.port() != conn.local().port() {
         return false;
@@ -89,8 +90,7 @@ pub fn apply_icmp(conn: &mut TcpConnection, now: Instant, report: &IcmpReport) -
         libc::ENETUNREACH => ConnError::NetUnreachable,
         _ => ConnError::HostUnreachable,
     };
-    conn.on_icmp_unreachable(now, error);
-    true
+    conn.on_icmp_error(now, error, report.quoted_seq)
 }
 
 /// One held TCP port and its channel.

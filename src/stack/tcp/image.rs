@@ -24,7 +24,7 @@ use crate::wire::tcp::TcpSeqNumber;
 /// First bytes of every image.
 pub const IMAGE_MAGIC: [u8; 4] = *b"MSTC";
 /// Layout version written by this build; readers accept exactly this version.
-pub const IMAGE_VERSION: u16 = 1;
+pub const IMAGE_VERSION: u16 = 2;
 
 /// Why an image could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,8 +388,8 @@ mod tests {
             ImageError::BadMagic
         );
         assert_eq!(
-            ImageReader::new(b"MSTC\x02\x00", Instant::ZERO).unwrap_err(),
-            ImageError::UnsupportedVersion(2)
+            ImageReader::new(b"MSTC\x03\x00", Instant::ZERO).unwrap_err(),
+            ImageError::UnsupportedVersion(3)
         );
         let mut w = ImageWriter::new(Instant::ZERO);
         w.bytes(b"0123456789");

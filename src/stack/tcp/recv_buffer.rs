@@ -24,8 +24,12 @@
 use super::image::{ImageError, ImageReader, ImageWriter};
 use crate::wire::tcp::TcpSeqNumber;
 
-/// Most out-of-order ranges kept; a segment needing one more is dropped.
-pub const MAX_OOO_RANGES: usize = 32;
+/// Most out-of-order ranges kept; a segment needing one more is dropped. Linux has no range
+/// limit (it bounds the out-of-order queue by rcvbuf only); a bound keeps the per-segment cost
+/// O(ranges) and the memory explicit (24 B per range, inline). 256 survives netem-style 5 %
+/// reordering with a 4 MiB window of 1448-byte segments (about 70 ranges open at once, peaks
+/// near 110; `tests::interop`), where 32 overflowed.
+pub const MAX_OOO_RANGES: usize = 256;
 /// Largest capacity accepted from a caller or an image.
 pub const MAX_CAPACITY: usize = 1 << 30;
 /// Section tag of a receive buffer in a state image.
@@ -321,16 +325,19 @@ impl ReceiveBuffer {
         out: &mut [(TcpSeqNumber, TcpSeqNumber)],
     ) -> usize {
         let want = out.len().min(self.nranges);
-        let mut taken: u64 = 0; // bit i: range i already emitted
+        // Successive maxima of (stamp, index), each below the previous pick: most recent first
+        // without a set of emitted ranges (there may be more ranges than bits in a word).
+        let mut below: Option<(u64, usize)> = None;
         for slot in out.iter_mut().take(want) {
-            let mut best: Option<usize> = None;
+            let mut best: Option<(u64, usize)> = None;
             for (i, r) in self.ooo().iter().enumerate() {
-                if taken & (1 << i) == 0 && best.is_none_or(|b| r.stamp > self.ranges[b].stamp) {
-                    best = Some(i);
+                let key = (r.stamp, i);
+                if below.is_none_or(|b| key < b) && best.is_none_or(|b| key > b) {
+                    best = Some(key);
                 }
             }
-            let Some(i) = best else { break };
-            taken |= 1 << i;
+            let Some((_, i)) = best else { break };
+            below = best;
             *slot = (rcv_nxt + self.ranges[i].start, rcv_nxt + self.ranges[i].end);
         }
         want
@@ -354,7 +361,7 @@ impl ReceiveBuffer {
         w.u64(self.ooo_dropped);
         let [a, b] = self.read_slices();
         w.bytes_parts(&[a, b]);
-        w.u8(self.nranges as u8);
+        w.u16(self.nranges as u16);
         for r in self.ooo() {
             w.usize(r.start);
             w.usize(r.end);
@@ -380,7 +387,7 @@ impl ReceiveBuffer {
         if in_order.len() > limit {
             return Err(ImageError::Invalid("receive buffer length"));
         }
-        let nranges = usize::from(r.read_u8()?);
+        let nranges = usize::from(r.read_u16()?);
         if nranges > MAX_OOO_RANGES {
             return Err(ImageError::Invalid("receive buffer range count"));
         }
@@ -529,7 +536,7 @@ mod tests {
         }
         assert_eq!(b.ooo().len(), MAX_OOO_RANGES);
         let before = ranges(&b);
-        assert_eq!(b.write_at(1000, b"zz"), 0);
+        assert_eq!(b.write_at(10 + 10 * MAX_OOO_RANGES + 100, b"zz"), 0);
         assert_eq!(b.ooo_dropped(), 1);
         assert_eq!(ranges(&b), before, "dropped segment leaves no trace");
         // Extending a range still works at the limit, as does joining two.
@@ -544,7 +551,7 @@ mod tests {
         );
         b.write_at(14, &[0; 6]);
         assert_eq!(b.ooo().len(), MAX_OOO_RANGES - 1);
-        assert_eq!(b.write_at(1000, b"zz"), 0);
+        assert_eq!(b.write_at(10 + 10 * MAX_OOO_RANGES + 100, b"zz"), 0);
         assert_eq!(b.ooo().len(), MAX_OOO_RANGES);
         assert_eq!(b.ooo_dropped(), 1);
         // In-order data is always accepted.
@@ -894,7 +901,7 @@ mod tests {
             w.u64(10);
             w.u64(0);
             w.bytes(&vec![0; inorder]);
-            w.u8(rs.len() as u8);
+            w.u16(rs.len() as u16);
             for r in rs {
                 w.usize(r.start);
                 w.usize(r.end);

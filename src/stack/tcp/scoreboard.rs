@@ -6,8 +6,10 @@
 //! every ACK.
 //!
 //! RFC 6675's routines are computed at byte granularity:
-//! - IsLost(b) (§4, DupThresh = 3): at least [`DUP_THRESH`] discontiguous SACKed ranges hold
-//!   bytes above `b`, or more than (DupThresh − 1)·SMSS SACKed bytes lie above `b`. Both counts
+//! - IsLost(b) (§4): at least DupThresh discontiguous SACKed ranges hold bytes above `b`, or
+//!   more than (DupThresh − 1)·SMSS SACKed bytes lie above `b`. DupThresh is [`DUP_THRESH`]
+//!   unless the engine raised it to the reordering degree it observed
+//!   ([`Scoreboard::set_dupthresh`], Linux `tp->reordering`). Both counts
 //!   only fall as `b` grows, so the lost bytes are exactly those below one boundary, found by
 //!   walking the ranges down from the highest (usually 1–3 steps).
 //! - SetPipe (§4): every byte in [SND.UNA, SND.NXT) not SACKed counts once if it is not lost and
@@ -24,8 +26,8 @@
 use super::image::{ImageError, ImageReader, ImageWriter};
 use crate::wire::tcp::TcpSeqNumber;
 
-/// Most SACKed ranges remembered.
-pub const MAX_SACKED_RANGES: usize = 64;
+/// Most SACKed ranges remembered (as many as a receiver keeps out-of-order ranges).
+pub const MAX_SACKED_RANGES: usize = 256;
 /// RFC 6675 DupThresh.
 pub const DUP_THRESH: usize = 3;
 /// Section tag of a scoreboard in a state image.
@@ -39,6 +41,9 @@ pub struct SackUpdate {
     /// The first block was a D-SACK (RFC 2883 §4): it reports a duplicate segment and is not
     /// scoreboard information.
     pub dsack: bool,
+    /// The lowest byte this ACK SACKed that was not SACKed before (reordering detection: a
+    /// newly SACKed byte below the highest SACKed one arrived late).
+    pub lowest_new: Option<TcpSeqNumber>,
 }
 
 /// RFC 6675 scoreboard: the SACKed byte ranges above SND.UNA.
@@ -49,6 +54,8 @@ pub struct Scoreboard {
     len: usize,
     /// Sum of the range lengths.
     sacked: usize,
+    /// RFC 6675 DupThresh in segments (not part of an image: the engine sets it before use).
+    dupthresh: usize,
 }
 
 impl Default for Scoreboard {
@@ -68,7 +75,13 @@ impl Scoreboard {
             ranges: [(TcpSeqNumber(0), TcpSeqNumber(0)); MAX_SACKED_RANGES],
             len: 0,
             sacked: 0,
+            dupthresh: DUP_THRESH,
         }
+    }
+
+    /// Sets DupThresh (at least [`DUP_THRESH`]) for IsLost, NextSeg and SetPipe.
+    pub fn set_dupthresh(&mut self, segments: usize) {
+        self.dupthresh = segments.max(DUP_THRESH);
     }
 
     /// Forgets all SACK information (e.g. after an RTO, RFC 6675 §5.1, or a reset).
@@ -111,16 +124,25 @@ impl Scoreboard {
             if start >= end || end > snd_nxt || end <= snd_una {
                 continue;
             }
-            update.newly_sacked += self.insert(start, end);
+            let (new, lowest) = self.insert(start, end);
+            if new > 0 {
+                update.newly_sacked += new;
+                update.lowest_new = Some(update.lowest_new.map_or(lowest, |l| l.min(lowest)));
+            }
         }
         update
     }
 
     /// Records `[start, end)` (non-empty, above every acknowledged byte); returns the bytes it
-    /// newly SACKed that remain recorded.
-    fn insert(&mut self, start: TcpSeqNumber, end: TcpSeqNumber) -> usize {
+    /// newly SACKed that remain recorded and the lowest of them.
+    fn insert(&mut self, start: TcpSeqNumber, end: TcpSeqNumber) -> (usize, TcpSeqNumber) {
         let n = self.len;
         let first = self.ranges[..n].partition_point(|r| r.1 < start);
+        // Ranges are non-adjacent, so the first byte after a range containing `start` is new.
+        let lowest = match self.ranges[..n].get(first) {
+            Some(&(s, e)) if s <= start => e,
+            _ => start,
+        };
         let mut last = first;
         let mut covered = 0;
         while last < n && self.ranges[last].0 <= end {
@@ -132,7 +154,7 @@ impl Scoreboard {
         if first == last {
             if n == MAX_SACKED_RANGES {
                 if first == 0 {
-                    return 0; // the new block is the lowest: it is the one forgotten
+                    return (0, lowest); // the new block is the lowest: it is the one forgotten
                 }
                 // Forget the lowest range to make room.
                 self.sacked -= span(self.ranges[0].0, self.ranges[0].1);
@@ -155,7 +177,7 @@ impl Scoreboard {
             self.ranges[first] = merged;
         }
         self.sacked += new;
-        new
+        (new, lowest)
     }
 
     /// Drops SACK information at or below the new cumulative acknowledgment.
@@ -197,7 +219,7 @@ impl Scoreboard {
     /// The boundary below which every byte IsLost (RFC 6675 §4), or `None` if none is.
     fn lost_boundary(&self, mss: usize) -> Option<TcpSeqNumber> {
         // Lost by bytes: more than (DupThresh−1)·SMSS SACKed bytes above, i.e. at least `need`.
-        let need = mss.saturating_mul(DUP_THRESH - 1).saturating_add(1);
+        let need = mss.saturating_mul(self.dupthresh - 1).saturating_add(1);
         let mut above = 0usize;
         for (k, &(s, e)) in self.ranges().iter().rev().enumerate() {
             let len = span(s, e);
@@ -205,7 +227,7 @@ impl Scoreboard {
             if above + len >= need {
                 boundary = Some(e - (need - above));
             }
-            if k + 1 == DUP_THRESH {
+            if k + 1 == self.dupthresh {
                 // Lost by count: this range still has a byte above b for every b < e − 1.
                 let by_count = e - 1;
                 boundary = Some(boundary.map_or(by_count, |b| b.max(by_count)));
@@ -218,7 +240,7 @@ impl Scoreboard {
         None
     }
 
-    /// RFC 6675 IsLost(seq) with DupThresh = 3 and SMSS = `mss`.
+    /// RFC 6675 IsLost(seq) with the current DupThresh and SMSS = `mss`.
     pub fn is_lost(&self, seq: TcpSeqNumber, mss: usize) -> bool {
         self.lost_boundary(mss).is_some_and(|b| seq < b)
     }
@@ -240,7 +262,7 @@ impl Scoreboard {
     }
 
     /// Bytes in `[from, to)` not SACKed.
-    fn unsacked_in(&self, from: TcpSeqNumber, to: TcpSeqNumber) -> usize {
+    pub fn unsacked_in(&self, from: TcpSeqNumber, to: TcpSeqNumber) -> usize {
         span(from, to) - self.sacked_in(from, to)
     }
 
@@ -319,7 +341,7 @@ impl Scoreboard {
     /// Writes the ranges to a state image.
     pub fn export(&self, w: &mut ImageWriter) {
         w.section(SECTION);
-        w.u8(self.len as u8);
+        w.u16(self.len as u16);
         for &(s, e) in self.ranges() {
             w.seq(s);
             w.seq(e);
@@ -330,7 +352,7 @@ impl Scoreboard {
     /// non-empty, sorted, disjoint, non-adjacent and span less than 2³¹ in all.
     pub fn import(r: &mut ImageReader<'_>) -> Result<Scoreboard, ImageError> {
         r.read_section(SECTION)?;
-        let n = usize::from(r.read_u8()?);
+        let n = usize::from(r.read_u16()?);
         if n > MAX_SACKED_RANGES {
             return Err(ImageError::Invalid("scoreboard range count"));
         }
@@ -388,7 +410,8 @@ mod tests {
             u,
             SackUpdate {
                 newly_sacked: 200,
-                dsack: false
+                dsack: false,
+                lowest_new: Some(una + 400),
             }
         );
         // Crosses 2^32; the first block is the new one, the second repeats.
@@ -469,7 +492,8 @@ mod tests {
             u,
             SackUpdate {
                 newly_sacked: 0,
-                dsack: true
+                dsack: true,
+                lowest_new: None,
             }
         );
         assert_eq!(b.sacked_bytes(), 0);
@@ -479,7 +503,8 @@ mod tests {
             u,
             SackUpdate {
                 newly_sacked: 100,
-                dsack: true
+                dsack: true,
+                lowest_new: Some(una + 100),
             }
         );
         // RFC 2883 §4.1.2: first block within the second.
@@ -488,7 +513,8 @@ mod tests {
             u,
             SackUpdate {
                 newly_sacked: 100,
-                dsack: true
+                dsack: true,
+                lowest_new: Some(una + 300),
             }
         );
         assert_eq!(
@@ -507,7 +533,7 @@ mod tests {
     #[test]
     fn range_overflow_forgets_the_lowest() {
         let una = seq(u32::MAX - 5000);
-        let nxt = una + 100_000;
+        let nxt = una + 1_000_000;
         let mut b = Scoreboard::new();
         for i in 0..MAX_SACKED_RANGES {
             b.on_sack(
@@ -519,11 +545,11 @@ mod tests {
         assert_eq!(b.ranges().len(), MAX_SACKED_RANGES);
         assert_eq!(b.sacked_bytes(), 10 * MAX_SACKED_RANGES);
         // A new highest range: the lowest goes.
-        let u = b.on_sack(una, nxt, &[(una + 90_000, una + 90_020)]);
+        let u = b.on_sack(una, nxt, &[(una + 900_000, una + 900_020)]);
         assert_eq!(u.newly_sacked, 20);
         assert_eq!(b.ranges().len(), MAX_SACKED_RANGES);
         assert_eq!(b.ranges()[0].0, una + 2000);
-        assert_eq!(b.highest_sacked(), Some(una + 90_020));
+        assert_eq!(b.highest_sacked(), Some(una + 900_020));
         assert_eq!(b.sacked_bytes(), 10 * MAX_SACKED_RANGES + 10);
         // A new lowest range is itself the one forgotten.
         let u = b.on_sack(una, nxt, &[(una + 10, una + 20)]);
@@ -752,6 +778,12 @@ mod tests {
                             let s = span(base, s).max(m.una);
                             let e = span(base, e);
                             if s < e && e <= nxt {
+                                if let Some(low) = (s..e).find(|&i| !m.sacked[i]) {
+                                    let low = base + low;
+                                    want.lowest_new = Some(
+                                        want.lowest_new.map_or(low, |l: TcpSeqNumber| l.min(low)),
+                                    );
+                                }
                                 want.newly_sacked += m.insert(s, e);
                             }
                         }
@@ -795,10 +827,10 @@ mod tests {
 
     #[test]
     fn random_overflow_scenarios_match_the_model() {
-        // Many tiny blocks: the 64-range bound is hit constantly.
+        // Many tiny blocks: the range bound is hit constantly.
         let mut rng = Rng(0xdead_beef);
         let base = seq(u32::MAX - 2000);
-        let size = 4000;
+        let size = 8000;
         let mut m = Model {
             base,
             sacked: vec![false; size],
@@ -866,7 +898,7 @@ mod tests {
         let build = |ranges: &[(u32, u32)], count: usize| {
             let mut w = ImageWriter::new(Instant::ZERO);
             w.section(SECTION);
-            w.u8(count as u8);
+            w.u16(count as u16);
             for &(s, e) in ranges {
                 w.seq(seq(s));
                 w.seq(seq(e));

@@ -374,7 +374,8 @@ pub struct SimReport {
     /// Virtual time at which each side's application read end of stream (goodput = bytes read
     /// over this, without the closing handshake and TIME_WAIT).
     pub eof_at: [Option<Duration>; 2],
-    /// Segments each engine dropped, by [`TcpDropReason`] (index = reason as usize).
+    /// Segments each engine dropped, by [`TcpDropReason`] (index = reason as usize), including
+    /// out-of-order data dropped for want of a range (the segment itself is accepted).
     pub drop_reasons: [[u64; TcpDropReason::COUNT]; 2],
     /// Sum and count of each engine's congestion window (segments) sampled at every segment it
     /// processed in ESTABLISHED, CLOSE_WAIT or FIN_WAIT_1: the mean window over the transfer.
@@ -827,10 +828,15 @@ impl Simulation {
         let now = self.now;
         match &mut self.ends[to] {
             Endpoint::Active(conn) => {
+                let full = TcpDropReason::OutOfOrderFull;
+                let ooo_before = conn.stats().dropped(full);
                 if let Verdict::Dropped(reason) = conn.process(now, &repr) {
                     self.report.segments_dropped[to] += 1;
                     self.report.drop_reasons[to][reason as usize] += 1;
                 }
+                // Out-of-order overflow drops the data but accepts the segment (its ACK counts).
+                self.report.drop_reasons[to][full as usize] +=
+                    conn.stats().dropped(full) - ooo_before;
                 if matches!(
                     conn.state(),
                     State::Established | State::CloseWait | State::FinWait1
@@ -947,7 +953,8 @@ impl Simulation {
                             });
                         }
                         app.eof = true;
-                        self.report.eof_at[side] = Some(now.saturating_duration_since(Instant::ZERO));
+                        self.report.eof_at[side] =
+                            Some(now.saturating_duration_since(Instant::ZERO));
                         break;
                     }
                     Ok(n) => {

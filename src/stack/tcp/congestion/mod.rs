@@ -244,6 +244,17 @@ impl CongestionControl {
         self.timeout_held = false;
     }
 
+    /// Undo of a reduction shown unnecessary (Eifel / D-SACK, RFC 3708; Linux
+    /// `tcp_undo_cwnd_reduction` with `undo_cwnd` = max(cwnd, prior cwnd)): cwnd and ssthresh
+    /// go back to at least what they were before it; CUBIC starts a fresh epoch from there.
+    pub fn undo(&mut self, _now: Instant, prior_cwnd: usize, prior_ssthresh: usize) {
+        self.cwnd = self.cwnd.max(prior_cwnd).max(self.mss);
+        self.ssthresh = self.ssthresh.max(prior_ssthresh);
+        self.timeout_held = false;
+        self.reno = Reno::default();
+        self.cubic.reset_epoch();
+    }
+
     /// Retransmission timeout: ssthresh as for a congestion event (RFC 5681 (4), RFC 9438
     /// §4.8), cwnd = the loss window of one segment. A repeated timeout before any ACK has
     /// advanced (the same data timed out again) keeps ssthresh (RFC 5681 §3.1).

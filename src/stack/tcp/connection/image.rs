@@ -190,6 +190,23 @@ impl TcpConnection {
         let (sample_seq, sample_at) = self.rtt_sample.unwrap_or_default();
         w.seq(sample_seq);
         w.instant(sample_at);
+        w.u32(self.reordering);
+        w.seq(self.rexmit_high);
+        w.bool(self.undo_marker.is_some());
+        w.seq(self.undo_marker.unwrap_or_default());
+        w.usize(self.undo_cwnd);
+        w.u64(if self.undo_ssthresh == usize::MAX {
+            u64::MAX
+        } else {
+            self.undo_ssthresh as u64
+        });
+        w.bool(self.undo_retrans.is_some());
+        w.u32(self.undo_retrans.unwrap_or(0));
+        w.bool(self.retrans_stamp.is_some());
+        w.u32(self.retrans_stamp.unwrap_or(0));
+        w.usize(self.max_flight);
+        w.bool(self.cwnd_limited);
+        w.seq(self.cwnd_usage_seq);
         w.section(TIMERS);
         for t in [
             self.rto_at,
@@ -246,6 +263,7 @@ impl TcpConnection {
             s.timeouts,
             s.dsack_dups,
             s.challenge_acks,
+            s.spurious_recoveries,
         ] {
             w.u64(v);
         }
@@ -326,6 +344,34 @@ impl TcpConnection {
             let at = r.read_instant()?;
             some.then_some((seq, at))
         };
+        let reordering = r.read_u32()?;
+        let rexmit_high = r.read_seq()?;
+        let undo_marker = {
+            let some = r.read_bool()?;
+            let v = r.read_seq()?;
+            some.then_some(v)
+        };
+        let undo_cwnd = r.read_usize()?;
+        let undo_ssthresh = match r.read_u64()? {
+            u64::MAX => usize::MAX,
+            v => usize::try_from(v).map_err(|_| ImageError::Invalid("undo ssthresh"))?,
+        };
+        let undo_retrans = {
+            let some = r.read_bool()?;
+            let v = r.read_u32()?;
+            some.then_some(v)
+        };
+        let retrans_stamp = {
+            let some = r.read_bool()?;
+            let v = r.read_u32()?;
+            some.then_some(v)
+        };
+        let max_flight = r.read_usize()?;
+        let cwnd_limited = r.read_bool()?;
+        let cwnd_usage_seq = r.read_seq()?;
+        if !(super::MIN_REORDERING..=super::MAX_REORDERING).contains(&reordering) {
+            return Err(ImageError::Invalid("reordering degree"));
+        }
         r.read_section(TIMERS)?;
         let mut timers = [None; 9];
         for t in &mut timers {
@@ -361,7 +407,7 @@ impl TcpConnection {
         for t in &mut times {
             *t = r.read_instant()?;
         }
-        let mut counters = [0u64; 13];
+        let mut counters = [0u64; 14];
         for c in &mut counters {
             *c = r.read_u64()?;
         }
@@ -437,6 +483,16 @@ impl TcpConnection {
             dupacks,
             retransmit_next,
             rtt_sample,
+            reordering,
+            rexmit_high,
+            undo_marker,
+            undo_cwnd,
+            undo_ssthresh,
+            undo_retrans,
+            retrans_stamp,
+            max_flight,
+            cwnd_limited,
+            cwnd_usage_seq,
             rto_at: timers[0],
             delack_at: timers[1],
             persist_at: timers[2],
@@ -482,6 +538,7 @@ impl TcpConnection {
                 timeouts: counters[10],
                 dsack_dups: counters[11],
                 challenge_acks: counters[12],
+                spurious_recoveries: counters[13],
                 drops,
             },
         })

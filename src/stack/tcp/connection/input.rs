@@ -2,7 +2,10 @@
 //! processing that drives RTT, congestion control and loss recovery (RFC 5681, 6582, 6675).
 #![forbid(unsafe_code)]
 
-use super::{ConnError, State, TcpConnection, TcpDropReason, Verdict};
+use super::{
+    ConnError, MAX_REORDERING, MIN_REORDERING, OOW_ANSWER_INTERVAL, State, TcpConnection,
+    TcpDropReason, Verdict,
+};
 use crate::stack::tcp::rtt::RttEstimator;
 use crate::stack::{Duration, Instant};
 use crate::wire::tcp::{TcpControl, TcpRepr, TcpSeqNumber};
@@ -130,6 +133,45 @@ impl TcpConnection {
         }
     }
 
+    /// Linux `tcp_oow_rate_limited`: whether the answer to an out-of-window or PAWS-failed
+    /// segment is suppressed. Segments with data (not SYN) are always answered (they are not
+    /// part of an ACK loop); others at most once per [`OOW_ANSWER_INTERVAL`] per connection.
+    fn oow_rate_limited(&mut self, now: Instant, seg: &TcpRepr<'_>) -> bool {
+        let data = !seg.payload.is_empty() || seg.control.fin;
+        if data && !seg.control.syn {
+            return false;
+        }
+        if self
+            .last_oow_ack_at
+            .is_some_and(|t| now - t < OOW_ANSWER_INTERVAL)
+        {
+            return true;
+        }
+        self.last_oow_ack_at = Some(now);
+        false
+    }
+
+    /// Linux `tcp_disordered_ack`: a PAWS failure to let through — a pure ACK at RCV.NXT that
+    /// duplicates SND.UNA, would not update the window, and whose TSval is within one RTO of
+    /// TS.Recent (an ACK overtaken by a later one, not an old duplicate).
+    fn disordered_ack(&self, seg: &TcpRepr<'_>, tsval: u32) -> bool {
+        let Some(ack) = seg.ack_number else {
+            return false;
+        };
+        let pure = seg.payload.is_empty() && !seg.control.syn && !seg.control.fin;
+        let window = usize::from(seg.window_len) << self.snd_wscale;
+        let seq = seg.seq_number;
+        // Linux tcp_may_update_window.
+        let may_update_window = ack > self.snd_una
+            || seq > self.snd_wl1
+            || (seq == self.snd_wl1 && (window > self.snd_wnd || window == 0));
+        let replay_ms = u32::try_from(self.rtt.rto().as_micros() / 1000).unwrap_or(u32::MAX);
+        pure && seq == self.rcv_nxt
+            && ack == self.snd_una
+            && !may_update_window
+            && self.ts_recent.wrapping_sub(tsval) <= replay_ms
+    }
+
     fn process_synchronized(&mut self, now: Instant, seg: &TcpRepr<'_>) -> Verdict {
         let payload_len = seg.payload.len();
         let seg_len = payload_len + usize::from(seg.control.syn) + usize::from(seg.control.fin);
@@ -143,8 +185,13 @@ impl TcpConnection {
         if let Some((tsval, _)) = seg_ts
             && !seg.control.rst
             && (tsval.wrapping_sub(self.ts_recent) as i32) < 0
+            && !self.disordered_ack(seg, tsval)
         {
-            self.ack_now = true;
+            // Linux tcp_validate_incoming: a duplicate ACK answers, rate limited for segments
+            // without data (tcp_oow_rate_limited) so two ends cannot ACK each other forever.
+            if !self.oow_rate_limited(now, seg) {
+                self.ack_now = true;
+            }
             return self.count_drop(TcpDropReason::PawsRejected);
         }
 
@@ -186,16 +233,8 @@ impl TcpConnection {
             }
             // Pure ACKs out of window are answered at most twice a second (Linux
             // tcp_invalid_ratelimit) so two confused ends cannot ACK each other forever.
-            let pure = seg.payload.is_empty() && !seg.control.syn && !seg.control.fin;
-            let limited = pure
-                && self
-                    .last_oow_ack_at
-                    .is_some_and(|t| now - t < Duration::from_millis(500));
-            if !limited {
+            if !self.oow_rate_limited(now, seg) {
                 self.ack_now = true;
-                if pure {
-                    self.last_oow_ack_at = Some(now);
-                }
             }
             return self.count_drop(TcpDropReason::OutOfWindow);
         }
@@ -275,9 +314,11 @@ impl TcpConnection {
         if self.config.keepalive {
             self.keepalive_at = Some(now + self.config.keepalive_idle);
         }
-        // RFC 7323 §4.3: TS.Recent follows the segment that covers the left window edge.
+        // RFC 7323 §4.3: TS.Recent follows the segment that covers the left window edge (and
+        // never moves back: a disordered ACK let through PAWS carries an older TSval).
         if let Some((tsval, _)) = seg_ts
             && seg.seq_number <= self.rcv_nxt
+            && (tsval.wrapping_sub(self.ts_recent) as i32) >= 0
         {
             self.ts_recent = tsval;
         }
@@ -342,6 +383,17 @@ impl TcpConnection {
     fn process_ack(&mut self, now: Instant, seg: &TcpRepr<'_>, ack: TcpSeqNumber) {
         let window = usize::from(seg.window_len) << self.snd_wscale;
         let mss = self.effective_mss();
+        let prior_una = self.snd_una;
+        // Highest SACKed sequence before this ACK (Linux prior_fack).
+        let prior_fack = self.scoreboard.highest_sacked().unwrap_or(self.snd_una);
+        // Reordering evidence from the cumulative ACK: its lowest byte that was neither SACKed
+        // nor ever retransmitted (Linux `reord` in tcp_clean_rtx_queue).
+        let reord = self.snd_una.max(self.rexmit_high);
+        let reord_unsacked = !self.scoreboard.is_sacked(reord);
+        let tsecr = match seg.options.timestamps() {
+            Some((_, tsecr)) if self.ts_ok && tsecr != 0 => Some(tsecr),
+            _ => None,
+        };
         if self.sack_ok
             && let Some(blocks) = seg.options.sack_blocks()
         {
@@ -351,11 +403,20 @@ impl TcpConnection {
             } else {
                 self.snd_una
             };
-            let up = self
-                .scoreboard
-                .on_sack(una, self.snd_max, blocks.as_slice());
-            if up.dsack {
+            let blocks = blocks.as_slice();
+            let up = self.scoreboard.on_sack(una, self.snd_max, blocks);
+            if up.dsack
+                && let Some(&first) = blocks.first()
+            {
                 self.stats.dsack_dups += 1;
+                self.on_dsack(first, mss);
+            }
+            // A never-retransmitted byte SACKed below the highest SACKed one arrived late.
+            if let Some(low) = up.lowest_new
+                && low < prior_fack
+                && low >= self.rexmit_high
+            {
+                self.check_reordering(low, prior_fack, mss);
             }
         }
 
@@ -370,7 +431,6 @@ impl TcpConnection {
             let was_fin_sent = self.fin_queued && self.snd_max > self.fin_seq_out();
             self.send_buf.consume(data_acked);
             self.stats.bytes_acked += data_acked as u64;
-            let flight_before = (self.snd_max - self.snd_una).max(0) as usize;
             self.snd_una = ack;
             if self.snd_nxt < ack {
                 self.snd_nxt = ack;
@@ -382,22 +442,35 @@ impl TcpConnection {
             }
             self.scoreboard.on_cumulative_ack(ack);
             self.last_ack_recv_at = now;
-            // RTT (Karn: only samples whose segment was not retransmitted).
+            // A hole that was never retransmitted was filled below SACKed data: reordering.
+            if reord < ack && reord < prior_fack && reord_unsacked {
+                self.check_reordering(reord, prior_fack, mss);
+            }
+            let retransmitted_acked = prior_una < self.rexmit_high;
+            if self.rexmit_high < ack {
+                self.rexmit_high = ack;
+            }
+            // RTT (Karn: only samples whose segment was not retransmitted). Sequence-based
+            // timing has microsecond resolution; the echoed timestamp (1 ms ticks) is used only
+            // where that is impossible, for ACKs of retransmitted data (RFC 7323 §4, as Linux
+            // tcp_ack_update_rtt).
             if let Some((seq, sent)) = self.rtt_sample
                 && ack >= seq
             {
                 self.rtt.on_sample(now - sent);
                 self.rtt_sample = None;
-            } else if self.ts_ok
-                && let Some((_, tsecr)) = seg.options.timestamps()
-                && tsecr != 0
-            {
-                // RFC 7323 §4: the echoed timestamp times even retransmitted segments.
+            } else if retransmitted_acked && let Some(tsecr) = tsecr {
                 let ms = self.ts_now(now).wrapping_sub(tsecr);
                 if ms < 60_000 {
                     self.rtt
                         .on_sample(Duration::from_millis(u64::from(ms.max(1))));
                 }
+            }
+            // Eifel detection (RFC 3522, Linux tcp_try_undo_recovery/_partial): the ACK echoes
+            // a TSval from before the first retransmission, so the original arrived and the
+            // window reduction was unnecessary.
+            if self.in_recovery && self.undo_marker.is_some() && self.may_undo(tsecr) {
+                self.undo_reduction(now, prior_fack, mss);
             }
             self.retries = 0;
             self.first_retransmit_at = None;
@@ -421,7 +494,7 @@ impl TcpConnection {
                 }
             } else {
                 self.dupacks = 0;
-                let cwnd_limited = flight_before + mss >= self.cc.cwnd();
+                let cwnd_limited = self.is_cwnd_limited();
                 self.cc
                     .on_ack(now, data_acked, self.rtt.srtt(), cwnd_limited);
             }
@@ -463,10 +536,25 @@ impl TcpConnection {
             }
         }
 
-        // Enter loss recovery on three duplicates or when SACK shows the first hole lost.
+        // D-SACKs showed every retransmission of the episode unnecessary (RFC 3708, Linux
+        // tcp_try_undo_dsack), also after recovery ended.
+        if self.undo_marker.is_some() && self.undo_retrans == Some(0) {
+            self.undo_reduction(now, prior_fack, mss);
+        }
+        if let Some(marker) = self.undo_marker
+            && self.snd_una - marker > (1 << 30)
+        {
+            self.undo_marker = None; // too old to compare safely
+        }
+
+        // Enter loss recovery on DupThresh duplicates or when SACK shows the first hole lost;
+        // DupThresh is the reordering degree observed (at least 3).
+        let dupthresh = self.dupthresh();
+        self.scoreboard.set_dupthresh(dupthresh);
         if !self.in_recovery
             && self.snd_una < self.snd_max
-            && (self.dupacks >= 3 || (self.sack_ok && self.scoreboard.is_lost(self.snd_una, mss)))
+            && (self.dupacks as usize >= dupthresh
+                || (self.sack_ok && self.scoreboard.is_lost(self.snd_una, mss)))
         {
             self.enter_recovery(now);
         }
@@ -484,8 +572,92 @@ impl TcpConnection {
         }
     }
 
+    /// DupThresh in segments: the reordering degree, but never so high that the data in flight
+    /// could not show a loss (RFC 5827 spirit: at most one below the segments outstanding),
+    /// and at least 3.
+    pub(super) fn dupthresh(&self) -> usize {
+        let mss = self.effective_mss().max(1);
+        let flight = (self.snd_max - self.snd_una).max(0) as usize / mss;
+        (self.reordering as usize)
+            .min(flight.saturating_sub(1))
+            .max(MIN_REORDERING as usize)
+    }
+
+    /// Linux `tcp_check_sack_reordering`: the byte `low` was delivered after data up to
+    /// `fack` (the highest SACKed sequence, or a higher one now) without having been
+    /// retransmitted; raise the reordering degree to that distance in segments.
+    fn check_reordering(&mut self, low: TcpSeqNumber, fack: TcpSeqNumber, mss: usize) {
+        let fack = self
+            .scoreboard
+            .highest_sacked()
+            .map_or(fack, |h| h.max(fack));
+        if fack <= low || mss == 0 {
+            return;
+        }
+        let metric = (fack - low) as usize;
+        if metric > self.reordering as usize * mss {
+            let segments = metric.div_ceil(mss).min(MAX_REORDERING as usize);
+            self.reordering = segments as u32;
+        }
+    }
+
+    /// Linux `tcp_may_undo`: every retransmission of the episode was D-SACKed, or the ACK's
+    /// TSecr predates the first retransmission (`tcp_packet_delayed`).
+    fn may_undo(&self, tsecr: Option<u32>) -> bool {
+        let delayed = match (self.retrans_stamp, tsecr) {
+            (Some(stamp), Some(ecr)) => (ecr.wrapping_sub(stamp) as i32) < 0,
+            _ => false,
+        };
+        self.undo_retrans == Some(0) || delayed
+    }
+
+    /// Linux `tcp_undo_cwnd_reduction`: the loss episode was spurious — restore cwnd and
+    /// ssthresh, leave recovery, and count the distance the hole was reordered by.
+    fn undo_reduction(&mut self, now: Instant, prior_fack: TcpSeqNumber, mss: usize) {
+        let Some(marker) = self.undo_marker.take() else {
+            return;
+        };
+        self.cc.undo(now, self.undo_cwnd, self.undo_ssthresh);
+        self.undo_retrans = None;
+        self.retrans_stamp = None;
+        if self.in_recovery {
+            self.in_recovery = false;
+            self.dupacks = 0;
+            self.retransmit_next = false;
+        }
+        self.check_reordering(marker, prior_fack, mss);
+        self.stats.spurious_recoveries += 1;
+    }
+
+    /// A D-SACK for `block`: if it reports a duplicate of data retransmitted in the current
+    /// episode, that retransmission was unnecessary (Linux `undo_retrans` accounting).
+    fn on_dsack(&mut self, block: (TcpSeqNumber, TcpSeqNumber), mss: usize) {
+        let (start, end) = block;
+        if let (Some(marker), Some(left)) = (self.undo_marker, self.undo_retrans)
+            && start >= marker
+            && end <= self.rexmit_high
+            && end > start
+        {
+            let segments = ((end - start) as usize).div_ceil(mss.max(1)).max(1);
+            self.undo_retrans = Some(left.saturating_sub(segments as u32));
+        }
+    }
+
+    /// Linux `tcp_is_cwnd_limited`: sending was limited by cwnd in the current window, or (in
+    /// slow start) cwnd is below twice the most outstanding in it — judged per window, not
+    /// per ACK, so a batch of ACKs processed before the next transmission all count.
+    fn is_cwnd_limited(&self) -> bool {
+        self.cwnd_limited || (self.cc.in_slow_start() && self.cc.cwnd() < 2 * self.max_flight)
+    }
+
     fn enter_recovery(&mut self, now: Instant) {
         let flight = (self.snd_max - self.snd_una).max(0) as usize;
+        // Linux tcp_init_undo: remember the window to restore if the episode proves spurious.
+        self.undo_marker = Some(self.snd_una);
+        self.undo_cwnd = self.cc.cwnd();
+        self.undo_ssthresh = self.cc.ssthresh();
+        self.undo_retrans = None;
+        self.retrans_stamp = None;
         self.in_recovery = true;
         self.recovery_point = self.snd_max;
         self.cc.on_congestion_event(now, flight);

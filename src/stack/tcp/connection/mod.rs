@@ -295,10 +295,12 @@ pub enum TcpDropReason {
     NoAck = 9,
     WrongPorts = 10,
     BadSyn = 11,
+    /// An ICMP error quoting a sequence number outside [SND.UNA, SND.NXT) (RFC 5927 §4.1).
+    IcmpOutOfWindow = 12,
 }
 
 impl TcpDropReason {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -314,6 +316,7 @@ impl TcpDropReason {
             TcpDropReason::NoAck => "no-ack",
             TcpDropReason::WrongPorts => "wrong-ports",
             TcpDropReason::BadSyn => "bad-syn",
+            TcpDropReason::IcmpOutOfWindow => "icmp-out-of-window",
         }
     }
 
@@ -332,6 +335,7 @@ impl TcpDropReason {
             NoAck,
             WrongPorts,
             BadSyn,
+            IcmpOutOfWindow,
         ]
     }
 }
@@ -372,6 +376,9 @@ pub struct ConnectionStats {
     pub timeouts: u64,
     pub dsack_dups: u64,
     pub challenge_acks: u64,
+    /// Loss-recovery episodes undone as spurious (Eifel or D-SACK; Linux TCPFullUndo and
+    /// friends).
+    pub spurious_recoveries: u64,
     pub drops: [u64; TcpDropReason::COUNT],
 }
 
@@ -392,6 +399,13 @@ const CHALLENGE_ACKS_PER_SECOND: u32 = 100;
 const MIN_SND_MSS: usize = 88;
 /// MSS assumed when the peer sends none (RFC 9293 §3.7.1).
 const DEFAULT_PEER_MSS: usize = 536;
+/// Initial reordering degree in segments (RFC 5681 DupThresh, Linux `tcp_reordering`).
+const MIN_REORDERING: u32 = 3;
+/// Largest reordering degree adopted (Linux `tcp_max_reordering`).
+const MAX_REORDERING: u32 = 300;
+/// Linux `tcp_invalid_ratelimit`: at most one answer per this interval to an out-of-window or
+/// PAWS-failed pure ACK (`tcp_oow_rate_limited`).
+const OOW_ANSWER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A TCP connection. See the module documentation.
 #[derive(Debug, Clone)]
@@ -455,6 +469,28 @@ pub struct TcpConnection {
     dupacks: u32,
     retransmit_next: bool,
     rtt_sample: Option<(TcpSeqNumber, Instant)>,
+    /// Reordering degree in segments, the DupThresh of loss detection: raised when a hole that
+    /// was never retransmitted is filled below SACKed data (Linux `tp->reordering`).
+    reordering: u32,
+    /// End of the highest retransmission (never below SND.UNA): bytes at or above it were
+    /// never retransmitted.
+    rexmit_high: TcpSeqNumber,
+    /// SND.UNA when the current loss-recovery window reduction began, while it may still be
+    /// undone (Linux `undo_marker`).
+    undo_marker: Option<TcpSeqNumber>,
+    /// cwnd and ssthresh before that reduction.
+    undo_cwnd: usize,
+    undo_ssthresh: usize,
+    /// Retransmissions of the episode not yet reported unnecessary by a D-SACK (`None`: none
+    /// sent yet; Linux `undo_retrans`).
+    undo_retrans: Option<u32>,
+    /// TSval of the episode's first retransmission (Eifel detection, RFC 3522).
+    retrans_stamp: Option<u32>,
+    /// Congestion window validation (Linux `tcp_cwnd_validate`): the most bytes outstanding in
+    /// the current window, whether sending was cwnd-limited in it, and where it ends.
+    max_flight: usize,
+    cwnd_limited: bool,
+    cwnd_usage_seq: TcpSeqNumber,
 
     // Timers (deadlines).
     rto_at: Option<Instant>,
@@ -561,6 +597,16 @@ impl TcpConnection {
             dupacks: 0,
             retransmit_next: false,
             rtt_sample: None,
+            reordering: MIN_REORDERING,
+            rexmit_high: initial.iss,
+            undo_marker: None,
+            undo_cwnd: 0,
+            undo_ssthresh: 0,
+            undo_retrans: None,
+            retrans_stamp: None,
+            max_flight: 0,
+            cwnd_limited: false,
+            cwnd_usage_seq: initial.iss,
             rto_at: None,
             delack_at: None,
             persist_at: None,
@@ -1061,14 +1107,32 @@ impl TcpConnection {
         self.config.user_timeout = timeout;
     }
 
+    /// Whether an ICMP error quoting `quoted_seq` can concern this connection: RFC 5927 §4.1,
+    /// SND.UNA ≤ SEG.SEQ < SND.NXT (our SND.MAX: the highest sequence sent, which SND.NXT only
+    /// falls below while resending). Otherwise it is counted as
+    /// [`TcpDropReason::IcmpOutOfWindow`] and must be ignored.
+    fn icmp_in_window(&mut self, quoted_seq: TcpSeqNumber) -> bool {
+        if quoted_seq >= self.snd_una && quoted_seq < self.snd_max {
+            true
+        } else {
+            self.count_drop(TcpDropReason::IcmpOutOfWindow);
+            false
+        }
+    }
+
     /// Fragmentation needed (RFC 1191): lower the MSS and resend what is in flight in the
-    /// smaller size (Linux `tcp_simple_retransmit`, no congestion response).
+    /// smaller size (Linux `tcp_simple_retransmit`, no congestion response; the resent
+    /// segments count as retransmissions). Ignored unless `quoted_seq` lies in
+    /// [SND.UNA, SND.NXT) (RFC 5927 §4.1).
     pub fn on_icmp_frag_needed(
         &mut self,
         _now: Instant,
         next_hop_mtu: u16,
         quoted_seq: TcpSeqNumber,
     ) {
+        if !self.icmp_in_window(quoted_seq) {
+            return;
+        }
         let mss = usize::from(next_hop_mtu)
             .saturating_sub(40)
             .max(MIN_SND_MSS);
@@ -1077,15 +1141,30 @@ impl TcpConnection {
         }
         self.pmtu_mss = mss;
         self.cc.set_mss(self.snd_mss());
-        if quoted_seq >= self.snd_una && quoted_seq < self.snd_max {
-            self.snd_nxt = self.snd_una;
-            self.rtt_sample = None;
-        }
+        self.snd_nxt = self.snd_una;
+        self.rtt_sample = None;
         self.wake = true;
     }
 
+    /// Destination unreachable quoting our segment `quoted_seq`: ignored unless the sequence
+    /// lies in [SND.UNA, SND.NXT) (RFC 5927 §4.1), then as [`Self::on_icmp_unreachable`].
+    /// Returns whether the message was taken.
+    pub fn on_icmp_error(
+        &mut self,
+        now: Instant,
+        error: ConnError,
+        quoted_seq: TcpSeqNumber,
+    ) -> bool {
+        if !self.icmp_in_window(quoted_seq) {
+            return false;
+        }
+        self.on_icmp_unreachable(now, error);
+        true
+    }
+
     /// Destination unreachable: a hard error while connecting (Linux), a soft one otherwise
-    /// (RFC 1122 §4.2.3.9).
+    /// (RFC 1122 §4.2.3.9). Does not validate the quoted segment: callers that have it use
+    /// [`Self::on_icmp_error`].
     pub fn on_icmp_unreachable(&mut self, now: Instant, error: ConnError) {
         if matches!(self.state, State::SynSent | State::SynReceived) {
             self.error = Some(error);
@@ -1146,8 +1225,15 @@ impl TcpConnection {
             rcv_mss: self.our_mss as u32,
             unacked: in_flight.div_ceil(mss) as u32,
             sacked: self.scoreboard.sacked_bytes().div_ceil(mss) as u32,
-            lost: 0,
-            retrans: u32::from(self.in_recovery || self.rtt.backoff() > 0),
+            lost: self
+                .scoreboard
+                .lost_bytes(self.snd_una, self.snd_max, mss)
+                .div_ceil(mss) as u32,
+            // Retransmitted segments not yet acknowledged or SACKed (Linux `retrans_out`).
+            retrans: self
+                .scoreboard
+                .unsacked_in(self.snd_una, self.rexmit_high.min(self.snd_max))
+                .div_ceil(mss) as u32,
             last_data_sent_ms: ms(self.last_send_at),
             last_data_recv_ms: ms(self.last_data_recv_at),
             last_ack_recv_ms: ms(self.last_ack_recv_at),
@@ -1158,7 +1244,7 @@ impl TcpConnection {
             snd_ssthresh: (self.cc.ssthresh() / mss).min(u32::MAX as usize >> 1) as u32,
             snd_cwnd: (self.cc.cwnd() / mss) as u32,
             advmss: self.our_mss as u32,
-            reordering: 3,
+            reordering: self.reordering,
             rcv_rtt_us: 0,
             rcv_space: self.recv_buf.capacity().min(u32::MAX as usize) as u32,
             total_retrans: self.stats.retransmits.min(u64::from(u32::MAX)) as u32,

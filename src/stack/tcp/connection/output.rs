@@ -159,6 +159,12 @@ impl TcpConnection {
                 self.rtt_sample = None;
                 self.high_rxt = self.snd_una;
                 self.stats.timeouts += 1;
+                // A timeout episode is not undone; reordering evidence is reset as Linux
+                // tcp_enter_loss does.
+                self.undo_marker = None;
+                self.undo_retrans = None;
+                self.retrans_stamp = None;
+                self.reordering = self.reordering.min(super::MIN_REORDERING);
             }
             _ => {}
         }
@@ -285,6 +291,66 @@ impl TcpConnection {
         {
             self.cc.on_restart_after_idle(now, self.rtt.rto());
         }
+        self.scoreboard.set_dupthresh(self.dupthresh());
+        let mut sent_any = false;
+        let result = self.send_loop(now, emit, mss, data_end, fin_allowed, &mut sent_any);
+        self.cwnd_validate(mss, sent_any);
+        result
+    }
+
+    /// Linux `tcp_cwnd_validate`: after a transmission round, latch whether cwnd limited it
+    /// and track the most bytes outstanding, both per window of data (until SND.UNA passes
+    /// the SND.MAX at which the window began).
+    fn cwnd_validate(&mut self, mss: usize, sent_any: bool) {
+        let flight = if self.in_recovery && self.sack_ok {
+            self.scoreboard
+                .pipe(self.snd_una, self.snd_max, self.high_rxt, mss)
+        } else {
+            (self.snd_nxt - self.snd_una).max(0) as usize
+        };
+        let limited = flight + mss > self.cc.cwnd();
+        if !sent_any && !limited {
+            return;
+        }
+        let outstanding = (self.snd_max - self.snd_una).max(0) as usize;
+        if self.snd_una >= self.cwnd_usage_seq
+            || limited
+            || (!self.cwnd_limited && outstanding > self.max_flight)
+        {
+            self.cwnd_limited = limited;
+            self.max_flight = outstanding;
+            self.cwnd_usage_seq = self.snd_max;
+        }
+    }
+
+    /// A retransmission of `[seq, seq + len)` left: counters (TCP_INFO total_retrans), the
+    /// highest retransmitted sequence, and the undo bookkeeping of the episode.
+    fn note_retransmission(&mut self, now: Instant, seq: TcpSeqNumber, len: usize) {
+        self.stats.retransmits += 1;
+        self.stats.bytes_retrans += len as u64;
+        let end = seq + len;
+        if end > self.rexmit_high {
+            self.rexmit_high = end;
+        }
+        if self.undo_marker.is_some() {
+            self.undo_retrans = Some(self.undo_retrans.map_or(1, |n| n.saturating_add(1)));
+        }
+        if self.retrans_stamp.is_none() {
+            self.retrans_stamp = Some(self.ts_now(now));
+        }
+    }
+
+    /// The body of [`Self::send_data`]: sets `sent_any` when a segment with data (or FIN)
+    /// left.
+    fn send_loop(
+        &mut self,
+        now: Instant,
+        emit: &mut Emit<'_>,
+        mss: usize,
+        data_end: TcpSeqNumber,
+        fin_allowed: bool,
+        sent_any: &mut bool,
+    ) -> Result<(), EmitError> {
         for _ in 0..100_000 {
             if self.pacing_active() && self.next_departure > now {
                 self.paced_hold = true;
@@ -321,8 +387,8 @@ impl TcpConnection {
                             )?;
                             self.retransmit_next = false;
                             self.high_rxt = self.high_rxt.max(seq + len + usize::from(fin));
-                            self.stats.retransmits += 1;
-                            self.stats.bytes_retrans += len as u64;
+                            self.note_retransmission(now, seq, len);
+                            *sent_any = true;
                             self.arm_rto(now);
                             continue;
                         }
@@ -403,9 +469,9 @@ impl TcpConnection {
                 },
             )?;
             self.persist_force = false;
+            *sent_any = true;
             if retransmission {
-                self.stats.retransmits += 1;
-                self.stats.bytes_retrans += len as u64;
+                self.note_retransmission(now, seq, len);
             } else if self.rtt_sample.is_none() && len > 0 {
                 self.rtt_sample = Some((seq + len, now));
             }

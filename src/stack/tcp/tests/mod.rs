@@ -3,6 +3,6 @@
 mod rfc;
 
 mod fixtures;
+mod interop;
 mod states;
 mod transfers;
-mod interop;

@@ -256,11 +256,12 @@ fn out_of_order_memory_is_bounded_and_excess_counted() {
         extra as u64
     );
     // Filling everything still yields the exact stream.
-    let all = pattern(0, 200);
+    let n = 2 * (MAX_OOO_RANGES + extra) + 2;
+    let all = pattern(0, n);
     fx.send(&seg(0, 0, &all));
-    let mut buf = vec![0u8; 400];
-    assert_eq!(fx.conn.recv(&mut buf), Ok(200));
-    assert_eq!(&buf[..200], &all[..]);
+    let mut buf = vec![0u8; 2 * n];
+    assert_eq!(fx.conn.recv(&mut buf), Ok(n));
+    assert_eq!(&buf[..n], &all[..]);
 }
 
 #[test]
