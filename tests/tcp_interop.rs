@@ -712,7 +712,8 @@ fn time_wait_is_honoured() {
 }
 
 /// A "router" in N-b: sniffs the first data segment msock sends and answers it with an ICMP
-/// fragmentation-needed (RFC 1191) quoting it, next-hop MTU `argv[2]`.
+/// fragmentation-needed (RFC 1191) quoting it, next-hop MTU `argv[2]` (nftables drops the
+/// oversized packets themselves).
 const FRAG_NEEDED_ROUTER: &str = r#"
 import socket, struct, sys
 iface, mtu, ours = sys.argv[1], int(sys.argv[2]), socket.inet_aton(sys.argv[3])
@@ -761,6 +762,19 @@ fn icmp_frag_needed_lowers_the_path_mtu() {
     let out_path = dir.path().join("data.out");
     let mut dump = tcpdump(&net, &format!("{port} or icmp"));
     let mtu = "1200";
+    // The link beyond the "router" carries 1200 bytes: larger packets from msock are dropped
+    // in N-b (after the sniffer saw them), so the quoted segment is never acknowledged and
+    // stays in the sender's flight, as with a real router (RFC 5927 checks exactly that).
+    for rule in [
+        "add table ip pmtu",
+        "add chain ip pmtu pre { type filter hook prerouting priority -300; }",
+    ] {
+        let out = net.exec(net.command_in(net.ns_b(), &["nft", rule]));
+        assert!(out.status.success(), "nft {rule}: {}", stderr_of(&out));
+    }
+    let rule = format!("add rule ip pmtu pre ip saddr {MSOCK_ADDR} ip length > {mtu} drop");
+    let out = net.exec(net.command_in(net.ns_b(), &["nft", &rule]));
+    assert!(out.status.success(), "nft {rule}: {}", stderr_of(&out));
     let msock_addr = MSOCK_ADDR.to_string();
     let mut router = net.spawn(
         "frag-needed-router",
