@@ -17,6 +17,17 @@ use common::*;
 
 const PORT: &str = "5001";
 
+/// A testnet for a test that drives raw-socket Python scripts in N-b (`None`: skipped, only
+/// outside CI, when python3 is missing or the testnet cannot be built).
+fn python_testnet(prefix: &str) -> Option<TestNet> {
+    if !have("python3") {
+        assert!(!under_ci(), "python3 missing under CI");
+        eprintln!("skipped: python3 not installed");
+        return None;
+    }
+    TestNet::new(prefix)
+}
+
 fn sh(net: &TestNet, ns: &str, script: &str) -> Command {
     net.command_in(ns, &["bash", "-c", script])
 }
@@ -745,12 +756,7 @@ print("frag-needed mtu %d quoting seq %d" % (mtu, struct.unpack("!I", tcp[4:8])[
 /// engine lowers its MSS to MTU − 40 (TCP_INFO snd_mss 1148 after the timestamp option, as Linux reports it) and every later segment fits; the stream stays exact.
 #[test]
 fn icmp_frag_needed_lowers_the_path_mtu() {
-    if !have("python3") {
-        assert!(!under_ci(), "python3 missing under CI");
-        eprintln!("skipped: python3 not installed");
-        return;
-    }
-    let Some(net) = TestNet::new("ti-pmtu") else {
+    let Some(net) = python_testnet("ti-pmtu") else {
         return;
     };
     let _ns = net.start_netserver(&[]);
@@ -928,12 +934,7 @@ send("data-bad-checksum", ACK | PSH, ack, seq, b"EVIL", corrupt=True)
 /// and the connection carries on to a byte-exact, orderly end.
 #[test]
 fn blind_injection_is_rejected() {
-    if !have("python3") {
-        assert!(!under_ci(), "python3 missing under CI");
-        eprintln!("skipped: python3 not installed");
-        return;
-    }
-    let Some(net) = TestNet::new("ti-blind") else {
+    let Some(net) = python_testnet("ti-blind") else {
         return;
     };
     let _ns = net.start_netserver(&[]);
@@ -1064,12 +1065,7 @@ print("sent", sent, flush=True)
 /// accepted and its bytes arrive exactly, and the netserver keeps serving.
 #[test]
 fn syn_flood_does_not_lock_out_a_real_client() {
-    if !have("python3") {
-        assert!(!under_ci(), "python3 missing under CI");
-        eprintln!("skipped: python3 not installed");
-        return;
-    }
-    let Some(net) = TestNet::new("ti-synflood") else {
+    let Some(net) = python_testnet("ti-synflood") else {
         return;
     };
     let _ns = net.start_netserver(&[]);
@@ -1193,12 +1189,7 @@ print("bytes=%d options=%d snd_wscale=%d rcv_wscale=%d rtt_us=%d" % (
 
 #[test]
 fn kernel_tcp_info_shows_sack_timestamps_window_scale_and_rtt() {
-    if !have("python3") {
-        assert!(!under_ci(), "python3 missing under CI");
-        eprintln!("skipped: python3 not installed");
-        return;
-    }
-    let Some(net) = TestNet::new("ti-info") else {
+    let Some(net) = python_testnet("ti-info") else {
         return;
     };
     let _ns = net.start_netserver(&[]);

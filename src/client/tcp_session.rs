@@ -313,18 +313,8 @@ impl TcpSession {
     /// next hop's MAC the segments are dropped (counted in `no_neighbor`) and a resolution is
     /// asked for; the engine's retransmission timer brings them back.
     pub fn transmit(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
-        let remote = conn.remote();
-        let dst_mac = self.next_hop_mac(*remote.ip());
         let mut failure = None;
-        let mut frames = FrameWriter {
-            channel: &mut self.channel,
-            ident: &mut self.ident,
-            stats: &mut self.stats,
-            src_mac: self.src_mac,
-            dst_mac,
-            local: self.local,
-            remote,
-        };
+        let mut frames = self.frames_to(conn.remote());
         conn.dispatch(now, &mut |seg: Outgoing<'_>| {
             frames.write(seg, &mut failure)
         });
@@ -333,17 +323,8 @@ impl TcpSession {
 
     /// Sends one segment that belongs to no connection (a reset answering a stray segment).
     pub fn send_segment(&mut self, remote: SocketAddrV4, repr: &TcpRepr<'_>) -> io::Result<()> {
-        let dst_mac = self.next_hop_mac(*remote.ip());
         let mut failure = None;
-        let mut frames = FrameWriter {
-            channel: &mut self.channel,
-            ident: &mut self.ident,
-            stats: &mut self.stats,
-            src_mac: self.src_mac,
-            dst_mac,
-            local: self.local,
-            remote,
-        };
+        let mut frames = self.frames_to(remote);
         let seg = Outgoing {
             repr: TcpRepr {
                 payload: &[],
@@ -354,6 +335,20 @@ impl TcpSession {
         };
         let _ = frames.write(seg, &mut failure);
         self.flush(failure)
+    }
+
+    /// A frame writer towards `remote`, its next hop's MAC looked up (or asked for) first.
+    fn frames_to(&mut self, remote: SocketAddrV4) -> FrameWriter<'_> {
+        let dst_mac = self.next_hop_mac(*remote.ip());
+        FrameWriter {
+            channel: &mut self.channel,
+            ident: &mut self.ident,
+            stats: &mut self.stats,
+            src_mac: self.src_mac,
+            dst_mac,
+            local: self.local,
+            remote,
+        }
     }
 
     fn flush(&mut self, failure: Option<io::Error>) -> io::Result<()> {
