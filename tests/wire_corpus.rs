@@ -776,6 +776,7 @@ fn control_seeds() -> Seeds {
         ("req-close", Request::Close { id: 7 }),
         ("req-resolve", Request::Resolve { addr: SRC_ADDR }),
         ("req-stat", Request::Stat { json: true }),
+        ("req-hand-over", Request::HandOver { id: 7, len: 4096 }),
     ];
     let ring = RingSpec {
         version: 2,

@@ -1,7 +1,10 @@
 //! `msock tcp connect ADDR:PORT` / `msock tcp listen PORT`: netcat over the msock TCP engine.
 //! The engine runs in this process over the AF_PACKET channel the netserver hands out for the
 //! held port (`client::tcp_session`): stdin goes to the connection, the connection to stdout;
-//! stdin EOF half-closes. Exit status 0 after an orderly close, 1 with the error otherwise.
+//! stdin EOF half-closes. Once nothing is left for this process (both directions done, only
+//! the closing handshake or TIME_WAIT remains) the connection is handed to the netserver,
+//! which finishes it as the kernel does for an exited process, and `msock tcp` exits.
+//! Exit status 0 after an orderly close, 1 with the error otherwise.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddrV4;
@@ -242,6 +245,8 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
     let mut stdin_open = true;
     let mut buf = vec![0u8; 256 * 1024];
     let remote = conn.remote();
+    // None: not tried; Some(true): the netserver finishes the connection.
+    let mut handed_over: Option<bool> = None;
     loop {
         // Input from the network, answered every RX_BATCH frames: ACKs leave while a burst is
         // still being read (no stretch ACKs covering a whole ring), and ACKs we receive open
@@ -305,6 +310,23 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
         if conn.state() == State::Closed {
             break;
         }
+        if handed_over.is_none()
+            && matches!(
+                conn.state(),
+                State::TimeWait | State::LastAck | State::Closing
+            )
+        {
+            match session.hand_over(&conn, now) {
+                Ok(()) => {
+                    handed_over = Some(true);
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("msock tcp: closing here, the netserver did not take over: {e}");
+                    handed_over = Some(false);
+                }
+            }
+        }
         let stdin_wanted = stdin_open && established && conn.send_queue_free() > 0;
         let deadline = conn.poll_at();
         wait(
@@ -322,7 +344,7 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             .map(|r| format!("{}:{}", r.name(), stats.dropped(r)))
             .collect();
         eprintln!(
-            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} pmtu={} snd_mss={} bytes_sent={} bytes_received={} segs_out={} segs_in={} icmp_errors={} timeouts={} fast_retransmits={} challenge_acks={} bad_checksums={} ring_drops={} drops={}",
+            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} pmtu={} snd_mss={} bytes_sent={} bytes_received={} segs_out={} segs_in={} icmp_errors={} timeouts={} fast_retransmits={} challenge_acks={} bad_checksums={} ring_drops={} handed_over={} state={} drops={}",
             i.rtt_us,
             i.rttvar_us,
             i.snd_cwnd,
@@ -344,6 +366,8 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             stats.challenge_acks,
             session.stats.bad_tcp_checksum,
             session.channel_stats().kernel_drops,
+            u8::from(handed_over == Some(true)),
+            conn.state(),
             if drops.is_empty() {
                 "none".to_string()
             } else {

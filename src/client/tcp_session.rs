@@ -96,6 +96,8 @@ pub fn apply_icmp(conn: &mut TcpConnection, now: Instant, report: &IcmpReport) -
 /// One held TCP port and its channel.
 pub struct TcpSession {
     control: Connection,
+    /// The netserver's name for the held port's endpoint.
+    id: crate::control::EndpointId,
     upcall: Connection,
     region: RegionReader,
     channel: PacketChannel,
@@ -168,6 +170,7 @@ impl TcpSession {
             .ok_or_else(|| proto("routing region has no interface"))?;
         Ok(TcpSession {
             control,
+            id,
             upcall,
             local: SocketAddrV4::new(iface.addr, local.port()),
             src_mac: iface.mac,
@@ -179,6 +182,29 @@ impl TcpSession {
             epoch: std::time::Instant::now(),
             stats: SessionStats::default(),
         })
+    }
+
+    /// Gives the connection to the netserver, which runs it to its end (unsent data, FIN,
+    /// TIME_WAIT) as the kernel does for a socket whose process has gone; the held port is
+    /// released with it. The image travels in a memfd (it holds the buffered data).
+    pub fn hand_over(&mut self, conn: &TcpConnection, now: Instant) -> io::Result<()> {
+        use std::io::Write;
+        let image = conn.export(now);
+        let fd = nix::sys::memfd::memfd_create(
+            c"msock-tcp-handover",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&image)?;
+        let request = Request::HandOver {
+            id: self.id,
+            len: image.len() as u64,
+        };
+        match self.control.call(&request, &[file.as_fd()])? {
+            (Reply::Ok, _) => Ok(()),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// msock's address and the held port.

@@ -42,6 +42,7 @@ mod kind {
     pub const REQ_CLOSE: u16 = 0x0105;
     pub const REQ_RESOLVE: u16 = 0x0106;
     pub const REQ_STAT: u16 = 0x0107;
+    pub const REQ_HAND_OVER: u16 = 0x0108;
 
     pub const REP_HELLO: u16 = 0x0201;
     pub const REP_SOCKET: u16 = 0x0202;
@@ -208,6 +209,10 @@ pub fn encode_request(msg: &Request, out: &mut Vec<u8>) {
         Request::Close { id } => frame(out, kind::REQ_CLOSE, |w| w.u64(id)),
         Request::Resolve { addr } => frame(out, kind::REQ_RESOLVE, |w| w.ip(addr)),
         Request::Stat { json } => frame(out, kind::REQ_STAT, |w| w.bool(json)),
+        Request::HandOver { id, len } => frame(out, kind::REQ_HAND_OVER, |w| {
+            w.u64(id);
+            w.u64(len);
+        }),
     }
 }
 
@@ -430,6 +435,10 @@ pub fn decode_request(data: &[u8]) -> Result<Request> {
         kind::REQ_CLOSE => Ok(Request::Close { id: r.u64()? }),
         kind::REQ_RESOLVE => Ok(Request::Resolve { addr: r.ip()? }),
         kind::REQ_STAT => Ok(Request::Stat { json: r.bool()? }),
+        kind::REQ_HAND_OVER => Ok(Request::HandOver {
+            id: r.u64()?,
+            len: r.u64()?,
+        }),
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -586,6 +595,7 @@ mod tests {
             },
             Request::Stat { json: true },
             Request::Stat { json: false },
+            Request::HandOver { id: 9, len: 4096 },
         ]
     }
 
@@ -724,14 +734,14 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 0x02, 0x00, 0x03, 0x01, 16, 0, 0, 0,
+            0x53, 0x4d, 0x03, 0x00, 0x03, 0x01, 16, 0, 0, 0,
             0x02, 0x01, 0, 0, 0, 0, 0, 0,
             198, 18, 0, 2, 53, 0,
             1, 0,
         ];
         assert_eq!(b, expected);
         encode_reply(&Reply::Resolve { mac: None }, &mut b);
-        assert_eq!(b, [0x53, 0x4d, 2, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
+        assert_eq!(b, [0x53, 0x4d, 3, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -794,7 +804,7 @@ mod tests {
             Err(DecodeError::BadValue(_))
         ));
         // A field running past the declared body: header length exact, body short.
-        let short = [0x53, 0x4d, 2, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
+        let short = [0x53, 0x4d, 3, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
         assert_eq!(decode_reply(&short), Err(DecodeError::Truncated));
 
         // Bad tags.

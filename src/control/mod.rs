@@ -23,7 +23,12 @@ use crate::wire::EthernetAddress;
 
 /// Protocol version; bumped on any incompatible change. `Hello` carries it.
 /// 2: [`Upcall::TcpIcmpError`] (ICMP errors quoting a segment of a held TCP port).
-pub const VERSION: u16 = 2;
+/// 3: [`Request::HandOver`] (a TCP connection given to the netserver to finish).
+pub const VERSION: u16 = 3;
+
+/// Largest TCP connection image the netserver takes in a [`Request::HandOver`] (buffers up to
+/// a few MiB each way, plus state).
+pub const MAX_HANDOVER_IMAGE: u64 = 64 << 20;
 
 /// Abstract socket name of the netserver in the current network namespace.
 pub const DEFAULT_ADDRESS: &str = "@msock/control";
@@ -88,6 +93,11 @@ pub enum Request {
     },
     /// The caller no longer holds the endpoint. Reply: [`Reply::Ok`].
     Close { id: EndpointId },
+    /// The caller gives up TCP endpoint `id` together with its connection, which the netserver
+    /// runs to its end (unsent data, FIN, TIME_WAIT) as the kernel does for a socket closed by
+    /// a process that exits. Fds: `[memfd]` holding the engine's image (`len` bytes from offset
+    /// 0, at most [`MAX_HANDOVER_IMAGE`]). Reply: [`Reply::Ok`]; the endpoint is closed then.
+    HandOver { id: EndpointId, len: u64 },
     /// Resolve a neighbour. Reply: [`Reply::Resolve`]; if `mac` is `None` the netserver
     /// resolves and sends [`Upcall::Resolved`].
     Resolve { addr: Ipv4Addr },

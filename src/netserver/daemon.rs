@@ -103,9 +103,17 @@ impl PortLookup for Ports<'_> {
     }
 
     fn tcp_owner(&self, port: u16) -> Option<EndpointId> {
-        self.tcp.lookup(port, self.addr, 0)
+        // Ports reserved for connections the netserver runs itself are not a process's.
+        self.tcp
+            .lookup(port, self.addr, 0)
+            .filter(|id| *id < NETSERVER_HELD_BASE)
     }
 }
+
+/// Owner ids at and above this reserve TCP ports for connections the netserver holds (handed
+/// over by processes): the port table then refuses a bind without SO_REUSEADDR and skips the
+/// port for ephemeral binds while the connection lasts (TIME_WAIT included), as Linux does.
+const NETSERVER_HELD_BASE: EndpointId = 1 << 62;
 
 pub(crate) struct Server {
     pub config: Config,
@@ -127,6 +135,9 @@ pub(crate) struct Server {
     resolve_waiters: HashMap<Ipv4Addr, Vec<ClientId>>,
     events: Vec<Event>,
     filter_dirty: bool,
+    /// Port reservations of the connections in `host.tcp`, by (local port, remote).
+    held_tcp: HashMap<(u16, SocketAddrV4), EndpointId>,
+    next_held: EndpointId,
     endpoint_ring: RingConfig,
     pub control: ControlCounters,
 }
@@ -181,7 +192,7 @@ fn endpoint_ring_from_env() -> RingConfig {
 impl Server {
     fn new(config: &Config, signals: SignalFd) -> io::Result<Server> {
         let iface = InterfaceInfo::read(&config.iface)?;
-        let host = Host::with_reassembly(
+        let mut host = Host::with_reassembly(
             HostConfig {
                 mac: iface.mac,
                 addr: config.addr,
@@ -189,6 +200,10 @@ impl Server {
                 mtu: iface.mtu,
             },
             reassembly_limits_from_env(),
+        );
+        host.tcp = super::tcp_host::TcpHost::new(
+            config.addr,
+            crate::stack::tcp::isn::IsnGenerator::new(random_secret()?),
         );
         let filter = bpf::netserver(config.addr, iface.mac, &[]);
         let channel = PacketChannel::open(iface.ifindex, &RingConfig::netserver(), &filter, false)
@@ -267,6 +282,8 @@ impl Server {
             resolve_waiters: HashMap::new(),
             events: Vec::new(),
             filter_dirty: false,
+            held_tcp: HashMap::new(),
+            next_held: NETSERVER_HELD_BASE,
             endpoint_ring: endpoint_ring_from_env(),
             control: ControlCounters::default(),
         })
@@ -308,6 +325,13 @@ impl Server {
             let now = self.now();
             let mut events = std::mem::take(&mut self.events);
             self.host.poll(now, &mut events);
+            let region = &self.region;
+            self.host.poll_tcp(
+                now,
+                &|dst| region.lookup(dst).map(|hop| hop.ip),
+                &mut events,
+            );
+            self.release_finished_tcp();
             self.handle_events(&mut events);
             self.events = events;
             if self.filter_dirty {
@@ -610,7 +634,88 @@ impl Server {
                 Err(e) => err(e.errno()),
             },
             Request::Resolve { addr } => self.resolve(client, addr),
+            Request::HandOver { id, len } => self.hand_over(client, id, len, fds),
         }
+    }
+
+    /// Takes a TCP connection from the process that held endpoint `id` (its engine image in a
+    /// memfd) and runs it to its end here. The image is untrusted: it must decode, and describe
+    /// a connection on the very port that endpoint holds.
+    fn hand_over(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        len: u64,
+        fds: Vec<OwnedFd>,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let port = match self.endpoints.request(client, id) {
+            Ok(ep) if ep.kind == SockKind::Stream => match ep.state {
+                EndpointState::Cached { local } => local.port(),
+                _ => return err(libc::ENOTCONN),
+            },
+            Ok(_) => return err(libc::EOPNOTSUPP),
+            Err(e) => return err(e.errno()),
+        };
+        if len > crate::control::MAX_HANDOVER_IMAGE {
+            return err(libc::EMSGSIZE);
+        }
+        let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
+            return err(libc::EBADF);
+        };
+        let image = match read_image(fd, len as usize) {
+            Ok(image) => image,
+            Err(errno) => return err(errno),
+        };
+        let conn = match handed_over_connection(&image, port, self.now()) {
+            Ok(conn) => conn,
+            Err(errno) => return err(errno),
+        };
+        let key = (port, conn.remote());
+        if let Err(e) = self.host.tcp.adopt(conn) {
+            return err(match e {
+                super::tcp_host::TcpHostError::AddressInUse => libc::EADDRINUSE,
+                _ => libc::EINVAL,
+            });
+        }
+        // The process's endpoint ends; the port stays reserved for the connection.
+        self.endpoints.remove(id);
+        self.tcp_ports.release(id);
+        let owner = self.next_held;
+        self.next_held += 1;
+        let reserved = self.tcp_ports.bind(BindRequest {
+            local: SocketAddrV4::new(self.config.addr, port),
+            owner,
+            reuse_addr: true,
+            reuse_port: false,
+            uid: 0,
+        });
+        if reserved.is_ok() {
+            self.held_tcp.insert(key, owner);
+        }
+        self.filter_dirty = true;
+        (Reply::Ok, Vec::new())
+    }
+
+    /// Frees the port reservations of connections that ended here.
+    fn release_finished_tcp(&mut self) {
+        if self.held_tcp.len() == self.host.tcp.connections().count() {
+            return;
+        }
+        let live: std::collections::HashSet<(u16, SocketAddrV4)> = self
+            .host
+            .tcp
+            .connections()
+            .map(|c| (c.local.port(), c.remote))
+            .collect();
+        let tcp_ports = &mut self.tcp_ports;
+        self.held_tcp.retain(|key, owner| {
+            let keep = live.contains(key);
+            if !keep {
+                tcp_ports.release(*owner);
+            }
+            keep
+        });
     }
 
     fn hello(&mut self, client: ClientId, pid: u32, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
@@ -806,6 +911,47 @@ fn stat_text(text: String, json: bool) -> String {
     )
 }
 
+/// A handed-over image as a connection, if it decodes and belongs to `port` (a process may
+/// only give away a connection of the port it holds).
+fn handed_over_connection(
+    image: &[u8],
+    port: u16,
+    now: crate::stack::Instant,
+) -> Result<crate::stack::tcp::connection::TcpConnection, i32> {
+    let conn = crate::stack::tcp::connection::TcpConnection::import(image, now)
+        .map_err(|_| libc::EINVAL)?;
+    if conn.local().port() != port {
+        return Err(libc::EPERM);
+    }
+    Ok(conn)
+}
+
+/// The host's 128-bit secret for ISNs and SYN cookies.
+fn random_secret() -> io::Result<[u8; 16]> {
+    use std::io::Read;
+    let mut key = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    Ok(key)
+}
+
+/// Reads a handed-over image: `len` bytes from offset 0 of a memfd or regular file (never a
+/// pipe or socket, which could block the netserver). Errors are errnos for the reply.
+fn read_image(fd: OwnedFd, len: usize) -> Result<Vec<u8>, i32> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|_| libc::EBADF)?;
+    if !meta.file_type().is_file() {
+        return Err(libc::EBADF);
+    }
+    if meta.len() < len as u64 {
+        return Err(libc::EINVAL);
+    }
+    let mut image = vec![0u8; len];
+    file.read_exact_at(&mut image, 0)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    Ok(image)
+}
+
 fn ignore_would_block(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::WouldBlock {
         Ok(())
@@ -820,6 +966,66 @@ fn bind_errno(e: BindError) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::{handed_over_connection, read_image};
+    use crate::stack::Instant;
+    use crate::stack::tcp::connection::{InitialSequence, TcpConfig, TcpConnection};
+    use crate::wire::TcpSeqNumber;
+
+    fn memfd_with(bytes: &[u8]) -> std::os::fd::OwnedFd {
+        let fd = nix::sys::memfd::memfd_create(
+            c"test-image",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )
+        .expect("memfd");
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes).expect("write");
+        file.into()
+    }
+
+    #[test]
+    fn hand_over_images_come_only_from_files_of_the_announced_length() {
+        assert_eq!(read_image(memfd_with(b"abcdef"), 4), Ok(b"abcd".to_vec()));
+        assert_eq!(read_image(memfd_with(b"ab"), 4), Err(libc::EINVAL));
+        // A pipe (or socket) could block the netserver: refused before any read.
+        let (reader, _writer) = nix::unistd::pipe().expect("pipe");
+        assert_eq!(read_image(reader, 4), Err(libc::EBADF));
+    }
+
+    #[test]
+    fn hand_over_images_must_decode_and_belong_to_the_holders_port() {
+        let now = Instant::from_secs(5);
+        let conn = TcpConnection::connect(
+            TcpConfig::default(),
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000),
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
+            InitialSequence {
+                iss: TcpSeqNumber(1),
+                ts_offset: 0,
+            },
+            now,
+        );
+        let image = conn.export(now);
+        assert!(handed_over_connection(&image, 40000, now).is_ok());
+        assert_eq!(
+            handed_over_connection(&image, 40001, now).err(),
+            Some(libc::EPERM),
+            "another endpoint's port"
+        );
+        assert_eq!(
+            handed_over_connection(b"MSTC garbage", 40000, now).err(),
+            Some(libc::EINVAL)
+        );
+        let mut cut = image.clone();
+        cut.truncate(image.len() / 2);
+        assert_eq!(
+            handed_over_connection(&cut, 40000, now).err(),
+            Some(libc::EINVAL)
+        );
+    }
+
     use super::*;
 
     #[test]

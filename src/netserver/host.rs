@@ -14,6 +14,7 @@ use crate::stack::Instant;
 use crate::stack::arp_cache::{ArpAction, ArpCache, ArpConfig, Lookup};
 use crate::stack::reassembly::{FragKey, Reassembler, ReassemblyLimits};
 use crate::stack::stats::{DropCounters, DropReason};
+use crate::stack::tcp::isn::IsnGenerator;
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, DstUnreachable, EthernetAddress, EthernetFrame,
     EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Options, Ipv4Packet,
@@ -107,6 +108,8 @@ pub struct HostCounters {
     pub delivered: u64,
     pub icmp_errors_forwarded: u64,
     pub tcp_resets: u64,
+    /// Segments sent by the TCP endpoints held here.
+    pub tcp_segments_out: u64,
 }
 
 /// Linux's global ICMP limiter: `icmp_msgs_per_sec` = 1000, `icmp_msgs_burst` = 50.
@@ -155,6 +158,9 @@ pub struct Host {
     next_ident: u16,
     pub drops: DropCounters,
     pub counters: HostCounters,
+    /// The TCP endpoints the netserver holds itself (connections handed over by processes;
+    /// listeners in issue 4). Its ISN secret is a placeholder until the daemon sets the host's.
+    pub tcp: super::tcp_host::TcpHost,
 }
 
 impl Host {
@@ -171,6 +177,7 @@ impl Host {
             next_ident: 1,
             drops: DropCounters::default(),
             counters: HostCounters::default(),
+            tcp: super::tcp_host::TcpHost::new(config.addr, IsnGenerator::new([0; 16])),
         }
     }
 
@@ -241,9 +248,67 @@ impl Host {
     }
 
     pub fn poll_at(&self) -> Option<Instant> {
-        match (self.arp.poll_at(), self.reassembler.poll_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            self.arp.poll_at(),
+            self.reassembler.poll_at(),
+            self.tcp.poll_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs the output of the TCP endpoints held here. `next_hop` routes a destination (the
+    /// routing region's answer); a next hop without a known MAC gets an ARP request and its
+    /// segments are dropped (counted), to be retransmitted by the engine.
+    pub fn poll_tcp(
+        &mut self,
+        now: Instant,
+        next_hop: &dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,
+        out: &mut Vec<Event>,
+    ) {
+        if self.tcp.poll_at().is_none_or(|at| at > now) {
+            return;
+        }
+        // Segments are collected first: framing needs `self` (ARP, IP ident).
+        let mut segments: Vec<(SocketAddrV4, TcpRepr<'static>, Vec<u8>)> = Vec::new();
+        self.tcp.dispatch(now, &mut |remote, seg| {
+            let mut payload = Vec::with_capacity(seg.payload_len());
+            payload.extend_from_slice(seg.payload[0]);
+            payload.extend_from_slice(seg.payload[1]);
+            let repr = TcpRepr {
+                payload: &[],
+                ..seg.repr
+            };
+            segments.push((remote, repr, payload));
+            Ok(())
+        });
+        for (remote, repr, payload) in segments {
+            let Some(hop) = next_hop(*remote.ip()) else {
+                self.drops.count(DropReason::NeighbourUnreachable);
+                continue;
+            };
+            let Some(mac) = self.resolve(now, hop, out) else {
+                self.drops.count(DropReason::NeighbourUnreachable);
+                continue;
+            };
+            let seg = TcpRepr {
+                payload: &payload,
+                ..repr
+            };
+            let local = self.config.addr;
+            let frame = self.ipv4_frame(
+                mac,
+                *remote.ip(),
+                IpProtocol::Tcp,
+                seg.buffer_len(),
+                |buf| {
+                    let mut packet = TcpPacket::new_unchecked(buf);
+                    seg.emit(&mut packet, local, *remote.ip());
+                },
+            );
+            self.counters.tcp_segments_out += 1;
+            out.push(Event::Transmit(frame));
         }
     }
 
@@ -432,7 +497,7 @@ impl Host {
         match ip.protocol {
             IpProtocol::Icmp => self.receive_icmp(now, src_mac, ip, body, ports, out),
             IpProtocol::Udp => self.receive_udp(now, src_mac, ip, body, ports, out),
-            IpProtocol::Tcp => self.receive_tcp(src_mac, ip, body, ports, out),
+            IpProtocol::Tcp => self.receive_tcp(now, src_mac, ip, body, ports, out),
             _ => self.drops.count(DropReason::UnknownProtocol),
         }
     }
@@ -441,6 +506,7 @@ impl Host {
     /// RST as Linux does (RFC 9293 §3.10.7.1); malformed segments are counted and dropped.
     fn receive_tcp(
         &mut self,
+        now: Instant,
         src_mac: EthernetAddress,
         ip: &Ipv4Repr,
         body: &[u8],
@@ -465,18 +531,24 @@ impl Host {
         if ports.tcp_held(seg.dst_port) {
             return;
         }
-        self.drops.count(DropReason::TcpNoSocket);
         if ip.dst_addr != self.config.addr
             || ip.src_addr.is_broadcast()
             || ip.src_addr.is_multicast()
             || ip.src_addr.is_unspecified()
         {
+            self.drops.count(DropReason::TcpNoSocket);
             return;
         }
-        let Some(rst) = crate::stack::tcp::connection::reset_for(&seg) else {
+        // A connection (or listener) held here takes it; anything else is answered with RST.
+        let resets_before = self.tcp.stats().resets;
+        let src = SocketAddrV4::new(ip.src_addr, seg.src_port);
+        let Some(rst) = self.tcp.process(now, src, &seg) else {
             return;
         };
-        self.counters.tcp_resets += 1;
+        if self.tcp.stats().resets > resets_before {
+            self.drops.count(DropReason::TcpNoSocket);
+            self.counters.tcp_resets += 1;
+        }
         let frame = self.ipv4_frame(
             src_mac,
             ip.src_addr,

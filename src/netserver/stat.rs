@@ -135,12 +135,31 @@ fn render_text(server: &Server) -> String {
             num(|r| r.drops)
         );
     }
+    // Connections the netserver runs itself (handed over by processes that closed them).
+    for held in server.host.tcp.connections() {
+        let _ = writeln!(
+            out,
+            "{:<5} {:>5} {:<21} {:<21} {:<8} {:>7}",
+            "tcp",
+            "-",
+            held.local.to_string(),
+            held.remote.to_string(),
+            held.state.to_string(),
+            "netsrv"
+        );
+    }
     let h = &server.host.counters;
     let c = &server.control;
     let ch = server.channel_stats();
+    let t = server.host.tcp.stats();
     let _ = writeln!(
         out,
-        "\nhost: frames-in {} arp-requests {} arp-replies {} echo-replies {} port-unreachables {} \
+        "\ntcp-held: adopted {} finished {} resets {} dropped {} segments-out {}",
+        t.adopted, t.finished, t.resets, t.dropped, h.tcp_segments_out
+    );
+    let _ = writeln!(
+        out,
+        "host: frames-in {} arp-requests {} arp-replies {} echo-replies {} port-unreachables {} \
          icmp-rate-limited {} reassembled {} delivered-upcall {} icmp-errors-forwarded {}",
         h.frames_in,
         h.arp_requests,
@@ -217,6 +236,20 @@ fn render_json(server: &Server) -> String {
         o.push('}');
         eps.push(o);
     }
+    let held: Vec<String> = server
+        .host
+        .tcp
+        .connections()
+        .map(|c| {
+            format!(
+                "{{\"local\":{},\"remote\":{},\"state\":{}}}",
+                json_str(&c.local.to_string()),
+                json_str(&c.remote.to_string()),
+                json_str(&c.state.to_string())
+            )
+        })
+        .collect();
+    let t = server.host.tcp.stats();
     let h = &server.host.counters;
     let c = &server.control;
     let ch = server.channel_stats();
@@ -237,7 +270,8 @@ fn render_json(server: &Server) -> String {
         .collect();
     format!(
         "{{\"addr\":{},\"prefix_len\":{},\"iface\":{},\"mac\":{},\"uptime_s\":{},\"clients\":{},\
-         \"endpoints\":[{}],\
+         \"endpoints\":[{}],\"tcp_held\":[{}],\
+         \"tcp_held_counters\":{{\"adopted\":{},\"finished\":{},\"resets\":{},\"dropped\":{},\"segments_out\":{}}},\
          \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{}}},\
          \"channel\":{{\"frames_in\":{},\"frames_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"kernel_drops\":{}}},\
          \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{}}},\
@@ -249,6 +283,12 @@ fn render_json(server: &Server) -> String {
         server.uptime().as_secs(),
         server.clients.len(),
         eps.join(","),
+        held.join(","),
+        t.adopted,
+        t.finished,
+        t.resets,
+        t.dropped,
+        h.tcp_segments_out,
         h.frames_in,
         h.arp_requests,
         h.arp_replies,
