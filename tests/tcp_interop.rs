@@ -683,6 +683,17 @@ fn time_wait_is_honoured_by_the_netserver_after_the_process_exits() {
             .any(|l| l.contains(&row) && l.contains("TIME-WAIT") && l.contains("netsrv")),
         "msock stat does not list the netserver's TIME-WAIT: {stat}"
     );
+    // The port stays in use while the netserver holds TIME-WAIT (no SO_REUSEADDR here).
+    let rebind = net.exec(sh(
+        &net,
+        net.ns_a(),
+        &format!("timeout 5 {msock} tcp listen {ephemeral} < /dev/null"),
+    ));
+    assert!(
+        stderr_of(&rebind).contains("Address already in use"),
+        "bind over TIME-WAIT: {}",
+        stderr_of(&rebind)
+    );
     // A new SYN for the same 4-tuple during TIME-WAIT reaches the netserver's engine.
     let reconnect = format!(
         "exec socat -u /dev/null TCP4:{MSOCK_ADDR}:{ephemeral},bind={PEER_ADDR}:{port},reuseaddr"
