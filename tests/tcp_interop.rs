@@ -1088,7 +1088,7 @@ fn syn_flood_does_not_lock_out_a_real_client() {
             &net,
             net.ns_a(),
             &format!(
-                "exec {msock} tcp listen {port} --syn-backlog {syn_backlog} --info --time-wait-ms 100 < /dev/null > {}",
+                "exec {msock} tcp listen {port} --in-process --syn-backlog {syn_backlog} --info --time-wait-ms 100 < /dev/null > {}",
                 out_path.display()
             ),
         ),
@@ -1253,4 +1253,97 @@ fn kernel_tcp_info_shows_sack_timestamps_window_scale_and_rtt() {
     );
     let rtt = field("rtt_us");
     assert!(rtt > 0 && rtt < 50_000, "sane RTT: {log}");
+}
+
+/// A kernel client connects to a listener the netserver holds for `msock tcp listen`: the
+/// netserver runs the handshake, accept hands the established connection (engine image and a
+/// 4-tuple channel) to the process, `msock stat` shows the listener and then the connection
+/// cached in that process, and the bytes arrive exactly.
+#[test]
+fn netserver_listener_hands_accepted_connections_to_the_process() {
+    let Some(net) = TestNet::new("ti-accept") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5010";
+    let dir = TempDir::new("tcp-accept");
+    let data = random_file(&dir, "data.bin", 1);
+    let out_path = dir.path().join("data.out");
+    let mut receiver = net.spawn(
+        "msock-listen",
+        sh(
+            &net,
+            net.ns_a(),
+            &format!(
+                "sleep 4 | exec {msock} tcp listen {port} --info > {}",
+                out_path.display()
+            ),
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
+        "{}",
+        receiver.log()
+    );
+    let stat = || stdout_of(&net.exec(net.command_msock_cli(&["stat"])));
+    let listening = stat();
+    let ours = format!("{MSOCK_ADDR}:{port}");
+    assert!(
+        listening
+            .lines()
+            .any(|l| l.contains(&format!(":{port} ")) && l.contains("LISTEN")),
+        "no listener in msock stat: {listening}"
+    );
+    // The kernel client sends 1 MB and keeps the connection open for a while.
+    let mut source = net.spawn(
+        "kernel-source",
+        sh(
+            &net,
+            net.ns_b(),
+            &format!(
+                "(cat {}; sleep 2) | exec socat -u - TCP4:{MSOCK_ADDR}:{port},bind={PEER_ADDR}",
+                data.display()
+            ),
+        ),
+    );
+    // The row of the accepted connection: cached, in the msock process (pid column).
+    let mut cached = String::new();
+    let mut row = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        cached = stat();
+        row = cached
+            .lines()
+            .find(|l| {
+                l.contains(&ours) && l.contains(&format!("{PEER_ADDR}:")) && l.contains("CACHED")
+            })
+            .unwrap_or_default()
+            .to_string();
+        !row.is_empty()
+    });
+    assert!(
+        ok,
+        "the accepted connection is not cached in a process: {cached}"
+    );
+    let pid = row.split_whitespace().nth(5).unwrap_or_default();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(
+        comm.trim(),
+        "msock",
+        "cached in pid {pid}, not the msock process: {row}"
+    );
+    let mut after = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            after = stat();
+            !after.lines().any(|l| l.contains("LISTEN"))
+        }),
+        "the listener outlived the accept (one connection is served): {after}"
+    );
+    assert!(source.wait_timeout(Duration::from_secs(10)).is_some());
+    let status = receiver.wait_timeout(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", receiver.log());
+    assert_eq!(sha256(&data), sha256(&out_path), "stream differs");
+    eprintln!("{}", cached.trim());
 }

@@ -777,6 +777,14 @@ fn control_seeds() -> Seeds {
         ("req-resolve", Request::Resolve { addr: SRC_ADDR }),
         ("req-stat", Request::Stat { json: true }),
         ("req-hand-over", Request::HandOver { id: 7, len: 4096 }),
+        (
+            "req-listen",
+            Request::Listen {
+                id: 7,
+                backlog: 128,
+            },
+        ),
+        ("req-accept", Request::Accept { id: 7 }),
     ];
     let ring = RingSpec {
         version: 2,
@@ -805,6 +813,15 @@ fn control_seeds() -> Seeds {
             },
         ),
         ("rep-error", Reply::Error { errno: 98 }),
+        (
+            "rep-accepted",
+            Reply::Accepted {
+                id: 8,
+                remote,
+                ring,
+                len: 70_000,
+            },
+        ),
     ];
     let upcalls = [
         (
@@ -838,6 +855,7 @@ fn control_seeds() -> Seeds {
                 errno: 111,
             },
         ),
+        ("up-acceptable", Upcall::Acceptable { id: 7 }),
         (
             "up-tcp-icmp-error",
             Upcall::TcpIcmpError {

@@ -24,7 +24,8 @@ use crate::stack::{Duration, Instant};
 const USAGE: &str = "usage: msock tcp connect ADDR:PORT | msock tcp listen PORT
   options: --nodelay  --congestion reno|cubic  --rcvbuf N  --sndbuf N
            --keepalive IDLE,INTVL,CNT (seconds)  --time-wait-ms N  --info
-           --syn-backlog N (listen: half-open connections kept, default 256)
+           --in-process (listen in this process, not at the netserver)
+           --syn-backlog N (with --in-process: half-open connections kept, default 256)
 ";
 
 /// Frames read between two runs of the engine's output.
@@ -38,12 +39,16 @@ struct Options {
     config: TcpConfig,
     info: bool,
     syn_backlog: usize,
+    /// Listen with a backlog in this process instead of at the netserver (for comparison and
+    /// for tests of the engine's own listener).
+    in_process_listener: bool,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut config = TcpConfig::default();
     let mut info = false;
     let mut syn_backlog = DEFAULT_SYN_BACKLOG;
+    let mut in_process_listener = false;
     let mut it = args.iter();
     let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
         v.ok_or(format!("{what} needs a value"))?
@@ -54,6 +59,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         match arg.as_str() {
             "--nodelay" => config.nodelay = true,
             "--info" => info = true,
+            "--in-process" => in_process_listener = true,
             "--congestion" => {
                 let name = it.next().ok_or("--congestion needs a value")?;
                 config.congestion = CongestionAlgorithm::from_name(name)
@@ -90,6 +96,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         config,
         info,
         syn_backlog,
+        in_process_listener,
     })
 }
 
@@ -116,7 +123,7 @@ pub fn command(args: &[String]) -> i32 {
     while let Some(arg) = it.next() {
         if arg.starts_with("--") {
             option_args.push(arg.clone());
-            if !matches!(arg.as_str(), "--nodelay" | "--info")
+            if !matches!(arg.as_str(), "--nodelay" | "--info" | "--in-process")
                 && let Some(value) = it.next()
             {
                 option_args.push(value.clone());
@@ -163,7 +170,7 @@ fn conn_error(e: ConnError) -> io::Error {
 fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
     let isn = IsnGenerator::new(secret()?);
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
-    let (mut session, mut conn) = if mode == "connect" {
+    let (session, conn) = if mode == "connect" {
         let remote: SocketAddrV4 = target.parse().map_err(|_| bad("connect needs ADDR:PORT"))?;
         let mut session = TcpSession::open(0)?;
         session.resolve(*remote.ip())?;
@@ -183,6 +190,23 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             .parse()
             .map_err(|_| bad("listen needs a PORT"))?;
         let mut session = TcpSession::open(port)?;
+        if !options.in_process_listener {
+            // The netserver holds the listener (paper §3.1): handshakes, SYN cookies, the
+            // accept queue; the established connection is handed over.
+            session.listen(1)?;
+            eprintln!("msock tcp: listening on {}", session.local());
+            let mut conn = loop {
+                session.upcalls(|_| {})?;
+                session.receive(|_, _| {})?;
+                if let Some(conn) = session.accept(session.now())? {
+                    break conn;
+                }
+                wait(&session, None, None)?;
+            };
+            apply_options(&mut conn, &options.config, session.now());
+            session.resolve(*conn.remote().ip())?;
+            return serve(session, conn, &options);
+        }
         eprintln!("msock tcp: listening on {}", session.local());
         let listener = TcpListener::new(options.config.clone(), session.local(), isn);
         // One connection is served: an accept queue of one, half-open ones bounded.
@@ -234,7 +258,27 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
         session.resolve(*conn.remote().ip())?;
         (session, conn)
     };
+    serve(session, conn, &options)
+}
 
+/// Socket options given on the command line, applied to a connection the netserver accepted
+/// with its defaults (as `setsockopt` after `accept`).
+fn apply_options(conn: &mut TcpConnection, config: &TcpConfig, now: Instant) {
+    conn.set_nodelay(config.nodelay);
+    conn.set_recv_buffer(config.recv_buffer);
+    conn.set_send_buffer(config.send_buffer);
+    conn.set_congestion(config.congestion, now);
+    conn.set_keepalive(config.keepalive);
+    conn.set_keepalive_params(
+        config.keepalive_idle,
+        config.keepalive_interval,
+        config.keepalive_count,
+    );
+    conn.set_time_wait(config.time_wait);
+}
+
+/// Moves bytes between stdin/stdout and the connection until it ends (or is handed over).
+fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) -> io::Result<()> {
     let stdin = io::stdin();
     let stdin_fd = stdin.as_fd();
     nix::fcntl::fcntl(

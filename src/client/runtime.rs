@@ -412,7 +412,7 @@ impl Session {
                 }
                 // Only a process running a TCP engine holds TCP ports (`client::tcp_session`);
                 // this runtime's sockets are UDP, so such an upcall is not for it.
-                Ok(Upcall::TcpIcmpError { .. }) => {}
+                Ok(Upcall::TcpIcmpError { .. } | Upcall::Acceptable { .. }) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)

@@ -207,6 +207,51 @@ impl TcpSession {
         }
     }
 
+    /// Has the netserver listen on the held port (it runs the handshakes, SYN cookies and the
+    /// accept queue); connections then come from [`TcpSession::accept`]. The port's own
+    /// channel still sees the port's frames: [`TcpSession::receive`] drains them unanswered.
+    pub fn listen(&mut self, backlog: u32) -> io::Result<()> {
+        match self.control.call(
+            &Request::Listen {
+                id: self.id,
+                backlog,
+            },
+            &[],
+        )? {
+            (Reply::Ok, _) => Ok(()),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The oldest connection waiting at the netserver's listener, `None` if none yet. The
+    /// session then serves that connection: its channel (the connection's 4-tuple) replaces the
+    /// port's, and the listener is closed (like `nc -l`, one connection is served).
+    pub fn accept(&mut self, now: Instant) -> io::Result<Option<TcpConnection>> {
+        use std::os::unix::fs::FileExt;
+        let (reply, fds) = self.control.call(&Request::Accept { id: self.id }, &[])?;
+        let (id, ring, len) = match reply {
+            Reply::Accepted { id, ring, len, .. } => (id, ring, len),
+            Reply::Error { errno: e } if e == libc::EAGAIN => return Ok(None),
+            Reply::Error { errno: e } => return Err(errno(e)),
+            other => return Err(proto(format!("unexpected reply {other:?}"))),
+        };
+        let mut fds = fds.into_iter();
+        let (Some(channel_fd), Some(image_fd)) = (fds.next(), fds.next()) else {
+            return Err(proto("accept reply without its descriptors"));
+        };
+        let len = usize::try_from(len).map_err(|_| proto("image length"))?;
+        let mut image = vec![0u8; len];
+        std::fs::File::from(image_fd).read_exact_at(&mut image, 0)?;
+        let conn =
+            TcpConnection::import(&image, now).map_err(|e| proto(format!("image: {e:?}")))?;
+        let channel = PacketChannel::from_fd(channel_fd, ring)?;
+        let listener = std::mem::replace(&mut self.id, id);
+        self.channel = channel;
+        let _ = self.control.call(&Request::Close { id: listener }, &[]);
+        Ok(Some(conn))
+    }
+
     /// msock's address and the held port.
     pub fn local(&self) -> SocketAddrV4 {
         self.local
@@ -466,6 +511,8 @@ impl TcpSession {
                         quoted_seq: TcpSeqNumber(quoted_seq),
                     });
                 }
+                // The listener's queue has connections: `accept` is tried on every wake-up.
+                Ok(Upcall::Acceptable { .. }) => {}
                 // Late resolutions and UDP upcalls are not for a TCP session.
                 Ok(
                     Upcall::Resolved { .. } | Upcall::Datagram { .. } | Upcall::IcmpError { .. },

@@ -43,6 +43,8 @@ mod kind {
     pub const REQ_RESOLVE: u16 = 0x0106;
     pub const REQ_STAT: u16 = 0x0107;
     pub const REQ_HAND_OVER: u16 = 0x0108;
+    pub const REQ_LISTEN: u16 = 0x0109;
+    pub const REQ_ACCEPT: u16 = 0x010a;
 
     pub const REP_HELLO: u16 = 0x0201;
     pub const REP_SOCKET: u16 = 0x0202;
@@ -51,11 +53,13 @@ mod kind {
     pub const REP_RESOLVE: u16 = 0x0205;
     pub const REP_STAT: u16 = 0x0206;
     pub const REP_ERROR: u16 = 0x0207;
+    pub const REP_ACCEPTED: u16 = 0x0208;
 
     pub const UP_DATAGRAM: u16 = 0x0301;
     pub const UP_RESOLVED: u16 = 0x0302;
     pub const UP_ICMP_ERROR: u16 = 0x0303;
     pub const UP_TCP_ICMP_ERROR: u16 = 0x0304;
+    pub const UP_ACCEPTABLE: u16 = 0x0305;
 }
 
 /// Why a byte string is not a valid message.
@@ -213,6 +217,11 @@ pub fn encode_request(msg: &Request, out: &mut Vec<u8>) {
             w.u64(id);
             w.u64(len);
         }),
+        Request::Listen { id, backlog } => frame(out, kind::REQ_LISTEN, |w| {
+            w.u64(id);
+            w.u32(backlog);
+        }),
+        Request::Accept { id } => frame(out, kind::REQ_ACCEPT, |w| w.u64(id)),
     }
 }
 
@@ -234,6 +243,21 @@ pub fn encode_reply(msg: &Reply, out: &mut Vec<u8>) {
             w.u32(ring.block_count);
             w.u32(ring.frame_size);
             w.u32(ring.tx_frames);
+        }),
+        Reply::Accepted {
+            id,
+            remote,
+            ring,
+            len,
+        } => frame(out, kind::REP_ACCEPTED, |w| {
+            w.u64(*id);
+            w.sockaddr(*remote);
+            w.u8(ring.version);
+            w.u32(ring.block_size);
+            w.u32(ring.block_count);
+            w.u32(ring.frame_size);
+            w.u32(ring.tx_frames);
+            w.u64(*len);
         }),
         Reply::Ok => frame(out, kind::REP_OK, |_| {}),
         Reply::Resolve { mac } => frame(out, kind::REP_RESOLVE, |w| w.option(*mac, Writer::mac)),
@@ -260,6 +284,7 @@ pub fn encode_upcall(msg: &Upcall, out: &mut Vec<u8>) {
             w.ip(*addr);
             w.option(*mac, Writer::mac);
         }),
+        Upcall::Acceptable { id } => frame(out, kind::UP_ACCEPTABLE, |w| w.u64(*id)),
         Upcall::IcmpError { id, remote, errno } => frame(out, kind::UP_ICMP_ERROR, |w| {
             w.u64(*id);
             w.sockaddr(*remote);
@@ -293,6 +318,21 @@ struct Reader<'a> {
 type Result<T> = core::result::Result<T, DecodeError>;
 
 impl<'a> Reader<'a> {
+    /// A ring geometry (TPACKET version 2 or 3).
+    fn ring(&mut self) -> Result<RingSpec> {
+        let version = self.u8()?;
+        if version != 2 && version != 3 {
+            return Err(DecodeError::BadValue("ring version"));
+        }
+        Ok(RingSpec {
+            version,
+            block_size: self.u32()?,
+            block_count: self.u32()?,
+            frame_size: self.u32()?,
+            tx_frames: self.u32()?,
+        })
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.rest.len() < n {
             return Err(DecodeError::Truncated);
@@ -439,6 +479,11 @@ pub fn decode_request(data: &[u8]) -> Result<Request> {
             id: r.u64()?,
             len: r.u64()?,
         }),
+        kind::REQ_LISTEN => Ok(Request::Listen {
+            id: r.u64()?,
+            backlog: r.u32()?,
+        }),
+        kind::REQ_ACCEPT => Ok(Request::Accept { id: r.u64()? }),
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -453,19 +498,15 @@ pub fn decode_reply(data: &[u8]) -> Result<Reply> {
         kind::REP_SOCKET => Ok(Reply::Socket { id: r.u64()? }),
         kind::REP_BOUND => {
             let local = r.sockaddr()?;
-            let version = r.u8()?;
-            if version != 2 && version != 3 {
-                return Err(DecodeError::BadValue("ring version"));
-            }
-            let ring = RingSpec {
-                version,
-                block_size: r.u32()?,
-                block_count: r.u32()?,
-                frame_size: r.u32()?,
-                tx_frames: r.u32()?,
-            };
+            let ring = r.ring()?;
             Ok(Reply::Bound { local, ring })
         }
+        kind::REP_ACCEPTED => Ok(Reply::Accepted {
+            id: r.u64()?,
+            remote: r.sockaddr()?,
+            ring: r.ring()?,
+            len: r.u64()?,
+        }),
         kind::REP_OK => Ok(Reply::Ok),
         kind::REP_RESOLVE => Ok(Reply::Resolve {
             mac: r.option(Reader::mac)?,
@@ -494,6 +535,7 @@ pub fn decode_upcall(data: &[u8]) -> Result<Upcall> {
             addr: r.ip()?,
             mac: r.option(Reader::mac)?,
         }),
+        kind::UP_ACCEPTABLE => Ok(Upcall::Acceptable { id: r.u64()? }),
         kind::UP_ICMP_ERROR => Ok(Upcall::IcmpError {
             id: r.u64()?,
             remote: r.sockaddr()?,
@@ -596,6 +638,11 @@ mod tests {
             Request::Stat { json: true },
             Request::Stat { json: false },
             Request::HandOver { id: 9, len: 4096 },
+            Request::Listen {
+                id: 9,
+                backlog: 128,
+            },
+            Request::Accept { id: 9 },
         ]
     }
 
@@ -617,6 +664,12 @@ mod tests {
                     tx_frames: 256,
                     ..RING
                 },
+            },
+            Reply::Accepted {
+                id: 12,
+                remote: sa("198.18.0.1:5001"),
+                ring: RING,
+                len: 70_000,
             },
             Reply::Ok,
             Reply::Resolve {
@@ -671,6 +724,7 @@ mod tests {
                 next_hop_mtu: 1280,
                 quoted_seq: 0xdead_beef,
             },
+            Upcall::Acceptable { id: 7 },
         ]
     }
 

@@ -23,7 +23,9 @@ use crate::wire::EthernetAddress;
 
 /// Protocol version; bumped on any incompatible change. `Hello` carries it.
 /// 2: [`Upcall::TcpIcmpError`] (ICMP errors quoting a segment of a held TCP port).
-/// 3: [`Request::HandOver`] (a TCP connection given to the netserver to finish).
+/// 3: [`Request::HandOver`] (a TCP connection given to the netserver to finish),
+///    [`Request::Listen`] / [`Request::Accept`] / [`Upcall::Acceptable`] (listeners held by
+///    the netserver).
 pub const VERSION: u16 = 3;
 
 /// Largest TCP connection image the netserver takes in a [`Request::HandOver`] (buffers up to
@@ -98,6 +100,13 @@ pub enum Request {
     /// a process that exits. Fds: `[memfd]` holding the engine's image (`len` bytes from offset
     /// 0, at most [`MAX_HANDOVER_IMAGE`]). Reply: [`Reply::Ok`]; the endpoint is closed then.
     HandOver { id: EndpointId, len: u64 },
+    /// The netserver listens on the port TCP endpoint `id` is bound to (it holds the listener,
+    /// the handshakes and SYN cookies); `backlog` bounds the accept queue as `listen(2)`'s.
+    /// Reply: [`Reply::Ok`]; [`Upcall::Acceptable`] when connections are waiting.
+    Listen { id: EndpointId, backlog: u32 },
+    /// The oldest established connection of listening endpoint `id`. Reply:
+    /// [`Reply::Accepted`], or `Error { EAGAIN }` when none is waiting.
+    Accept { id: EndpointId },
     /// Resolve a neighbour. Reply: [`Reply::Resolve`]; if `mac` is `None` the netserver
     /// resolves and sends [`Upcall::Resolved`].
     Resolve { addr: Ipv4Addr },
@@ -127,6 +136,14 @@ pub enum Reply {
     },
     Stat {
         text: String,
+    },
+    /// A connection for the caller, now cached in it: a new endpoint `id`, its `remote`, and
+    /// fds `[channel (filter: this 4-tuple), memfd holding the engine image (len bytes)]`.
+    Accepted {
+        id: EndpointId,
+        remote: SocketAddrV4,
+        ring: RingSpec,
+        len: u64,
     },
     /// A Linux errno value.
     Error {
@@ -161,6 +178,9 @@ pub enum Upcall {
     /// `next_hop_mtu` is the RFC 1191 field; other codes carry it as received) and the quoted
     /// segment's sequence number, for the engine's `on_icmp_frag_needed` /
     /// `on_icmp_unreachable`.
+    /// Listening endpoint `id` has established connections waiting for [`Request::Accept`]
+    /// (sent when its accept queue becomes non-empty).
+    Acceptable { id: EndpointId },
     TcpIcmpError {
         id: EndpointId,
         local: SocketAddrV4,

@@ -94,6 +94,8 @@ pub(crate) struct ControlCounters {
 struct Ports<'a> {
     table: &'a PortTable,
     tcp: &'a PortTable,
+    endpoints: &'a EndpointTable,
+    tcp_connections: &'a HashMap<(u16, SocketAddrV4), EndpointId>,
     addr: Ipv4Addr,
 }
 
@@ -103,10 +105,20 @@ impl PortLookup for Ports<'_> {
     }
 
     fn tcp_owner(&self, port: u16) -> Option<EndpointId> {
-        // Ports reserved for connections the netserver runs itself are not a process's.
+        // Only a port cached whole in a process is its (not one reserved for a connection the
+        // netserver runs, a listener held here, or a connection accepted from one).
         self.tcp
             .lookup(port, self.addr, 0)
             .filter(|id| *id < NETSERVER_HELD_BASE)
+            .filter(|id| {
+                self.endpoints.get(*id).is_some_and(|ep| {
+                    matches!(ep.state, EndpointState::Cached { .. }) && ep.remote.is_none()
+                })
+            })
+    }
+
+    fn tcp_connection_owner(&self, local_port: u16, remote: SocketAddrV4) -> Option<EndpointId> {
+        self.tcp_connections.get(&(local_port, remote)).copied()
     }
 }
 
@@ -137,6 +149,11 @@ pub(crate) struct Server {
     filter_dirty: bool,
     /// Port reservations of the connections in `host.tcp`, by (local port, remote).
     held_tcp: HashMap<(u16, SocketAddrV4), EndpointId>,
+    /// Connections accepted from listeners held here and cached in processes, by (local port,
+    /// remote): their segments are the process's (its channel matches the 4-tuple).
+    tcp_connections: HashMap<(u16, SocketAddrV4), EndpointId>,
+    /// Listening endpoints already told (`Upcall::Acceptable`) that connections are waiting.
+    acceptable_sent: std::collections::HashSet<EndpointId>,
     next_held: EndpointId,
     endpoint_ring: RingConfig,
     pub control: ControlCounters,
@@ -283,6 +300,8 @@ impl Server {
             events: Vec::new(),
             filter_dirty: false,
             held_tcp: HashMap::new(),
+            tcp_connections: HashMap::new(),
+            acceptable_sent: std::collections::HashSet::new(),
             next_held: NETSERVER_HELD_BASE,
             endpoint_ring: endpoint_ring_from_env(),
             control: ControlCounters::default(),
@@ -333,6 +352,7 @@ impl Server {
             );
             self.release_finished_tcp();
             self.handle_events(&mut events);
+            self.notify_acceptable();
             self.events = events;
             if self.filter_dirty {
                 self.update_filter();
@@ -349,6 +369,8 @@ impl Server {
             let ports = Ports {
                 table: &self.ports,
                 tcp: &self.tcp_ports,
+                endpoints: &self.endpoints,
+                tcp_connections: &self.tcp_connections,
                 addr: self.config.addr,
             };
             let n = self.channel.recv_batch(64, &mut |frame| {
@@ -459,7 +481,15 @@ impl Server {
 
     fn update_filter(&mut self) {
         let ports = self.endpoints.cached_udp_ports();
-        let tcp_ports = self.endpoints.cached_tcp_ports();
+        let mut tcp_ports = self.endpoints.cached_tcp_ports();
+        // A port whose only users are connections cached in processes (accepted from a
+        // listener that has closed) is theirs too; while a listener or a connection held here
+        // uses it, the netserver keeps its traffic and drops the cached 4-tuples in software.
+        for (port, _) in self.tcp_connections.keys() {
+            if !self.host.tcp.holds_port(*port) {
+                tcp_ports.push(*port);
+            }
+        }
         let filter = bpf::netserver_excluding(self.config.addr, self.iface.mac, &ports, &tcp_ports);
         match self.channel.set_filter(&filter) {
             Ok(()) => {
@@ -565,10 +595,9 @@ impl Server {
         if let Some(client) = self.clients.remove(&id) {
             let _ = self.epoll.delete(client.conn.as_fd());
         }
-        for ep in self.endpoints.remove_client(id) {
-            self.ports.release(ep.id);
-            self.tcp_ports.release(ep.id);
-            self.filter_dirty = true;
+        let ids: Vec<EndpointId> = self.endpoints.owned_by(id).map(|ep| ep.id).collect();
+        for ep in ids {
+            self.forget_endpoint(ep);
         }
         for waiters in self.resolve_waiters.values_mut() {
             waiters.retain(|&c| c != id);
@@ -625,14 +654,13 @@ impl Server {
             },
             Request::Close { id } => match self.endpoints.request(client, id) {
                 Ok(_) => {
-                    self.endpoints.remove(id);
-                    self.ports.release(id);
-                    self.tcp_ports.release(id);
-                    self.filter_dirty = true;
+                    self.forget_endpoint(id);
                     (Reply::Ok, Vec::new())
                 }
                 Err(e) => err(e.errno()),
             },
+            Request::Listen { id, backlog } => self.listen(client, id, backlog),
+            Request::Accept { id } => self.accept(client, id),
             Request::Resolve { addr } => self.resolve(client, addr),
             Request::HandOver { id, len } => self.hand_over(client, id, len, fds),
         }
@@ -695,6 +723,165 @@ impl Server {
         }
         self.filter_dirty = true;
         (Reply::Ok, Vec::new())
+    }
+
+    /// Removes endpoint `id` and what hangs on it: its ports, a listener held here (connections
+    /// nobody accepted are reset, as when Linux closes a listener), its 4-tuple.
+    fn forget_endpoint(&mut self, id: EndpointId) {
+        let Some(ep) = self.endpoints.remove(id) else {
+            return;
+        };
+        if let EndpointState::Listening { local } = ep.state {
+            let _ = self.host.tcp.close_listener(local.port(), self.now());
+        }
+        if let (EndpointState::Cached { local }, Some(remote), SockKind::Stream) =
+            (ep.state, ep.remote, ep.kind)
+        {
+            self.tcp_connections.remove(&(local.port(), remote));
+        }
+        self.acceptable_sent.remove(&id);
+        self.ports.release(id);
+        self.tcp_ports.release(id);
+        self.filter_dirty = true;
+    }
+
+    /// The netserver listens on the port endpoint `id` holds; the process keeps the endpoint
+    /// (for accept and close) but no longer the port's traffic.
+    fn listen(&mut self, client: ClientId, id: EndpointId, backlog: u32) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let local = match self.endpoints.request(client, id) {
+            Ok(ep) if ep.kind != SockKind::Stream => return err(libc::EOPNOTSUPP),
+            Ok(ep) => match (ep.state, ep.remote) {
+                (EndpointState::Cached { local }, None) => local,
+                (EndpointState::Listening { .. }, _) => return (Reply::Ok, Vec::new()),
+                _ => return err(libc::EINVAL),
+            },
+            Err(e) => return err(e.errno()),
+        };
+        // listen(2): the backlog is capped at SOMAXCONN (4096) and at least 1.
+        let accept_backlog = backlog.clamp(1, 4096) as usize;
+        let config = crate::stack::tcp::connection::TcpConfig::default();
+        let syn_backlog = crate::stack::tcp::connection::DEFAULT_SYN_BACKLOG;
+        match self
+            .host
+            .tcp
+            .listen(local.port(), config, syn_backlog, accept_backlog)
+        {
+            Ok(()) => {}
+            Err(_) => return err(libc::EADDRINUSE),
+        }
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.state = EndpointState::Listening { local };
+        }
+        self.filter_dirty = true;
+        (Reply::Ok, Vec::new())
+    }
+
+    /// Hands the oldest established connection of listener `id` to its owner: a new endpoint,
+    /// a channel matching the connection's 4-tuple and the engine image (memfd).
+    fn accept(&mut self, client: ClientId, id: EndpointId) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let (local, pid) = match self.endpoints.request(client, id) {
+            Ok(ep) => match ep.state {
+                EndpointState::Listening { local } => (local, ep.owner_pid),
+                _ => return err(libc::EINVAL),
+            },
+            Err(e) => return err(e.errno()),
+        };
+        let port = local.port();
+        let conn = match self.host.tcp.accept(port) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => {
+                self.acceptable_sent.remove(&id);
+                return err(libc::EAGAIN);
+            }
+            Err(_) => return err(libc::EINVAL),
+        };
+        if self.host.tcp.pending(port) == 0 {
+            self.acceptable_sent.remove(&id);
+        }
+        let remote = conn.remote();
+        let our = SocketAddrV4::new(self.config.addr, port);
+        let refuse = |server: &mut Server,
+                      mut conn: crate::stack::tcp::connection::TcpConnection,
+                      errno: i32| {
+            // The connection cannot be handed out: reset it from here, as Linux does when
+            // accept fails for lack of resources.
+            conn.abort(server.now());
+            let _ = server.host.tcp.adopt_aborted(conn);
+            (Reply::Error { errno }, Vec::new())
+        };
+        let new_id = match self
+            .endpoints
+            .create(client, pid, Family::Inet, SockKind::Stream)
+        {
+            Ok(new_id) => new_id,
+            Err(e) => return refuse(self, conn, e.errno()),
+        };
+        let filter = bpf::endpoint_tcp(our, remote);
+        let channel = match PacketChannel::create_fd(
+            self.iface.ifindex,
+            &self.endpoint_ring,
+            &filter,
+            true,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.endpoints.remove(new_id);
+                return refuse(self, conn, e.raw_os_error().unwrap_or(libc::ENOBUFS));
+            }
+        };
+        let image = conn.export(self.now());
+        let memfd = match image_memfd(&image) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.endpoints.remove(new_id);
+                return refuse(self, conn, e.raw_os_error().unwrap_or(libc::ENOMEM));
+            }
+        };
+        if let Some(ep) = self.endpoints.get_mut(new_id) {
+            ep.state = EndpointState::Cached { local: our };
+            ep.remote = Some(remote);
+        }
+        // Keep the port from being bound whole by someone else while the connection lives.
+        let _ = self.tcp_ports.bind(BindRequest {
+            local: our,
+            owner: new_id,
+            reuse_addr: true,
+            reuse_port: false,
+            uid: 0,
+        });
+        self.tcp_connections.insert((port, remote), new_id);
+        (
+            Reply::Accepted {
+                id: new_id,
+                remote,
+                ring: self.endpoint_ring.spec(),
+                len: image.len() as u64,
+            },
+            vec![channel, memfd],
+        )
+    }
+
+    /// Tells each listener's owner once when its accept queue has connections.
+    fn notify_acceptable(&mut self) {
+        let waiting: Vec<(EndpointId, ClientId)> = self
+            .endpoints
+            .iter()
+            .filter_map(|ep| match ep.state {
+                EndpointState::Listening { local }
+                    if !self.acceptable_sent.contains(&ep.id)
+                        && self.host.tcp.pending(local.port()) > 0 =>
+                {
+                    Some((ep.id, ep.owner))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, owner) in waiting {
+            self.acceptable_sent.insert(id);
+            self.upcall(owner, &Upcall::Acceptable { id });
+        }
     }
 
     /// Frees the port reservations of connections that ended here.
@@ -924,6 +1111,18 @@ fn handed_over_connection(
         return Err(libc::EPERM);
     }
     Ok(conn)
+}
+
+/// A sealed-size memfd holding `image` (an accepted connection on its way to the process).
+fn image_memfd(image: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(
+        c"msock-tcp-accept",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(image)?;
+    Ok(file.into())
 }
 
 /// The host's 128-bit secret for ISNs and SYN cookies.

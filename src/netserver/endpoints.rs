@@ -17,8 +17,12 @@ pub type ClientId = u32;
 pub enum EndpointState {
     /// Created by `socket()`, no local address yet.
     Unbound,
-    /// Bound and cached in the owning client: it sends and receives on its own channel.
+    /// Bound and cached in the owning client: it sends and receives on its own channel (a
+    /// TCP endpoint with a `remote` is an accepted connection, on a 4-tuple channel).
     Cached { local: SocketAddrV4 },
+    /// A TCP listener held by the netserver for the owning client (handshakes, SYN cookies and
+    /// the accept queue live in `host.tcp`).
+    Listening { local: SocketAddrV4 },
 }
 
 #[derive(Debug, Clone)]
@@ -38,7 +42,7 @@ impl Endpoint {
     pub fn local(&self) -> Option<SocketAddrV4> {
         match self.state {
             EndpointState::Unbound => None,
-            EndpointState::Cached { local } => Some(local),
+            EndpointState::Cached { local } | EndpointState::Listening { local } => Some(local),
         }
     }
 }
@@ -163,11 +167,17 @@ impl EndpointTable {
     }
 
     fn cached_ports(&self, kind: SockKind) -> Vec<u16> {
+        // A whole port is a process's when it is cached there; TCP connections accepted from a
+        // netserver listener share the listener's port and are told apart by 4-tuple instead.
         let mut ports: Vec<u16> = self
             .endpoints
             .values()
             .filter(|ep| ep.kind == kind)
-            .filter_map(|ep| ep.local().map(|l| l.port()))
+            .filter(|ep| kind == SockKind::Datagram || ep.remote.is_none())
+            .filter_map(|ep| match ep.state {
+                EndpointState::Cached { local } => Some(local.port()),
+                _ => None,
+            })
             .collect();
         ports.sort_unstable();
         ports.dedup();

@@ -32,6 +32,11 @@ pub trait PortLookup {
     fn tcp_held(&self, port: u16) -> bool {
         self.tcp_owner(port).is_some()
     }
+    /// The endpoint of a connection cached in a process on its own 4-tuple channel (accepted
+    /// from a listener held here: the port is shared, the connection is not).
+    fn tcp_connection_owner(&self, _local_port: u16, _remote: SocketAddrV4) -> Option<EndpointId> {
+        None
+    }
 }
 
 /// What the host asks its driver (the daemon) to do.
@@ -528,7 +533,11 @@ impl Host {
                 return;
             }
         };
-        if ports.tcp_held(seg.dst_port) {
+        if ports.tcp_held(seg.dst_port)
+            || ports
+                .tcp_connection_owner(seg.dst_port, SocketAddrV4::new(ip.src_addr, seg.src_port))
+                .is_some()
+        {
             return;
         }
         if ip.dst_addr != self.config.addr

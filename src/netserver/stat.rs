@@ -42,6 +42,7 @@ fn state(ep: &Endpoint) -> (&'static str, String) {
     match ep.state {
         EndpointState::Unbound => ("UNBOUND", "-".into()),
         EndpointState::Cached { local } => ("CACHED", local.to_string()),
+        EndpointState::Listening { local } => ("LISTEN", local.to_string()),
     }
 }
 

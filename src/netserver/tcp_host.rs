@@ -152,6 +152,17 @@ impl TcpHost {
         Ok(())
     }
 
+    /// Keeps an aborted connection until its reset has been sent (it ends at the next
+    /// [`TcpHost::dispatch`]).
+    pub fn adopt_aborted(&mut self, conn: TcpConnection) -> Result<(), TcpHostError> {
+        let key = (conn.local().port(), conn.remote());
+        if self.connections.contains_key(&key) {
+            return Err(TcpHostError::AddressInUse);
+        }
+        self.connections.insert(key, conn);
+        Ok(())
+    }
+
     /// [`TcpHost::adopt`] from the image a process exported (untrusted input).
     pub fn adopt_image(&mut self, image: &[u8], now: Instant) -> Result<(), TcpHostError> {
         let conn = TcpConnection::import(image, now).map_err(TcpHostError::BadImage)?;

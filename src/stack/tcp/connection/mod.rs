@@ -1098,6 +1098,12 @@ impl TcpConnection {
         self.config.linger = linger;
     }
 
+    /// TIME_WAIT length for this connection (Linux fixes it at 60 s; msock lets a host or a
+    /// test choose). Applies from the next entry into TIME_WAIT.
+    pub fn set_time_wait(&mut self, duration: Duration) {
+        self.config.time_wait = duration;
+    }
+
     pub fn set_max_pacing_rate(&mut self, rate: Option<u64>) {
         self.config.max_pacing_rate = rate;
         self.wake = true;
