@@ -1347,3 +1347,102 @@ fn netserver_listener_hands_accepted_connections_to_the_process() {
     assert_eq!(sha256(&data), sha256(&out_path), "stream differs");
     eprintln!("{}", cached.trim());
 }
+
+/// The same spoofed SYN flood at a listener the netserver holds (`msock tcp listen`): the
+/// netserver's half-open queue stays at its bound and overflows into SYN cookies (its
+/// counters in `msock stat`), a real kernel client connecting mid-flood is accepted and handed
+/// to the process, and its bytes arrive exactly.
+#[test]
+fn syn_flood_at_a_netserver_listener_is_answered_with_cookies() {
+    let Some(net) = python_testnet("ti-nsflood") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5011";
+    let dir = TempDir::new("tcp-nsflood");
+    let data = random_file(&dir, "data.bin", 1);
+    let out_path = dir.path().join("data.out");
+    let mut receiver = net.spawn(
+        "msock-listen",
+        sh(
+            &net,
+            net.ns_a(),
+            &format!(
+                "exec {msock} tcp listen {port} --info < /dev/null > {}",
+                out_path.display()
+            ),
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
+        "{}",
+        receiver.log()
+    );
+    let mut flooder = net.spawn(
+        "syn-flooder",
+        net.command_in(
+            net.ns_b(),
+            &[
+                "python3",
+                "-c",
+                SYN_FLOODER,
+                &MSOCK_ADDR.to_string(),
+                port,
+                "2000",
+                "3",
+            ],
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || flooder.log().contains("ready")),
+        "{}",
+        flooder.log()
+    );
+    let line = format!("tcp-listener {port}:");
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(&line))
+            .and_then(|l| l.split(&format!(" {name} ")).nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut stat = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            stat = stdout_of(&net.exec(net.command_msock_cli(&["stat"])));
+            counter(&stat, "cookies-sent") > 1000
+        }),
+        "no cookies under the flood: {stat}"
+    );
+    assert!(counter(&stat, "half-open") <= 256, "{stat}");
+    // The real client arrives while the flood is on.
+    let mut source = net.spawn(
+        "kernel-source",
+        sh(&net, net.ns_b(), &format!(
+            "exec socat -u FILE:{} TCP4:{MSOCK_ADDR}:{port},bind={PEER_ADDR},retry=20,interval=0.2",
+            data.display()
+        )),
+    );
+    let status = receiver.wait_timeout(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "listener: {}\nflooder: {}",
+        receiver.log(),
+        flooder.log()
+    );
+    assert!(source.wait_timeout(Duration::from_secs(10)).is_some());
+    assert!(flooder.wait_timeout(Duration::from_secs(20)).is_some());
+    assert_eq!(sha256(&data), sha256(&out_path), "stream differs");
+    let after = net.exec(net.command_msock_cli(&["stat"]));
+    assert!(after.status.success(), "{}", stderr_of(&after));
+    eprintln!(
+        "{}\nflooder: {}",
+        stat.lines()
+            .find(|l| l.starts_with(&line))
+            .unwrap_or_default(),
+        flooder.log().trim()
+    );
+}

@@ -158,6 +158,28 @@ fn render_text(server: &Server) -> String {
         "\ntcp-held: adopted {} finished {} resets {} dropped {} segments-out {}",
         t.adopted, t.finished, t.resets, t.dropped, h.tcp_segments_out
     );
+    let mut ports: Vec<u16> = server.host.tcp.listening_ports().collect();
+    ports.sort_unstable();
+    for port in ports {
+        if let Some(b) = server.host.tcp.listener_stats(port) {
+            let _ = writeln!(
+                out,
+                "tcp-listener {port}: syns {} cookies-sent {} cookies-accepted {} cookies-rejected {} \
+                 accept-queue-full {} completions-deferred {} handshakes-failed {} completed {} \
+                 half-open {} waiting {}",
+                b.syns_accepted,
+                b.cookies_sent,
+                b.cookies_accepted,
+                b.cookies_rejected,
+                b.accept_queue_full,
+                b.completions_deferred,
+                b.handshakes_failed,
+                b.completed,
+                server.host.tcp.half_open(port),
+                server.host.tcp.pending(port)
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "host: frames-in {} arp-requests {} arp-replies {} echo-replies {} port-unreachables {} \

@@ -132,6 +132,11 @@ impl TcpHost {
         self.listeners.get(&port).map_or(0, |b| b.ready_len())
     }
 
+    /// Half-open connections of the listener on `port`.
+    pub fn half_open(&self, port: u16) -> usize {
+        self.listeners.get(&port).map_or(0, |b| b.half_open_len())
+    }
+
     pub fn listener_stats(&self, port: u16) -> Option<BacklogStats> {
         self.listeners.get(&port).map(|b| b.stats())
     }
