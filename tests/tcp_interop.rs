@@ -1446,3 +1446,128 @@ fn syn_flood_at_a_netserver_listener_is_answered_with_cookies() {
         flooder.log().trim()
     );
 }
+
+/// A kernel peer that reports how its connection ends: "accepted", then "reset" or "eof".
+const END_REPORTER: &str = r#"
+import socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen(1)
+print("ready", flush=True)
+c, peer = s.accept()
+print("accepted %s:%d" % peer, flush=True)
+try:
+    while c.recv(65536):
+        pass
+    print("eof %.3f" % time.time(), flush=True)
+except ConnectionResetError:
+    print("reset %.3f" % time.time(), flush=True)
+"#;
+
+/// `kill -9` of a process holding a cached TCP connection: the netserver notices the control
+/// socket's EOF, learns the peer's sequence numbers from a challenge ACK (the state died with
+/// the process) and resets the connection within a second; the endpoint is gone from
+/// `msock stat` and the port binds again.
+#[test]
+fn killed_process_connections_are_reset_by_the_netserver() {
+    let Some(net) = python_testnet("ti-kill") else {
+        return;
+    };
+    let _ns = net.start_netserver(&[]);
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let port = "5012";
+    let peer = net.spawn(
+        "kernel-peer",
+        net.command_in(
+            net.ns_b(),
+            &["python3", "-c", END_REPORTER, &PEER_ADDR.to_string(), port],
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || peer.log().contains("ready")),
+        "{}",
+        peer.log()
+    );
+    let mut client = net.spawn(
+        "msock-connect",
+        sh(
+            &net,
+            net.ns_a(),
+            &format!("sleep 60 | exec {msock} tcp connect {PEER_ADDR}:{port}"),
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || peer.log().contains("accepted")),
+        "{}",
+        peer.log()
+    );
+    let ephemeral: u16 = peer
+        .log()
+        .split(':')
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .expect("peer port");
+    let stat = stdout_of(&net.exec(net.command_msock_cli(&["stat"])));
+    let row = stat
+        .lines()
+        .find(|l| {
+            l.contains(&format!("{MSOCK_ADDR}:{ephemeral}"))
+                || l.contains(&format!(":{ephemeral} "))
+        })
+        .unwrap_or_else(|| panic!("no endpoint for port {ephemeral}: {stat}"))
+        .to_string();
+    let pid = row
+        .split_whitespace()
+        .nth(5)
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim(),
+        "msock",
+        "{row}"
+    );
+    let killed = std::time::Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    assert!(
+        wait_until(Duration::from_secs(3), || peer.log().contains("reset")),
+        "the kernel peer was not reset: {}",
+        peer.log()
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "reset took {took:?} (target: within 1 s)"
+    );
+    let _ = client.wait_timeout(Duration::from_secs(2));
+    let after = stdout_of(&net.exec(net.command_msock_cli(&["stat"])));
+    assert!(
+        !after.lines().any(|l| l.contains(&format!(":{ephemeral} "))),
+        "leftover endpoint: {after}"
+    );
+    assert!(after.contains("orphans-reset 1"), "{after}");
+    // The port binds again.
+    let mut rebind = net.spawn(
+        "msock-rebind",
+        sh(
+            &net,
+            net.ns_a(),
+            &format!("exec {msock} tcp listen {ephemeral} < /dev/null"),
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || rebind.log().contains("listening")),
+        "port {ephemeral} does not bind again: {}",
+        rebind.log()
+    );
+    rebind.stop();
+    eprintln!("kernel peer reset {took:?} after kill -9");
+}

@@ -174,6 +174,7 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
         let remote: SocketAddrV4 = target.parse().map_err(|_| bad("connect needs ADDR:PORT"))?;
         let mut session = TcpSession::open(0)?;
         session.resolve(*remote.ip())?;
+        session.connected(remote)?;
         let now = session.now();
         let local = session.local();
         let initial = InitialSequence {
@@ -256,6 +257,7 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             )?;
         };
         session.resolve(*conn.remote().ip())?;
+        session.connected(conn.remote())?;
         (session, conn)
     };
     serve(session, conn, &options)
@@ -418,6 +420,11 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
                 drops.join(",")
             }
         );
+    }
+    if handed_over != Some(true) {
+        // The connection ended here: release the endpoint explicitly (a process that just
+        // dies leaves its connections to be reset by the netserver).
+        let _ = session.close();
     }
     match conn.take_error() {
         Some(e) => Err(conn_error(e)),

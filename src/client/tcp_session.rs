@@ -207,6 +207,31 @@ impl TcpSession {
         }
     }
 
+    /// Tells the netserver which connection this endpoint runs (after a connect), so it can
+    /// tell the connection's segments apart and reset the peer if this process dies.
+    pub fn connected(&mut self, remote: SocketAddrV4) -> io::Result<()> {
+        match self.control.call(
+            &Request::Connect {
+                id: self.id,
+                remote: Some(remote),
+            },
+            &[],
+        )? {
+            (Reply::Ok, _) => Ok(()),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Releases the endpoint (its connection has ended here).
+    pub fn close(&mut self) -> io::Result<()> {
+        match self.control.call(&Request::Close { id: self.id }, &[])? {
+            (Reply::Ok, _) => Ok(()),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     /// Has the netserver listen on the held port (it runs the handshakes, SYN cookies and the
     /// accept queue); connections then come from [`TcpSession::accept`]. The port's own
     /// channel still sees the port's frames: [`TcpSession::receive`] drains them unanswered.

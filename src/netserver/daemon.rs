@@ -596,7 +596,15 @@ impl Server {
             let _ = self.epoll.delete(client.conn.as_fd());
         }
         let ids: Vec<EndpointId> = self.endpoints.owned_by(id).map(|ep| ep.id).collect();
+        let now = self.now();
         for ep in ids {
+            // A TCP connection that died with its process: reset the peer (its state is gone).
+            if let Some(e) = self.endpoints.get(ep)
+                && let (EndpointState::Cached { local }, Some(remote), SockKind::Stream) =
+                    (e.state, e.remote, e.kind)
+            {
+                self.host.tcp.reset_orphan(local.port(), remote, now);
+            }
             self.forget_endpoint(ep);
         }
         for waiters in self.resolve_waiters.values_mut() {
@@ -647,6 +655,19 @@ impl Server {
             } => self.bind(client, id, local, reuse_addr, reuse_port),
             Request::Connect { id, remote } => match self.endpoints.request(client, id) {
                 Ok(ep) => {
+                    // A TCP endpoint names the connection it runs (set once): the netserver can
+                    // then tell its segments apart and reset it if the process dies.
+                    if ep.kind == SockKind::Stream {
+                        let (EndpointState::Cached { local }, None, Some(remote)) =
+                            (ep.state, ep.remote, remote)
+                        else {
+                            return err(libc::EISCONN);
+                        };
+                        ep.remote = Some(remote);
+                        self.tcp_connections.insert((local.port(), remote), id);
+                        self.filter_dirty = true;
+                        return (Reply::Ok, Vec::new());
+                    }
                     ep.remote = remote;
                     (Reply::Ok, Vec::new())
                 }
@@ -707,8 +728,7 @@ impl Server {
             });
         }
         // The process's endpoint ends; the port stays reserved for the connection.
-        self.endpoints.remove(id);
-        self.tcp_ports.release(id);
+        self.forget_endpoint(id);
         let owner = self.next_held;
         self.next_held += 1;
         let reserved = self.tcp_ports.bind(BindRequest {

@@ -714,7 +714,10 @@ impl Host {
                         self.drops.count(DropReason::BadIcmp);
                         return;
                     }
-                    match ports.tcp_owner(local.port()) {
+                    match ports
+                        .tcp_owner(local.port())
+                        .or_else(|| ports.tcp_connection_owner(local.port(), remote))
+                    {
                         Some(id) => {
                             self.counters.icmp_errors_forwarded += 1;
                             out.push(Event::TcpIcmpError {

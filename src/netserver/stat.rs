@@ -155,8 +155,14 @@ fn render_text(server: &Server) -> String {
     let t = server.host.tcp.stats();
     let _ = writeln!(
         out,
-        "\ntcp-held: adopted {} finished {} resets {} dropped {} segments-out {}",
-        t.adopted, t.finished, t.resets, t.dropped, h.tcp_segments_out
+        "\ntcp-held: adopted {} finished {} resets {} dropped {} segments-out {} orphans-reset {} orphans-lost {}",
+        t.adopted,
+        t.finished,
+        t.resets,
+        t.dropped,
+        h.tcp_segments_out,
+        t.orphans_reset,
+        t.orphans_lost
     );
     let mut ports: Vec<u16> = server.host.tcp.listening_ports().collect();
     ports.sort_unstable();

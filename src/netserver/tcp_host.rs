@@ -35,9 +35,25 @@ pub enum TcpHostError {
     BadImage(ImageError),
 }
 
+/// How many probes an orphan gets, and how far apart (a reset should reach the peer well
+/// within a second of the process's death).
+const ORPHAN_PROBES: u8 = 4;
+const ORPHAN_PROBE_INTERVAL: crate::stack::Duration = crate::stack::Duration::from_millis(200);
+
+/// A connection whose process died with it: only its 4-tuple is known here, so the peer is
+/// made to tell its sequence numbers (RFC 5961 challenge ACK to a SYN) and then reset exactly.
+#[derive(Debug, Clone, Copy)]
+struct Orphan {
+    probes_left: u8,
+    next_at: Instant,
+}
+
 /// Counters for `msock stat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpHostStats {
+    /// Connections of dead processes reset after the peer's challenge ACK, and those given up.
+    pub orphans_reset: u64,
+    pub orphans_lost: u64,
     /// Connections handed over by processes.
     pub adopted: u64,
     /// Connections that ended here (closed, timed out, TIME_WAIT over).
@@ -65,6 +81,7 @@ pub struct TcpHost {
     isn: IsnGenerator,
     listeners: HashMap<u16, TcpBacklog>,
     connections: HashMap<Key, TcpConnection>,
+    orphans: HashMap<Key, Orphan>,
     stats: TcpHostStats,
 }
 
@@ -77,6 +94,7 @@ impl TcpHost {
             isn,
             listeners: HashMap::new(),
             connections: HashMap::new(),
+            orphans: HashMap::new(),
             stats: TcpHostStats::default(),
         }
     }
@@ -186,6 +204,19 @@ impl TcpHost {
         Some(conn.export(now))
     }
 
+    /// A process died holding the connection `local_port`–`remote`, whose state died with it:
+    /// reset it as Linux resets a socket closed with unread data (the kernel would also have
+    /// sent what was unsent; that needs the state, see docs/notes/tcp-ownership.md).
+    pub fn reset_orphan(&mut self, local_port: u16, remote: SocketAddrV4, now: Instant) {
+        self.orphans.insert(
+            (local_port, remote),
+            Orphan {
+                probes_left: ORPHAN_PROBES,
+                next_at: now,
+            },
+        );
+    }
+
     /// Whether `port` is in use here: a listener or a connection from it (TIME_WAIT included,
     /// as Linux refuses a bind without SO_REUSEADDR while one lingers).
     pub fn holds_port(&self, port: u16) -> bool {
@@ -219,6 +250,27 @@ impl TcpHost {
         src: SocketAddrV4,
         seg: &TcpRepr<'_>,
     ) -> Option<TcpRepr<'static>> {
+        if self.orphans.contains_key(&(seg.dst_port, src)) {
+            // The peer's answer to our probe carries its RCV.NXT: the one acceptable RST.
+            if let Some(ack) = seg.ack_number
+                && !seg.control.rst
+            {
+                self.orphans.remove(&(seg.dst_port, src));
+                self.stats.orphans_reset += 1;
+                return Some(TcpRepr {
+                    src_port: seg.dst_port,
+                    dst_port: seg.src_port,
+                    seq_number: ack,
+                    ack_number: None,
+                    control: crate::wire::tcp::TcpControl::RST,
+                    window_len: 0,
+                    urgent_pointer: None,
+                    options: crate::wire::tcp::TcpOptions::default(),
+                    payload: &[],
+                });
+            }
+            return None;
+        }
         if let Some(conn) = self.connections.get_mut(&(seg.dst_port, src)) {
             if conn.process(now, seg) != crate::stack::tcp::connection::Verdict::Accepted {
                 self.stats.dropped += 1;
@@ -251,6 +303,40 @@ impl TcpHost {
             let remote = conn.remote();
             conn.dispatch(now, &mut |seg| emit(remote, seg));
         }
+        // Orphans: a SYN (any sequence number) draws the peer's challenge ACK (RFC 5961 §4).
+        let stats = &mut self.stats;
+        let local = self.addr;
+        self.orphans.retain(|&(port, remote), orphan| {
+            if orphan.next_at > now {
+                return true;
+            }
+            if orphan.probes_left == 0 {
+                stats.orphans_lost += 1;
+                return false;
+            }
+            orphan.probes_left -= 1;
+            orphan.next_at = now + ORPHAN_PROBE_INTERVAL;
+            let probe = TcpRepr {
+                src_port: port,
+                dst_port: remote.port(),
+                seq_number: crate::wire::tcp::TcpSeqNumber(u32::from(local).rotate_left(7)),
+                ack_number: None,
+                control: crate::wire::tcp::TcpControl::SYN,
+                window_len: 0,
+                urgent_pointer: None,
+                options: crate::wire::tcp::TcpOptions::default(),
+                payload: &[],
+            };
+            let _ = emit(
+                remote,
+                Outgoing {
+                    repr: probe,
+                    payload: [&[], &[]],
+                    departure: now,
+                },
+            );
+            true
+        });
         let before = self.connections.len();
         self.connections.retain(|_, c| c.state() != State::Closed);
         self.stats.finished += (before - self.connections.len()) as u64;
@@ -260,7 +346,8 @@ impl TcpHost {
     pub fn poll_at(&self) -> Option<Instant> {
         let listeners = self.listeners.values().filter_map(|b| b.poll_at());
         let connections = self.connections.values().filter_map(|c| c.poll_at());
-        listeners.chain(connections).min()
+        let orphans = self.orphans.values().map(|o| o.next_at);
+        listeners.chain(connections).chain(orphans).min()
     }
 
     fn insert(&mut self, conn: TcpConnection) {
