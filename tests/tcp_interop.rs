@@ -1065,6 +1065,32 @@ while sent < count or time.time() - start < seconds:
 print("sent", sent, flush=True)
 "#;
 
+/// Starts [`SYN_FLOODER`] in N-b against our `port` (2000 spoofed 4-tuples cycled for 3 s) and
+/// waits until it is ready.
+fn start_syn_flood(net: &TestNet, port: &str) -> Proc {
+    let flooder = net.spawn(
+        "syn-flooder",
+        net.command_in(
+            net.ns_b(),
+            &[
+                "python3",
+                "-c",
+                SYN_FLOODER,
+                &MSOCK_ADDR.to_string(),
+                port,
+                "2000",
+                "3",
+            ],
+        ),
+    );
+    assert!(
+        wait_until(READY_TIMEOUT, || flooder.log().contains("ready")),
+        "{}",
+        flooder.log()
+    );
+    flooder
+}
+
 /// A SYN flood from spoofed sources at a msock listener (over the wire, through the
 /// netserver's channel): the half-open queue stays bounded and the overflow is answered with
 /// SYN cookies (counted), a real kernel client connecting in the middle of the flood is
@@ -1098,26 +1124,7 @@ fn syn_flood_does_not_lock_out_a_real_client() {
         "{}",
         receiver.log()
     );
-    let mut flooder = net.spawn(
-        "syn-flooder",
-        net.command_in(
-            net.ns_b(),
-            &[
-                "python3",
-                "-c",
-                SYN_FLOODER,
-                &MSOCK_ADDR.to_string(),
-                port,
-                "2000",
-                "3",
-            ],
-        ),
-    );
-    assert!(
-        wait_until(READY_TIMEOUT, || flooder.log().contains("ready")),
-        "{}",
-        flooder.log()
-    );
+    let mut flooder = start_syn_flood(&net, port);
     // The real client arrives while the flood is on.
     std::thread::sleep(Duration::from_millis(700));
     let mut source = net.spawn(
@@ -1380,26 +1387,7 @@ fn syn_flood_at_a_netserver_listener_is_answered_with_cookies() {
         "{}",
         receiver.log()
     );
-    let mut flooder = net.spawn(
-        "syn-flooder",
-        net.command_in(
-            net.ns_b(),
-            &[
-                "python3",
-                "-c",
-                SYN_FLOODER,
-                &MSOCK_ADDR.to_string(),
-                port,
-                "2000",
-                "3",
-            ],
-        ),
-    );
-    assert!(
-        wait_until(READY_TIMEOUT, || flooder.log().contains("ready")),
-        "{}",
-        flooder.log()
-    );
+    let mut flooder = start_syn_flood(&net, port);
     let line = format!("tcp-listener {port}:");
     let counter = |text: &str, name: &str| -> u64 {
         text.lines()
