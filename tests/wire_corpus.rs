@@ -785,6 +785,42 @@ fn control_seeds() -> Seeds {
             },
         ),
         ("req-accept", Request::Accept { id: 7 }),
+        (
+            "req-route-add",
+            Request::RouteAdd {
+                dest: Ipv4Addr::new(198, 18, 0, 128),
+                prefix_len: 25,
+                gateway: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            },
+        ),
+        (
+            "req-route-add-onlink",
+            Request::RouteAdd {
+                dest: Ipv4Addr::new(198, 18, 0, 0),
+                prefix_len: 24,
+                gateway: None,
+            },
+        ),
+        (
+            "req-route-del",
+            Request::RouteDel {
+                dest: Ipv4Addr::new(198, 18, 0, 200),
+                prefix_len: 32,
+            },
+        ),
+        (
+            "req-neigh-add",
+            Request::NeighAdd {
+                ip: Ipv4Addr::new(198, 18, 0, 1),
+                mac: EthernetAddress([2, 0, 0, 0, 0, 0x77]),
+            },
+        ),
+        (
+            "req-neigh-del",
+            Request::NeighDel {
+                ip: Ipv4Addr::new(198, 18, 0, 1),
+            },
+        ),
     ];
     let ring = RingSpec {
         version: 2,
@@ -893,5 +929,9 @@ fn control_seeds() -> Seeds {
     );
     let datagram = s["up-datagram"].clone();
     add(&mut s, "up-datagram", datagram, &[20, 30]);
+    // Malformed route requests: a bad gateway tag, cut inside the gateway.
+    let route = s["req-route-add"].clone();
+    add(&mut s, "req-route-add", route.clone(), &[14, 17]);
+    s.insert("req-route-add-bad-tag".into(), with(&route, |b| b[15] = 7));
     s
 }

@@ -42,6 +42,8 @@ usage: msock <command> [args]
   run [--lib PATH] -- PROG [ARGS...]                    run PROG with libmsock.so preloaded
   stat [--json]                                         endpoints and counters (netstat for msock)
   route [--json]                                        the shared routing region
+  route add DEST/N|default [via GW] | route del DEST/N  change routes (root)
+  route neigh add IP MAC | route neigh del IP           permanent neighbour entries (root)
   tcp connect ADDR:PORT | tcp listen PORT [options]       netcat over the msock TCP engine (stdin/stdout)
   testnet up|down|stats --name N [--impair SPEC] [--nft-drop P%]
                                                         test namespaces N-a / N-b joined by veth,

@@ -45,6 +45,10 @@ mod kind {
     pub const REQ_HAND_OVER: u16 = 0x0108;
     pub const REQ_LISTEN: u16 = 0x0109;
     pub const REQ_ACCEPT: u16 = 0x010a;
+    pub const REQ_ROUTE_ADD: u16 = 0x010b;
+    pub const REQ_ROUTE_DEL: u16 = 0x010c;
+    pub const REQ_NEIGH_ADD: u16 = 0x010d;
+    pub const REQ_NEIGH_DEL: u16 = 0x010e;
 
     pub const REP_HELLO: u16 = 0x0201;
     pub const REP_SOCKET: u16 = 0x0202;
@@ -222,6 +226,24 @@ pub fn encode_request(msg: &Request, out: &mut Vec<u8>) {
             w.u32(backlog);
         }),
         Request::Accept { id } => frame(out, kind::REQ_ACCEPT, |w| w.u64(id)),
+        Request::RouteAdd {
+            dest,
+            prefix_len,
+            gateway,
+        } => frame(out, kind::REQ_ROUTE_ADD, |w| {
+            w.ip(dest);
+            w.u8(prefix_len);
+            w.option(gateway, Writer::ip);
+        }),
+        Request::RouteDel { dest, prefix_len } => frame(out, kind::REQ_ROUTE_DEL, |w| {
+            w.ip(dest);
+            w.u8(prefix_len);
+        }),
+        Request::NeighAdd { ip, mac } => frame(out, kind::REQ_NEIGH_ADD, |w| {
+            w.ip(ip);
+            w.mac(mac);
+        }),
+        Request::NeighDel { ip } => frame(out, kind::REQ_NEIGH_DEL, |w| w.ip(ip)),
     }
 }
 
@@ -484,6 +506,20 @@ pub fn decode_request(data: &[u8]) -> Result<Request> {
             backlog: r.u32()?,
         }),
         kind::REQ_ACCEPT => Ok(Request::Accept { id: r.u64()? }),
+        kind::REQ_ROUTE_ADD => Ok(Request::RouteAdd {
+            dest: r.ip()?,
+            prefix_len: r.u8()?,
+            gateway: r.option(Reader::ip)?,
+        }),
+        kind::REQ_ROUTE_DEL => Ok(Request::RouteDel {
+            dest: r.ip()?,
+            prefix_len: r.u8()?,
+        }),
+        kind::REQ_NEIGH_ADD => Ok(Request::NeighAdd {
+            ip: r.ip()?,
+            mac: r.mac()?,
+        }),
+        kind::REQ_NEIGH_DEL => Ok(Request::NeighDel { ip: r.ip()? }),
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -643,6 +679,28 @@ mod tests {
                 backlog: 128,
             },
             Request::Accept { id: 9 },
+            Request::RouteAdd {
+                dest: Ipv4Addr::new(198, 18, 0, 128),
+                prefix_len: 25,
+                gateway: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            },
+            Request::RouteAdd {
+                dest: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: None,
+            },
+            // Out-of-range prefixes decode (the netserver answers EINVAL, not EPROTO).
+            Request::RouteDel {
+                dest: Ipv4Addr::new(198, 18, 0, 200),
+                prefix_len: 33,
+            },
+            Request::NeighAdd {
+                ip: Ipv4Addr::new(198, 18, 0, 1),
+                mac: EthernetAddress([2, 0, 0, 0, 0, 0x77]),
+            },
+            Request::NeighDel {
+                ip: Ipv4Addr::new(198, 18, 0, 1),
+            },
         ]
     }
 
@@ -788,14 +846,29 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 0x03, 0x00, 0x03, 0x01, 16, 0, 0, 0,
+            0x53, 0x4d, 0x04, 0x00, 0x03, 0x01, 16, 0, 0, 0,
             0x02, 0x01, 0, 0, 0, 0, 0, 0,
             198, 18, 0, 2, 53, 0,
             1, 0,
         ];
         assert_eq!(b, expected);
         encode_reply(&Reply::Resolve { mac: None }, &mut b);
-        assert_eq!(b, [0x53, 0x4d, 3, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
+        assert_eq!(b, [0x53, 0x4d, 4, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
+        encode_request(
+            &Request::RouteAdd {
+                dest: Ipv4Addr::new(198, 18, 0, 128),
+                prefix_len: 25,
+                gateway: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            },
+            &mut b,
+        );
+        #[rustfmt::skip]
+        let expected = [
+            0x53, 0x4d, 4, 0, 0x0b, 0x01, 10, 0, 0, 0,
+            198, 18, 0, 128, 25,
+            1, 198, 18, 0, 1,
+        ];
+        assert_eq!(b, expected);
     }
 
     #[test]
@@ -858,7 +931,7 @@ mod tests {
             Err(DecodeError::BadValue(_))
         ));
         // A field running past the declared body: header length exact, body short.
-        let short = [0x53, 0x4d, 3, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
+        let short = [0x53, 0x4d, 4, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
         assert_eq!(decode_reply(&short), Err(DecodeError::Truncated));
 
         // Bad tags.
@@ -881,6 +954,19 @@ mod tests {
         encode_request(&Request::Stat { json: true }, &mut s);
         s[10] = 2;
         assert_eq!(decode_request(&s), Err(DecodeError::BadValue("bool tag")));
+        // A route request with a bad gateway tag, or cut inside the gateway.
+        encode_request(
+            &Request::RouteAdd {
+                dest: Ipv4Addr::new(198, 18, 0, 0),
+                prefix_len: 24,
+                gateway: None,
+            },
+            &mut s,
+        );
+        s[15] = 2;
+        assert_eq!(decode_request(&s), Err(DecodeError::BadValue("option tag")));
+        s[15] = 1;
+        assert_eq!(decode_request(&s), Err(DecodeError::Truncated));
         encode_upcall(
             &Upcall::Resolved {
                 addr: Ipv4Addr::LOCALHOST,

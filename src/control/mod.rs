@@ -26,7 +26,9 @@ use crate::wire::EthernetAddress;
 /// 3: [`Request::HandOver`] (a TCP connection given to the netserver to finish),
 ///    [`Request::Listen`] / [`Request::Accept`] / [`Upcall::Acceptable`] (listeners held by
 ///    the netserver).
-pub const VERSION: u16 = 3;
+/// 4: [`Request::RouteAdd`] / [`Request::RouteDel`] / [`Request::NeighAdd`] /
+///    [`Request::NeighDel`] (`msock route add|del`, `msock route neigh add|del`).
+pub const VERSION: u16 = 4;
 
 /// Largest TCP connection image the netserver takes in a [`Request::HandOver`] (buffers up to
 /// a few MiB each way, plus state).
@@ -112,6 +114,25 @@ pub enum Request {
     Resolve { addr: Ipv4Addr },
     /// Statistics for `msock stat`. Reply: [`Reply::Stat`].
     Stat { json: bool },
+    /// Adds the route `dest/prefix_len` (on-link when `gateway` is `None`), or replaces the
+    /// gateway of the route with that prefix. Only root or the netserver's own uid (peer
+    /// credentials of the control connection) may change routes: `EPERM` otherwise; `EINVAL`
+    /// for a prefix above 32, host bits set or a non-unicast gateway, `ENETUNREACH` for a
+    /// gateway that is not on-link, `ENOSPC` when the region is full. Reply: [`Reply::Ok`].
+    RouteAdd {
+        dest: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv4Addr>,
+    },
+    /// Removes the route `dest/prefix_len` (`ESRCH` if there is none). Reply: [`Reply::Ok`].
+    RouteDel { dest: Ipv4Addr, prefix_len: u8 },
+    /// Sets a permanent neighbour entry (ARP learning no longer changes or expires it):
+    /// `ENETUNREACH` if `ip` is not on-link, `EINVAL` for a non-unicast address or MAC,
+    /// `ENOSPC` when full. Reply: [`Reply::Ok`].
+    NeighAdd { ip: Ipv4Addr, mac: EthernetAddress },
+    /// Removes the neighbour entry of `ip` (`ESRCH` if there is none); ARP resolves it again
+    /// on next use. Reply: [`Reply::Ok`].
+    NeighDel { ip: Ipv4Addr },
 }
 
 /// Netserver → client, one per request.

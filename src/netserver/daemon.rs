@@ -23,7 +23,7 @@ use crate::control::codec;
 use crate::control::transport::{Connection, ControlAddress, ControlListener, PeerCred};
 use crate::control::{EndpointId, Family, Reply, Request, SockKind, Upcall, VERSION};
 use crate::routing::region::RegionWriter;
-use crate::routing::table::{InterfaceConfig, Route};
+use crate::routing::table::{InterfaceConfig, Route, TableError};
 use crate::stack::ports::{BindError, BindRequest, PortTable};
 use crate::stack::reassembly::ReassemblyLimits;
 use crate::stack::stats::DropReason;
@@ -77,6 +77,8 @@ pub(crate) struct Client {
     pub registered: bool,
     pub stats: Option<StatsView>,
     pub upcalls_dropped: u64,
+    /// Control requests this client made (the proof that cached sockets make none).
+    pub requests: u64,
 }
 
 /// Control-plane counters for `msock stat`.
@@ -89,6 +91,12 @@ pub(crate) struct ControlCounters {
     pub upcalls_sent: u64,
     pub upcalls_dropped: u64,
     pub filter_updates: u64,
+    /// Route and neighbour changes made with `msock route` (accepted), and refused for want
+    /// of privilege.
+    pub route_changes: u64,
+    pub route_denied: u64,
+    /// Host routes from redirects the region could not take (full).
+    pub redirects_unstored: u64,
 }
 
 struct Ports<'a> {
@@ -96,6 +104,7 @@ struct Ports<'a> {
     tcp: &'a PortTable,
     endpoints: &'a EndpointTable,
     tcp_connections: &'a HashMap<(u16, SocketAddrV4), EndpointId>,
+    region: &'a RegionWriter,
     addr: Ipv4Addr,
 }
 
@@ -119,6 +128,13 @@ impl PortLookup for Ports<'_> {
 
     fn tcp_connection_owner(&self, local_port: u16, remote: SocketAddrV4) -> Option<EndpointId> {
         self.tcp_connections.get(&(local_port, remote)).copied()
+    }
+
+    fn first_hop_gateway(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.region
+            .lookup(dst)
+            .map(|hop| hop.ip)
+            .filter(|&hop| hop != dst)
     }
 }
 
@@ -157,6 +173,9 @@ pub(crate) struct Server {
     next_held: EndpointId,
     endpoint_ring: RingConfig,
     pub control: ControlCounters,
+    /// Neighbours set with `msock route neigh add`: permanent, ARP learning and expiry leave
+    /// their region entries alone.
+    static_neighbors: HashMap<Ipv4Addr, EthernetAddress>,
 }
 
 /// Runs the netserver until SIGINT or SIGTERM.
@@ -305,6 +324,7 @@ impl Server {
             next_held: NETSERVER_HELD_BASE,
             endpoint_ring: endpoint_ring_from_env(),
             control: ControlCounters::default(),
+            static_neighbors: HashMap::new(),
         })
     }
 
@@ -347,7 +367,7 @@ impl Server {
             let region = &self.region;
             self.host.poll_tcp(
                 now,
-                &|dst| region.lookup(dst).map(|hop| hop.ip),
+                &|dst| region.lookup(dst).map(|hop| (hop.ip, hop.dst_mac)),
                 &mut events,
             );
             self.release_finished_tcp();
@@ -371,6 +391,7 @@ impl Server {
                 tcp: &self.tcp_ports,
                 endpoints: &self.endpoints,
                 tcp_connections: &self.tcp_connections,
+                region: &self.region,
                 addr: self.config.addr,
             };
             let n = self.channel.recv_batch(64, &mut |frame| {
@@ -395,12 +416,25 @@ impl Server {
                         eprintln!("msock netserver: send: {e}");
                     }
                 }
+                // A permanent entry (`msock route neigh add`) is not ARP's to change.
+                Event::Neighbor { ip, .. } if self.static_neighbors.contains_key(&ip) => {}
                 Event::Neighbor { ip, mac: Some(mac) } => {
                     if let Err(e) = self.region.set_neighbor(ip, mac) {
                         eprintln!("msock netserver: routing region: {e}");
                     }
                 }
                 Event::Neighbor { ip, mac: None } => self.region.remove_neighbor(ip),
+                Event::Redirect { dst, gateway } => {
+                    let route = Route {
+                        dest: dst,
+                        prefix_len: 32,
+                        gateway: Some(gateway),
+                    };
+                    if let Err(e) = self.region.add_route(&route) {
+                        self.control.redirects_unstored += 1;
+                        eprintln!("msock netserver: redirect for {dst} via {gateway}: {e}");
+                    }
+                }
                 Event::Resolved { ip, mac } => {
                     for client in self.resolve_waiters.remove(&ip).unwrap_or_default() {
                         self.upcall(client, &Upcall::Resolved { addr: ip, mac });
@@ -524,6 +558,7 @@ impl Server {
                             registered: false,
                             stats: None,
                             upcalls_dropped: 0,
+                            requests: 0,
                         },
                     );
                 }
@@ -563,6 +598,9 @@ impl Server {
                 }
             };
             self.control.requests += 1;
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.requests += 1;
+            }
             let (reply, out_fds) = match codec::decode_request(&buf[..n]) {
                 Ok(request) => self.handle_request(id, request, fds),
                 Err(e) => {
@@ -636,6 +674,23 @@ impl Server {
                 },
                 Vec::new(),
             ),
+            Request::RouteAdd { .. }
+            | Request::RouteDel { .. }
+            | Request::NeighAdd { .. }
+            | Request::NeighDel { .. } => {
+                let uid = self.clients.get(&client).map(|c| c.cred.uid);
+                if !may_change_routes(uid) {
+                    self.control.route_denied += 1;
+                    return err(libc::EPERM);
+                }
+                match self.change_routes(&request) {
+                    Ok(()) => {
+                        self.control.route_changes += 1;
+                        (Reply::Ok, Vec::new())
+                    }
+                    Err(errno) => err(errno),
+                }
+            }
             _ if !registered => err(libc::EPROTO),
             Request::Socket { family, kind } => {
                 if kind == SockKind::Stream && family != Family::Inet {
@@ -1053,9 +1108,20 @@ impl Server {
                 Vec::new(),
             );
         }
+        if let Some(&mac) = self.static_neighbors.get(&addr) {
+            return (Reply::Resolve { mac: Some(mac) }, Vec::new());
+        }
         let now = self.now();
         let mut events = std::mem::take(&mut self.events);
         let known = self.host.resolve(now, addr, &mut events);
+        // Known here but withdrawn from the region (`msock route neigh del`): publish it
+        // again, so the caller's next sends find it without asking.
+        if let Some(mac) = known
+            && self.region.neighbor(addr) != Some(mac)
+            && let Err(e) = self.region.set_neighbor(addr, mac)
+        {
+            eprintln!("msock netserver: routing region: {e}");
+        }
         let failed_now = events
             .iter()
             .any(|e| matches!(e, Event::Resolved { ip, mac: None } if *ip == addr));
@@ -1078,6 +1144,88 @@ impl Server {
         (Reply::Resolve { mac: known }, Vec::new())
     }
 
+    /// Applies a route or neighbour request (the caller checked the privilege); an errno as
+    /// `ip route` / `ip neigh` would get for bad input.
+    fn change_routes(&mut self, request: &Request) -> Result<(), i32> {
+        let host = *self.host.config();
+        match *request {
+            Request::RouteAdd {
+                dest,
+                prefix_len,
+                gateway,
+            } => {
+                let route = Route {
+                    dest,
+                    prefix_len,
+                    gateway,
+                };
+                if prefix_len > 32 || route.normalized() != route {
+                    return Err(libc::EINVAL);
+                }
+                if let Some(gw) = gateway {
+                    if gw == host.addr
+                        || gw.is_unspecified()
+                        || gw.is_broadcast()
+                        || gw.is_multicast()
+                    {
+                        return Err(libc::EINVAL);
+                    }
+                    if !host.is_on_link_neighbor(gw) {
+                        return Err(libc::ENETUNREACH);
+                    }
+                }
+                self.region.add_route(&route).map_err(|e| match e {
+                    TableError::Full => libc::ENOSPC,
+                    TableError::BadPrefix | TableError::BadGateway => libc::EINVAL,
+                })
+            }
+            Request::RouteDel { dest, prefix_len } => {
+                if prefix_len > 32 {
+                    return Err(libc::EINVAL);
+                }
+                if self.region.del_route(dest, prefix_len) {
+                    Ok(())
+                } else {
+                    Err(libc::ESRCH)
+                }
+            }
+            Request::NeighAdd { ip, mac } => {
+                if ip == host.addr || ip.is_unspecified() || ip.is_multicast() || !mac.is_unicast()
+                {
+                    return Err(libc::EINVAL);
+                }
+                if !host.is_on_link_neighbor(ip) {
+                    return Err(libc::ENETUNREACH);
+                }
+                self.region
+                    .set_neighbor(ip, mac)
+                    .map_err(|_| libc::ENOSPC)?;
+                self.static_neighbors.insert(ip, mac);
+                // Clients waiting for this neighbour have their answer.
+                for client in self.resolve_waiters.remove(&ip).unwrap_or_default() {
+                    self.upcall(
+                        client,
+                        &Upcall::Resolved {
+                            addr: ip,
+                            mac: Some(mac),
+                        },
+                    );
+                }
+                Ok(())
+            }
+            Request::NeighDel { ip } => {
+                let was_static = self.static_neighbors.remove(&ip).is_some();
+                let published = self.region.neighbor(ip).is_some();
+                if !was_static && !published {
+                    return Err(libc::ESRCH);
+                }
+                self.region.remove_neighbor(ip);
+                Ok(())
+            }
+            _ => Err(libc::EOPNOTSUPP),
+        }
+    }
+
     pub(crate) fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
     }
@@ -1096,6 +1244,12 @@ const STAT_TEXT_LIMIT: usize = crate::control::MAX_MESSAGE - 1024;
 
 /// A stat text that fits one control message: a text report is cut at a line boundary with a
 /// note; a JSON report that does not fit is replaced by an error object (cut JSON is useless).
+/// Who may change routes and neighbours: root, or the uid the netserver runs as (peer
+/// credentials of the control connection, taken by the kernel at connect time).
+fn may_change_routes(peer_uid: Option<u32>) -> bool {
+    peer_uid.is_some_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
+}
+
 fn stat_text(text: String, json: bool) -> String {
     if text.len() <= STAT_TEXT_LIMIT {
         return text;
@@ -1202,6 +1356,20 @@ mod tests {
         let mut file = std::fs::File::from(fd);
         file.write_all(bytes).expect("write");
         file.into()
+    }
+
+    #[test]
+    fn only_root_or_our_own_uid_may_change_routes() {
+        use super::may_change_routes;
+        assert!(may_change_routes(Some(0)));
+        assert!(may_change_routes(Some(nix::unistd::geteuid().as_raw())));
+        let other = if nix::unistd::geteuid().is_root() {
+            65534
+        } else {
+            nix::unistd::geteuid().as_raw() + 1
+        };
+        assert!(!may_change_routes(Some(other)));
+        assert!(!may_change_routes(None), "unknown peer");
     }
 
     #[test]

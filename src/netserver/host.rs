@@ -3,8 +3,14 @@
 //!
 //! Input: frames and the current time. Output: [`Event`]s — frames to transmit, datagrams to hand
 //! to the client that caches their endpoint, neighbour changes to publish in the routing region,
-//! resolutions to report, ICMP errors to forward. Every frame that is not used is counted under
-//! a [`DropReason`]; nothing here panics on input.
+//! resolutions to report, ICMP errors to forward, host routes learned from ICMP redirects. Every
+//! frame that is not used is counted under a [`DropReason`]; nothing here panics on input.
+//!
+//! ICMP redirects (RFC 1122 §3.2.2.2): a redirect is believed only when it comes from the
+//! gateway the current route to the quoted destination goes through, quotes a packet we sent,
+//! and names a new gateway on our link (not us, not the old gateway). Network redirects are
+//! treated as host redirects, as RFC 1122 recommends: the result is always a /32 route. Others
+//! are counted ([`HostCounters::redirects_ignored`]) and ignored.
 #![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -35,6 +41,11 @@ pub trait PortLookup {
     /// The endpoint of a connection cached in a process on its own 4-tuple channel (accepted
     /// from a listener held here: the port is shared, the connection is not).
     fn tcp_connection_owner(&self, _local_port: u16, _remote: SocketAddrV4) -> Option<EndpointId> {
+        None
+    }
+    /// The gateway the current route to `dst` goes through (`None`: on-link or no route): the
+    /// only router whose redirects about `dst` are believed (RFC 1122 §3.2.2.2).
+    fn first_hop_gateway(&self, _dst: Ipv4Addr) -> Option<Ipv4Addr> {
         None
     }
 }
@@ -75,6 +86,25 @@ pub enum Event {
         next_hop_mtu: u16,
         quoted_seq: u32,
     },
+    /// A validated ICMP redirect: install the host route `dst/32 via gateway`.
+    Redirect {
+        dst: Ipv4Addr,
+        gateway: Ipv4Addr,
+    },
+}
+
+/// Why an ICMP redirect was ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectRejected {
+    /// The quoted packet's source is not our address: we did not send it.
+    NotOurPacket,
+    /// The redirect does not come from the gateway our route to the destination goes through
+    /// (or that route is on-link, or there is none).
+    NotFromFirstHop,
+    /// The new gateway is not a unicast address of our link other than ours.
+    GatewayNotOnLink,
+    /// The new gateway is the current one.
+    SameGateway,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +119,19 @@ impl HostConfig {
     fn broadcast(&self) -> Ipv4Addr {
         let mask = prefix_mask(self.prefix_len);
         Ipv4Addr::from(u32::from(self.addr) | !mask)
+    }
+
+    /// Whether `ip` is a unicast address of our link other than our own: inside our prefix,
+    /// neither the network nor the broadcast address (for prefixes up to /30), not multicast.
+    pub fn is_on_link_neighbor(&self, ip: Ipv4Addr) -> bool {
+        let mask = prefix_mask(self.prefix_len);
+        let host = u32::from(ip) & !mask;
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+            && ip != self.addr
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && !ip.is_broadcast()
+            && (self.prefix_len > 30 || (host != 0 && host != !mask))
     }
 }
 
@@ -112,6 +155,9 @@ pub struct HostCounters {
     pub reassembled: u64,
     pub delivered: u64,
     pub icmp_errors_forwarded: u64,
+    /// ICMP redirects believed (a host route installed) and ignored (RFC 1122 §3.2.2.2).
+    pub redirects_accepted: u64,
+    pub redirects_ignored: u64,
     pub tcp_resets: u64,
     /// Segments sent by the TCP endpoints held here.
     pub tcp_segments_out: u64,
@@ -264,12 +310,13 @@ impl Host {
     }
 
     /// Runs the output of the TCP endpoints held here. `next_hop` routes a destination (the
-    /// routing region's answer); a next hop without a known MAC gets an ARP request and its
-    /// segments are dropped (counted), to be retransmitted by the engine.
+    /// routing region's answer: the neighbour and its published MAC, a permanent entry
+    /// included); a next hop without a MAC known here gets an ARP request and its segments are
+    /// dropped (counted), to be retransmitted by the engine.
     pub fn poll_tcp(
         &mut self,
         now: Instant,
-        next_hop: &dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,
+        next_hop: &dyn Fn(Ipv4Addr) -> Option<(Ipv4Addr, Option<EthernetAddress>)>,
         out: &mut Vec<Event>,
     ) {
         if self.tcp.poll_at().is_none_or(|at| at > now) {
@@ -289,11 +336,11 @@ impl Host {
             Ok(())
         });
         for (remote, repr, payload) in segments {
-            let Some(hop) = next_hop(*remote.ip()) else {
+            let Some((hop, published)) = next_hop(*remote.ip()) else {
                 self.drops.count(DropReason::NeighbourUnreachable);
                 continue;
             };
-            let Some(mac) = self.resolve(now, hop, out) else {
+            let Some(mac) = published.or_else(|| self.resolve(now, hop, out)) else {
                 self.drops.count(DropReason::NeighbourUnreachable);
                 continue;
             };
@@ -746,8 +793,45 @@ impl Host {
                     None => self.drops.count(DropReason::NoSocket),
                 }
             }
+            Icmpv4Repr::Redirect {
+                gateway, header, ..
+            } => match self.check_redirect(ip.src_addr, gateway, &header, ports) {
+                Ok(()) => {
+                    self.counters.redirects_accepted += 1;
+                    out.push(Event::Redirect {
+                        dst: header.dst_addr,
+                        gateway,
+                    });
+                }
+                Err(_) => self.counters.redirects_ignored += 1,
+            },
             _ => self.drops.count(DropReason::UnknownProtocol),
         }
+    }
+
+    /// Validates an ICMP redirect from `from` about the packet whose header is `quoted`, naming
+    /// `gateway` as the better first hop (RFC 1122 §3.2.2.2; every code is taken as a host
+    /// redirect).
+    pub fn check_redirect(
+        &self,
+        from: Ipv4Addr,
+        gateway: Ipv4Addr,
+        quoted: &Ipv4Repr,
+        ports: &dyn PortLookup,
+    ) -> Result<(), RedirectRejected> {
+        if quoted.src_addr != self.config.addr {
+            return Err(RedirectRejected::NotOurPacket);
+        }
+        if ports.first_hop_gateway(quoted.dst_addr) != Some(from) {
+            return Err(RedirectRejected::NotFromFirstHop);
+        }
+        if !self.config.is_on_link_neighbor(gateway) {
+            return Err(RedirectRejected::GatewayNotOnLink);
+        }
+        if gateway == from {
+            return Err(RedirectRejected::SameGateway);
+        }
+        Ok(())
     }
 
     /// Builds Ethernet + IPv4 around a payload written by `fill` (netserver-originated
@@ -1391,5 +1475,231 @@ mod tests {
             "{events:?}"
         );
         assert_eq!(transmitted(&events).len(), 3, "three requests, 1 s apart");
+    }
+
+    /// Routes as a /25 with a default gateway: what the redirect checks need from the daemon.
+    struct Routed;
+
+    const GW: Ipv4Addr = PEER;
+    const BETTER_GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+    const FAR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+
+    impl PortLookup for Routed {
+        fn udp_owner(&self, _local: SocketAddrV4) -> Option<EndpointId> {
+            None
+        }
+        fn first_hop_gateway(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+            // 198.18.0.0/25 on-link, everything else via GW.
+            (u32::from(dst) & prefix_mask(25) != u32::from(ADDR) & prefix_mask(25)).then_some(GW)
+        }
+    }
+
+    fn routed_host() -> Host {
+        Host::new(HostConfig {
+            prefix_len: 25,
+            ..config()
+        })
+    }
+
+    /// An ICMP redirect sent by `from` about a UDP datagram `quoted_src` → `quoted_dst`.
+    fn redirect(
+        from: Ipv4Addr,
+        code: crate::wire::Redirect,
+        gateway: Ipv4Addr,
+        quoted_src: Ipv4Addr,
+        quoted_dst: Ipv4Addr,
+    ) -> Vec<u8> {
+        let header = Ipv4Repr {
+            src_addr: quoted_src,
+            dst_addr: quoted_dst,
+            protocol: IpProtocol::Udp,
+            payload_len: 8,
+            ttl: 64,
+            ..Ipv4Repr::default()
+        };
+        let data = [0x9c, 0x40, 0x1b, 0x58, 0, 8, 0, 0];
+        let icmp = Icmpv4Repr::Redirect {
+            code,
+            gateway,
+            header,
+            data: &data,
+        };
+        let mut body = vec![0u8; icmp.buffer_len()];
+        icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut body[..]));
+        ipv4(from, 9, false, 0, IpProtocol::Icmp, &body)
+    }
+
+    fn redirects_in(events: &[Event]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Redirect { dst, gateway } => Some((*dst, *gateway)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn redirect_from_the_first_hop_installs_a_host_route() {
+        use crate::wire::Redirect;
+        let mut host = routed_host();
+        // A network redirect is taken as a host redirect (RFC 1122 §3.2.2.2).
+        let frames = [
+            redirect(GW, Redirect::Host, BETTER_GW, ADDR, FAR),
+            redirect(GW, Redirect::Net, BETTER_GW, ADDR, FAR),
+        ];
+        let events = through_channel(&mut host, Instant::ZERO, &frames, &Routed, &[]);
+        assert_eq!(
+            redirects_in(&events),
+            vec![(FAR, BETTER_GW), (FAR, BETTER_GW)]
+        );
+        assert_eq!(host.counters.redirects_accepted, 2);
+        assert_eq!(host.counters.redirects_ignored, 0);
+        assert!(
+            transmitted(&events).is_empty(),
+            "a redirect is not answered"
+        );
+    }
+
+    #[test]
+    fn bad_redirects_are_counted_and_ignored() {
+        use crate::wire::Redirect;
+        let stranger = Ipv4Addr::new(198, 18, 0, 9);
+        let cases = [
+            // Not from the gateway our route uses.
+            (
+                redirect(stranger, Redirect::Host, BETTER_GW, ADDR, FAR),
+                RedirectRejected::NotFromFirstHop,
+            ),
+            // About an on-link destination (no gateway to be redirected from).
+            (
+                redirect(
+                    GW,
+                    Redirect::Host,
+                    BETTER_GW,
+                    ADDR,
+                    Ipv4Addr::new(198, 18, 0, 5),
+                ),
+                RedirectRejected::NotFromFirstHop,
+            ),
+            // The quoted packet is not one we sent.
+            (
+                redirect(GW, Redirect::Host, BETTER_GW, stranger, FAR),
+                RedirectRejected::NotOurPacket,
+            ),
+            // New gateways off our link, ourselves, the subnet broadcast, the network.
+            (
+                redirect(
+                    GW,
+                    Redirect::Host,
+                    Ipv4Addr::new(198, 18, 0, 130),
+                    ADDR,
+                    FAR,
+                ),
+                RedirectRejected::GatewayNotOnLink,
+            ),
+            (
+                redirect(GW, Redirect::Host, ADDR, ADDR, FAR),
+                RedirectRejected::GatewayNotOnLink,
+            ),
+            (
+                redirect(
+                    GW,
+                    Redirect::Host,
+                    Ipv4Addr::new(198, 18, 0, 127),
+                    ADDR,
+                    FAR,
+                ),
+                RedirectRejected::GatewayNotOnLink,
+            ),
+            (
+                redirect(
+                    GW,
+                    Redirect::HostToS,
+                    Ipv4Addr::new(198, 18, 0, 0),
+                    ADDR,
+                    FAR,
+                ),
+                RedirectRejected::GatewayNotOnLink,
+            ),
+            (
+                redirect(GW, Redirect::Host, Ipv4Addr::new(224, 0, 0, 1), ADDR, FAR),
+                RedirectRejected::GatewayNotOnLink,
+            ),
+            // To the gateway it comes from.
+            (
+                redirect(GW, Redirect::Host, GW, ADDR, FAR),
+                RedirectRejected::SameGateway,
+            ),
+        ];
+        let mut host = routed_host();
+        for (i, (frame, why)) in cases.iter().enumerate() {
+            // The same verdict through the checker and through the receive path.
+            let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+            let ip_repr = Ipv4Repr::parse(&ip).unwrap();
+            let Icmpv4Repr::Redirect {
+                gateway, header, ..
+            } = Icmpv4Repr::parse(&Icmpv4Packet::new_checked(ip.payload()).unwrap()).unwrap()
+            else {
+                panic!("case {i}: not a redirect");
+            };
+            assert_eq!(
+                host.check_redirect(ip_repr.src_addr, gateway, &header, &Routed),
+                Err(*why),
+                "case {i}"
+            );
+            let events = through_channel(
+                &mut host,
+                Instant::ZERO,
+                std::slice::from_ref(frame),
+                &Routed,
+                &[],
+            );
+            assert!(redirects_in(&events).is_empty(), "case {i}: {events:?}");
+            assert_eq!(host.counters.redirects_ignored, i as u64 + 1, "case {i}");
+        }
+        assert_eq!(host.counters.redirects_accepted, 0);
+        // Without routes (a driver that has none), every redirect is ignored.
+        let mut plain = routed_host();
+        let events = through_channel(
+            &mut plain,
+            Instant::ZERO,
+            &[redirect(GW, Redirect::Host, BETTER_GW, ADDR, FAR)],
+            &no_owners(),
+            &[],
+        );
+        assert!(redirects_in(&events).is_empty());
+        assert_eq!(plain.counters.redirects_ignored, 1);
+        // A truncated redirect is a bad ICMP message, not a crash.
+        let full = redirect(GW, Redirect::Host, BETTER_GW, ADDR, FAR);
+        let cut = ipv4(
+            GW,
+            10,
+            false,
+            0,
+            IpProtocol::Icmp,
+            &full[14 + 20..14 + 20 + 12],
+        );
+        through_channel(&mut plain, Instant::ZERO, &[cut], &Routed, &[]);
+        assert_eq!(plain.all_drops().get(DropReason::BadIcmp), 1);
+    }
+
+    #[test]
+    fn on_link_neighbors() {
+        let c = HostConfig {
+            prefix_len: 25,
+            ..config()
+        };
+        assert!(c.is_on_link_neighbor(Ipv4Addr::new(198, 18, 0, 1)));
+        assert!(c.is_on_link_neighbor(Ipv4Addr::new(198, 18, 0, 126)));
+        for no in [
+            ADDR,
+            Ipv4Addr::new(198, 18, 0, 0),
+            Ipv4Addr::new(198, 18, 0, 127),
+        ] {
+            assert!(!c.is_on_link_neighbor(no), "{no}");
+        }
+        assert!(!c.is_on_link_neighbor(Ipv4Addr::new(198, 18, 0, 128)));
+        assert!(!c.is_on_link_neighbor(Ipv4Addr::BROADCAST));
     }
 }

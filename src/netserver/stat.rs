@@ -189,7 +189,8 @@ fn render_text(server: &Server) -> String {
     let _ = writeln!(
         out,
         "host: frames-in {} arp-requests {} arp-replies {} echo-replies {} port-unreachables {} \
-         icmp-rate-limited {} reassembled {} delivered-upcall {} icmp-errors-forwarded {}",
+         icmp-rate-limited {} reassembled {} delivered-upcall {} icmp-errors-forwarded {} \
+         redirects-accepted {} redirects-ignored {}",
         h.frames_in,
         h.arp_requests,
         h.arp_replies,
@@ -198,7 +199,9 @@ fn render_text(server: &Server) -> String {
         h.icmp_rate_limited,
         h.reassembled,
         h.delivered,
-        h.icmp_errors_forwarded
+        h.icmp_errors_forwarded,
+        h.redirects_accepted,
+        h.redirects_ignored
     );
     let _ = writeln!(
         out,
@@ -207,14 +210,38 @@ fn render_text(server: &Server) -> String {
     );
     let _ = writeln!(
         out,
-        "control: clients {} requests {} bad-messages {} errors {} upcalls {} upcalls-dropped {} filter-updates {}",
+        "control: clients {} requests {} bad-messages {} errors {} upcalls {} upcalls-dropped {} filter-updates {} \
+         route-changes {} route-denied {} redirects-unstored {}",
         c.clients_accepted,
         c.requests,
         c.bad_messages,
         c.errors_returned,
         c.upcalls_sent,
         c.upcalls_dropped,
-        c.filter_updates
+        c.filter_updates,
+        c.route_changes,
+        c.route_denied,
+        c.redirects_unstored
+    );
+    let mut clients: Vec<_> = server.clients.values().collect();
+    clients.sort_by_key(|c| c.cred.pid);
+    let list: Vec<String> = clients
+        .iter()
+        .map(|c| {
+            format!(
+                "pid {} uid {} requests {}",
+                c.cred.pid, c.cred.uid, c.requests
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "clients: {}",
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
     );
     let drops = drops(server);
     if drops.is_empty() {
@@ -297,13 +324,24 @@ fn render_json(server: &Server) -> String {
             )
         })
         .collect();
+    let mut clients: Vec<_> = server.clients.values().collect();
+    clients.sort_by_key(|c| c.cred.pid);
+    let client_requests: Vec<String> = clients
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"pid\":{},\"uid\":{},\"requests\":{}}}",
+                c.cred.pid, c.cred.uid, c.requests
+            )
+        })
+        .collect();
     format!(
-        "{{\"addr\":{},\"prefix_len\":{},\"iface\":{},\"mac\":{},\"uptime_s\":{},\"clients\":{},\
+        "{{\"addr\":{},\"prefix_len\":{},\"iface\":{},\"mac\":{},\"uptime_s\":{},\"clients\":{},\"client_requests\":[{}],\
          \"endpoints\":[{}],\"tcp_held\":[{}],\
          \"tcp_held_counters\":{{\"adopted\":{},\"finished\":{},\"resets\":{},\"dropped\":{},\"segments_out\":{}}},\
-         \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{}}},\
+         \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{},\"redirects_accepted\":{},\"redirects_ignored\":{}}},\
          \"channel\":{{\"frames_in\":{},\"frames_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"kernel_drops\":{}}},\
-         \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{}}},\
+         \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{},\"route_changes\":{},\"route_denied\":{},\"redirects_unstored\":{}}},\
          \"drops\":{{{}}},\"neighbors\":[{}]}}",
         json_str(&server.config.addr.to_string()),
         server.config.prefix_len,
@@ -311,6 +349,7 @@ fn render_json(server: &Server) -> String {
         json_str(&server.iface.mac.to_string()),
         server.uptime().as_secs(),
         server.clients.len(),
+        client_requests.join(","),
         eps.join(","),
         held.join(","),
         t.adopted,
@@ -327,6 +366,8 @@ fn render_json(server: &Server) -> String {
         h.reassembled,
         h.delivered,
         h.icmp_errors_forwarded,
+        h.redirects_accepted,
+        h.redirects_ignored,
         ch.frames_in,
         ch.frames_out,
         ch.bytes_in,
@@ -339,6 +380,9 @@ fn render_json(server: &Server) -> String {
         c.upcalls_sent,
         c.upcalls_dropped,
         c.filter_updates,
+        c.route_changes,
+        c.route_denied,
+        c.redirects_unstored,
         drops.join(","),
         neighbors.join(",")
     )

@@ -510,6 +510,11 @@ impl RegionWriter {
         self.map.layout().header.generation.load(Ordering::Relaxed)
     }
 
+    /// The neighbour entry for `ip` as clients will see it.
+    pub fn neighbor(&self, ip: Ipv4Addr) -> Option<EthernetAddress> {
+        self.map.layout().neighbor(ip)
+    }
+
     /// The next hop for `dst` as clients will see it.
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<NextHop> {
         self.map.layout().lookup(dst)
