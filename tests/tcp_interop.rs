@@ -1406,6 +1406,28 @@ fn syn_flood_at_a_netserver_listener_is_answered_with_cookies() {
         "no cookies under the flood: {stat}"
     );
     assert!(counter(&stat, "half-open") <= 256, "{stat}");
+    // The same counters in `msock stat --json`.
+    let json = net.exec(sh(
+        &net,
+        net.ns_a(),
+        &format!(
+            "{msock} stat --json | python3 -c 'import json,sys; d=json.load(sys.stdin); \
+             l=[x for x in d[\"tcp_listeners\"] if x[\"port\"]=={port}][0]; \
+             print(\"json cookies_sent\", l[\"cookies_sent\"], \"half_open\", l[\"half_open\"])'"
+        ),
+    ));
+    let json_out = stdout_of(&json);
+    let json_cookies: u64 = json_out
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no listener in stat --json: {json_out} {}",
+                stderr_of(&json)
+            )
+        });
+    assert!(json_cookies > 0, "{json_out}");
     // The real client arrives while the flood is on.
     let mut source = net.spawn(
         "kernel-source",

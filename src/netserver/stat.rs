@@ -305,6 +305,27 @@ fn render_json(server: &Server) -> String {
             )
         })
         .collect();
+    let mut listener_ports: Vec<u16> = server.host.tcp.listening_ports().collect();
+    listener_ports.sort_unstable();
+    let listeners: Vec<String> = listener_ports
+        .into_iter()
+        .filter_map(|port| {
+            let b = server.host.tcp.listener_stats(port)?;
+            Some(format!(
+                "{{\"port\":{port},\"syns\":{},\"cookies_sent\":{},\"cookies_accepted\":{},\"cookies_rejected\":{},\"accept_queue_full\":{},\"completions_deferred\":{},\"handshakes_failed\":{},\"completed\":{},\"half_open\":{},\"waiting\":{}}}",
+                b.syns_accepted,
+                b.cookies_sent,
+                b.cookies_accepted,
+                b.cookies_rejected,
+                b.accept_queue_full,
+                b.completions_deferred,
+                b.handshakes_failed,
+                b.completed,
+                server.host.tcp.half_open(port),
+                server.host.tcp.pending(port)
+            ))
+        })
+        .collect();
     let t = server.host.tcp.stats();
     let h = &server.host.counters;
     let c = &server.control;
@@ -337,8 +358,8 @@ fn render_json(server: &Server) -> String {
         .collect();
     format!(
         "{{\"addr\":{},\"prefix_len\":{},\"iface\":{},\"mac\":{},\"uptime_s\":{},\"clients\":{},\"client_requests\":[{}],\
-         \"endpoints\":[{}],\"tcp_held\":[{}],\
-         \"tcp_held_counters\":{{\"adopted\":{},\"finished\":{},\"resets\":{},\"dropped\":{},\"segments_out\":{}}},\
+         \"endpoints\":[{}],\"tcp_held\":[{}],\"tcp_listeners\":[{}],\
+         \"tcp_held_counters\":{{\"adopted\":{},\"finished\":{},\"resets\":{},\"dropped\":{},\"segments_out\":{},\"orphans_reset\":{},\"orphans_lost\":{}}},\
          \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{},\"redirects_accepted\":{},\"redirects_ignored\":{}}},\
          \"channel\":{{\"frames_in\":{},\"frames_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"kernel_drops\":{}}},\
          \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{},\"route_changes\":{},\"route_denied\":{},\"redirects_unstored\":{}}},\
@@ -352,11 +373,14 @@ fn render_json(server: &Server) -> String {
         client_requests.join(","),
         eps.join(","),
         held.join(","),
+        listeners.join(","),
         t.adopted,
         t.finished,
         t.resets,
         t.dropped,
         h.tcp_segments_out,
+        t.orphans_reset,
+        t.orphans_lost,
         h.frames_in,
         h.arp_requests,
         h.arp_replies,
