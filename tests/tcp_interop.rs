@@ -17,6 +17,18 @@ use common::*;
 
 const PORT: &str = "5001";
 
+/// Runs `script` (a shell command starting `msock tcp listen`) in N-a and waits until it
+/// listens.
+fn msock_listening(net: &TestNet, script: &str) -> Proc {
+    let receiver = net.spawn("msock-listen", sh(net, net.ns_a(), script));
+    assert!(
+        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
+        "{}",
+        receiver.log()
+    );
+    receiver
+}
+
 /// A testnet for a test that drives raw-socket Python scripts in N-b (`None`: skipped, only
 /// outside CI, when python3 is missing or the testnet cannot be built).
 fn python_testnet(prefix: &str) -> Option<TestNet> {
@@ -1108,21 +1120,12 @@ fn syn_flood_does_not_lock_out_a_real_client() {
     let dir = TempDir::new("tcp-synflood");
     let data = random_file(&dir, "data.bin", 1);
     let out_path = dir.path().join("data.out");
-    let mut receiver = net.spawn(
-        "msock-listen",
-        sh(
-            &net,
-            net.ns_a(),
-            &format!(
-                "exec {msock} tcp listen {port} --in-process --syn-backlog {syn_backlog} --info --time-wait-ms 100 < /dev/null > {}",
-                out_path.display()
-            ),
+    let mut receiver = msock_listening(
+        &net,
+        &format!(
+            "exec {msock} tcp listen {port} --in-process --syn-backlog {syn_backlog} --info --time-wait-ms 100 < /dev/null > {}",
+            out_path.display()
         ),
-    );
-    assert!(
-        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
-        "{}",
-        receiver.log()
     );
     let mut flooder = start_syn_flood(&net, port);
     // The real client arrives while the flood is on.
@@ -1278,21 +1281,12 @@ fn netserver_listener_hands_accepted_connections_to_the_process() {
     let dir = TempDir::new("tcp-accept");
     let data = random_file(&dir, "data.bin", 1);
     let out_path = dir.path().join("data.out");
-    let mut receiver = net.spawn(
-        "msock-listen",
-        sh(
-            &net,
-            net.ns_a(),
-            &format!(
-                "sleep 4 | exec {msock} tcp listen {port} --info > {}",
-                out_path.display()
-            ),
+    let mut receiver = msock_listening(
+        &net,
+        &format!(
+            "sleep 4 | exec {msock} tcp listen {port} --info > {}",
+            out_path.display()
         ),
-    );
-    assert!(
-        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
-        "{}",
-        receiver.log()
     );
     let stat = || stdout_of(&net.exec(net.command_msock_cli(&["stat"])));
     let listening = stat();
@@ -1371,21 +1365,12 @@ fn syn_flood_at_a_netserver_listener_is_answered_with_cookies() {
     let dir = TempDir::new("tcp-nsflood");
     let data = random_file(&dir, "data.bin", 1);
     let out_path = dir.path().join("data.out");
-    let mut receiver = net.spawn(
-        "msock-listen",
-        sh(
-            &net,
-            net.ns_a(),
-            &format!(
-                "exec {msock} tcp listen {port} --info < /dev/null > {}",
-                out_path.display()
-            ),
+    let mut receiver = msock_listening(
+        &net,
+        &format!(
+            "exec {msock} tcp listen {port} --info < /dev/null > {}",
+            out_path.display()
         ),
-    );
-    assert!(
-        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
-        "{}",
-        receiver.log()
     );
     let mut flooder = start_syn_flood(&net, port);
     let line = format!("tcp-listener {port}:");

@@ -198,7 +198,6 @@ fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
             eprintln!("msock tcp: listening on {}", session.local());
             let mut conn = loop {
                 session.upcalls(|_| {})?;
-                session.receive(|_, _| {})?;
                 if let Some(conn) = session.accept(session.now())? {
                     break conn;
                 }
@@ -438,10 +437,10 @@ fn wait(
     stdin: Option<BorrowedFd<'_>>,
     deadline: Option<(Instant, Instant)>,
 ) -> io::Result<()> {
-    let mut fds = vec![
-        PollFd::new(session.wake(), PollFlags::POLLIN),
-        PollFd::new(session.upcall(), PollFlags::POLLIN),
-    ];
+    let mut fds = vec![PollFd::new(session.upcall(), PollFlags::POLLIN)];
+    if let Some(fd) = session.wake() {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
     if let Some(fd) = stdin {
         fds.push(PollFd::new(fd, PollFlags::POLLIN));
     }

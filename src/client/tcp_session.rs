@@ -100,7 +100,9 @@ pub struct TcpSession {
     id: crate::control::EndpointId,
     upcall: Connection,
     region: RegionReader,
-    channel: PacketChannel,
+    /// The endpoint's channel: the held port's, then (after `accept`) the connection's; none
+    /// while the netserver listens for us (the port's frames are the netserver's then).
+    channel: Option<PacketChannel>,
     local: SocketAddrV4,
     src_mac: EthernetAddress,
     next_hop: Option<NextHopCache>,
@@ -175,7 +177,7 @@ impl TcpSession {
             local: SocketAddrV4::new(iface.addr, local.port()),
             src_mac: iface.mac,
             region,
-            channel,
+            channel: Some(channel),
             next_hop: None,
             resolving: std::collections::HashMap::new(),
             ident: (std::process::id() as u16).wrapping_mul(7919),
@@ -233,8 +235,8 @@ impl TcpSession {
     }
 
     /// Has the netserver listen on the held port (it runs the handshakes, SYN cookies and the
-    /// accept queue); connections then come from [`TcpSession::accept`]. The port's own
-    /// channel still sees the port's frames: [`TcpSession::receive`] drains them unanswered.
+    /// accept queue); connections then come from [`TcpSession::accept`]. The port's channel
+    /// is closed: its frames are the netserver's now (a flood must not wake us per SYN).
     pub fn listen(&mut self, backlog: u32) -> io::Result<()> {
         match self.control.call(
             &Request::Listen {
@@ -243,7 +245,10 @@ impl TcpSession {
             },
             &[],
         )? {
-            (Reply::Ok, _) => Ok(()),
+            (Reply::Ok, _) => {
+                self.channel = None;
+                Ok(())
+            }
             (Reply::Error { errno: e }, _) => Err(errno(e)),
             (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
         }
@@ -272,7 +277,7 @@ impl TcpSession {
             TcpConnection::import(&image, now).map_err(|e| proto(format!("image: {e:?}")))?;
         let channel = PacketChannel::from_fd(channel_fd, ring)?;
         let listener = std::mem::replace(&mut self.id, id);
-        self.channel = channel;
+        self.channel = Some(channel);
         let _ = self.control.call(&Request::Close { id: listener }, &[]);
         Ok(Some(conn))
     }
@@ -288,16 +293,12 @@ impl TcpSession {
 
     /// The channel's counters (frames, bytes, frames the kernel dropped on a full ring).
     pub fn channel_stats(&self) -> crate::channel::ChannelStats {
-        self.channel.stats()
+        self.channel.as_ref().map(|c| c.stats()).unwrap_or_default()
     }
 
-    pub fn wake_fd(&self) -> RawFd {
-        self.channel.wake_fd()
-    }
-
-    /// The channel, to poll for arriving frames.
-    pub fn wake(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.channel.as_fd()
+    /// The channel, to poll for arriving frames (`None` while the netserver listens for us).
+    pub fn wake(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.channel.as_ref().map(|c| c.as_fd())
     }
 
     /// Finds the MAC of the next hop towards `remote` (routing region first, then an ARP
@@ -437,7 +438,7 @@ impl TcpSession {
     fn frames_to(&mut self, remote: SocketAddrV4) -> FrameWriter<'_> {
         let dst_mac = self.next_hop_mac(*remote.ip());
         FrameWriter {
-            channel: &mut self.channel,
+            channel: self.channel.as_mut(),
             ident: &mut self.ident,
             stats: &mut self.stats,
             src_mac: self.src_mac,
@@ -448,7 +449,10 @@ impl TcpSession {
     }
 
     fn flush(&mut self, failure: Option<io::Error>) -> io::Result<()> {
-        match self.channel.flush() {
+        let Some(channel) = self.channel.as_mut() else {
+            return failure.map_or(Err(errno(libc::ENOTCONN)), Err);
+        };
+        match channel.flush() {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -472,9 +476,12 @@ impl TcpSession {
         max: usize,
         mut on_segment: impl FnMut(SocketAddrV4, &TcpRepr<'_>),
     ) -> io::Result<usize> {
+        let Some(channel) = self.channel.as_mut() else {
+            return Ok(0);
+        };
         let stats = &mut self.stats;
         let local = self.local;
-        self.channel.recv_batch(max, &mut |frame: &[u8]| {
+        channel.recv_batch(max, &mut |frame: &[u8]| {
             stats.frames_in += 1;
             let Ok(eth) = EthernetFrame::new_checked(frame) else {
                 stats.bad_frames += 1;
@@ -560,7 +567,7 @@ impl TcpSession {
 /// Builds Ethernet + IPv4 (DF) + TCP frames for one destination into the channel's ring, the
 /// checksum computed while the payload is copied out of the send ring (paper §7.2).
 struct FrameWriter<'a> {
-    channel: &'a mut PacketChannel,
+    channel: Option<&'a mut PacketChannel>,
     ident: &'a mut u16,
     stats: &'a mut SessionStats,
     src_mac: EthernetAddress,
@@ -595,7 +602,11 @@ impl FrameWriter<'_> {
             dont_frag: true,
             ..Ipv4Repr::default()
         };
-        let result = self.channel.send_with(len, &mut |buf: &mut [u8]| {
+        let Some(channel) = self.channel.as_deref_mut() else {
+            *failure = Some(errno(libc::ENOTCONN));
+            return Err(EmitError);
+        };
+        let result = channel.send_with(len, &mut |buf: &mut [u8]| {
             let eth = EthernetRepr {
                 src_addr: src_mac,
                 dst_addr: dst_mac,

@@ -894,16 +894,11 @@ impl Server {
             Err(e) => return refuse(self, conn, e.errno()),
         };
         let filter = bpf::endpoint_tcp(our, remote);
-        let channel = match PacketChannel::create_fd(
-            self.iface.ifindex,
-            &self.endpoint_ring,
-            &filter,
-            true,
-        ) {
+        let channel = match self.endpoint_channel(&filter) {
             Ok(fd) => fd,
-            Err(e) => {
+            Err(errno) => {
                 self.endpoints.remove(new_id);
-                return refuse(self, conn, e.raw_os_error().unwrap_or(libc::ENOBUFS));
+                return refuse(self, conn, errno);
             }
         };
         let image = conn.export(self.now());
@@ -938,8 +933,18 @@ impl Server {
         )
     }
 
+    /// A channel for a cached endpoint: `filter` set and locked here, rings as configured
+    /// (an errno on failure).
+    fn endpoint_channel(&self, filter: &bpf::BpfProgram) -> Result<OwnedFd, i32> {
+        PacketChannel::create_fd(self.iface.ifindex, &self.endpoint_ring, filter, true)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOBUFS))
+    }
+
     /// Tells each listener's owner once when its accept queue has connections.
     fn notify_acceptable(&mut self) {
+        if self.host.tcp.listening_ports().next().is_none() {
+            return;
+        }
         let waiting: Vec<(EndpointId, ClientId)> = self
             .endpoints
             .iter()
@@ -1071,17 +1076,12 @@ impl Server {
         } else {
             bpf::endpoint_udp(our_addr, bound.port())
         };
-        let fd = match PacketChannel::create_fd(
-            self.iface.ifindex,
-            &self.endpoint_ring,
-            &filter,
-            true,
-        ) {
+        let fd = match self.endpoint_channel(&filter) {
             Ok(fd) => fd,
-            Err(e) => {
+            Err(errno) => {
                 self.ports.release(id);
                 self.tcp_ports.release(id);
-                return err(e.raw_os_error().unwrap_or(libc::ENOBUFS));
+                return err(errno);
             }
         };
         if let Some(ep) = self.endpoints.get_mut(id) {

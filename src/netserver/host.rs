@@ -596,23 +596,26 @@ impl Host {
             return;
         }
         // A connection (or listener) held here takes it; anything else is answered with RST.
-        let resets_before = self.tcp.stats().resets;
+        // The reply (a reset, a SYN cookie) goes straight back to the sender's MAC.
+        let no_socket_before = self.tcp.stats().resets;
         let src = SocketAddrV4::new(ip.src_addr, seg.src_port);
-        let Some(rst) = self.tcp.process(now, src, &seg) else {
+        let Some(reply) = self.tcp.process(now, src, &seg) else {
             return;
         };
-        if self.tcp.stats().resets > resets_before {
+        if self.tcp.stats().resets > no_socket_before {
             self.drops.count(DropReason::TcpNoSocket);
+        }
+        if reply.control.rst {
             self.counters.tcp_resets += 1;
         }
         let frame = self.ipv4_frame(
             src_mac,
             ip.src_addr,
             IpProtocol::Tcp,
-            rst.buffer_len(),
+            reply.buffer_len(),
             |buf| {
                 let mut packet = TcpPacket::new_unchecked(buf);
-                rst.emit(&mut packet, ip.dst_addr, ip.src_addr);
+                reply.emit(&mut packet, ip.dst_addr, ip.src_addr);
             },
         );
         out.push(Event::Transmit(frame));

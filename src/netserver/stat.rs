@@ -84,6 +84,34 @@ fn drops(server: &Server) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+/// Each listener the netserver holds, by port, with its counters (names as in JSON).
+fn listener_counters(server: &Server) -> Vec<(u16, [(&'static str, u64); 10])> {
+    let tcp = &server.host.tcp;
+    let mut ports: Vec<u16> = tcp.listening_ports().collect();
+    ports.sort_unstable();
+    ports
+        .into_iter()
+        .filter_map(|port| {
+            let b = tcp.listener_stats(port)?;
+            Some((
+                port,
+                [
+                    ("syns", b.syns_accepted),
+                    ("cookies_sent", b.cookies_sent),
+                    ("cookies_accepted", b.cookies_accepted),
+                    ("cookies_rejected", b.cookies_rejected),
+                    ("accept_queue_full", b.accept_queue_full),
+                    ("completions_deferred", b.completions_deferred),
+                    ("handshakes_failed", b.handshakes_failed),
+                    ("completed", b.completed),
+                    ("half_open", tcp.half_open(port) as u64),
+                    ("waiting", tcp.pending(port) as u64),
+                ],
+            ))
+        })
+        .collect()
+}
+
 fn render_text(server: &Server) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -164,27 +192,12 @@ fn render_text(server: &Server) -> String {
         t.orphans_reset,
         t.orphans_lost
     );
-    let mut ports: Vec<u16> = server.host.tcp.listening_ports().collect();
-    ports.sort_unstable();
-    for port in ports {
-        if let Some(b) = server.host.tcp.listener_stats(port) {
-            let _ = writeln!(
-                out,
-                "tcp-listener {port}: syns {} cookies-sent {} cookies-accepted {} cookies-rejected {} \
-                 accept-queue-full {} completions-deferred {} handshakes-failed {} completed {} \
-                 half-open {} waiting {}",
-                b.syns_accepted,
-                b.cookies_sent,
-                b.cookies_accepted,
-                b.cookies_rejected,
-                b.accept_queue_full,
-                b.completions_deferred,
-                b.handshakes_failed,
-                b.completed,
-                server.host.tcp.half_open(port),
-                server.host.tcp.pending(port)
-            );
-        }
+    for (port, counters) in listener_counters(server) {
+        let list: Vec<String> = counters
+            .iter()
+            .map(|(name, n)| format!("{} {n}", name.replace('_', "-")))
+            .collect();
+        let _ = writeln!(out, "tcp-listener {port}: {}", list.join(" "));
     }
     let _ = writeln!(
         out,
@@ -305,25 +318,14 @@ fn render_json(server: &Server) -> String {
             )
         })
         .collect();
-    let mut listener_ports: Vec<u16> = server.host.tcp.listening_ports().collect();
-    listener_ports.sort_unstable();
-    let listeners: Vec<String> = listener_ports
+    let listeners: Vec<String> = listener_counters(server)
         .into_iter()
-        .filter_map(|port| {
-            let b = server.host.tcp.listener_stats(port)?;
-            Some(format!(
-                "{{\"port\":{port},\"syns\":{},\"cookies_sent\":{},\"cookies_accepted\":{},\"cookies_rejected\":{},\"accept_queue_full\":{},\"completions_deferred\":{},\"handshakes_failed\":{},\"completed\":{},\"half_open\":{},\"waiting\":{}}}",
-                b.syns_accepted,
-                b.cookies_sent,
-                b.cookies_accepted,
-                b.cookies_rejected,
-                b.accept_queue_full,
-                b.completions_deferred,
-                b.handshakes_failed,
-                b.completed,
-                server.host.tcp.half_open(port),
-                server.host.tcp.pending(port)
-            ))
+        .map(|(port, counters)| {
+            let fields: Vec<String> = counters
+                .iter()
+                .map(|(name, n)| format!("{}:{n}", json_str(name)))
+                .collect();
+            format!("{{\"port\":{port},{}}}", fields.join(","))
         })
         .collect();
     let t = server.host.tcp.stats();
