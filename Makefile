@@ -61,7 +61,7 @@ demo: build
 	bash scripts/demo.sh
 
 bench: build
-	$(CARGO) bench --bench checksum --bench channel --bench udp_rtt --bench tcp_engine --bench tcp_throughput
+	$(CARGO) bench --bench checksum --bench channel --bench udp_rtt --bench tcp_engine --bench tcp_throughput --bench control
 
 # Optional: skipped with a message when nightly or cargo-fuzz is missing. New inputs go to
 # fuzz/corpus-work (ignored); the checked-in seeds in fuzz/corpus are only read.

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use msock::control::codec::{encode_reply, encode_request, encode_upcall};
-use msock::control::{Family, Reply, Request, RingSpec, SockKind, Upcall, VERSION};
+use msock::control::{Family, Reply, Request, RingSpec, ShutdownHow, SockKind, Upcall, VERSION};
 use msock::wire::fuzzing::{self, DST_ADDR, SRC_ADDR};
 use msock::wire::{
     ArpOperation, ArpPacket, ArpRepr, DstUnreachable, EthernetAddress, EthernetFrame,
@@ -821,6 +821,56 @@ fn control_seeds() -> Seeds {
                 ip: Ipv4Addr::new(198, 18, 0, 1),
             },
         ),
+        (
+            "req-flush",
+            Request::Flush {
+                id: 5,
+                len: 4096,
+                rx_cursor: 17,
+            },
+        ),
+        (
+            "req-send",
+            Request::Send {
+                id: 5,
+                data: b"flushed bytes".to_vec(),
+            },
+        ),
+        (
+            "req-recv",
+            Request::Recv {
+                id: 5,
+                max: 65536,
+                peek: false,
+            },
+        ),
+        (
+            "req-shutdown",
+            Request::Shutdown {
+                id: 5,
+                how: ShutdownHow::Both,
+            },
+        ),
+        ("req-cache", Request::Cache { id: 5 }),
+        (
+            "req-set-option",
+            Request::SetOption {
+                id: 5,
+                level: 6,
+                name: 1,
+                value: 1i32.to_le_bytes().to_vec(),
+            },
+        ),
+        (
+            "req-get-option",
+            Request::GetOption {
+                id: 5,
+                level: 6,
+                name: 11,
+            },
+        ),
+        ("req-names", Request::Names { id: 5 }),
+        ("req-recall", Request::Recall { id: 5 }),
     ];
     let ring = RingSpec {
         version: 2,
@@ -858,6 +908,28 @@ fn control_seeds() -> Seeds {
                 len: 70_000,
             },
         ),
+        ("rep-sent", Reply::Sent { n: 1448 }),
+        (
+            "rep-received",
+            Reply::Received {
+                data: b"flushed bytes".to_vec(),
+                fin: true,
+            },
+        ),
+        ("rep-cached", Reply::Cached { ring, len: 9000 }),
+        (
+            "rep-option",
+            Reply::Option {
+                value: 1i32.to_le_bytes().to_vec(),
+            },
+        ),
+        (
+            "rep-names",
+            Reply::Names {
+                local,
+                remote: Some(remote),
+            },
+        ),
     ];
     let upcalls = [
         (
@@ -892,6 +964,8 @@ fn control_seeds() -> Seeds {
             },
         ),
         ("up-acceptable", Upcall::Acceptable { id: 7 }),
+        ("up-tcp-ready", Upcall::TcpReady { id: 7, events: 3 }),
+        ("up-recall", Upcall::Recall { id: 7 }),
         (
             "up-tcp-icmp-error",
             Upcall::TcpIcmpError {

@@ -183,7 +183,7 @@ impl RingConfig {
         self.block_size / self.frame_size.max(1)
     }
 
-    fn rx_frames(&self) -> u32 {
+    pub fn rx_frames(&self) -> u32 {
         self.frames_per_block() * self.block_count
     }
 
@@ -692,6 +692,35 @@ impl PacketChannel {
             kernel_drops: Cell::new(0),
             scratch: Vec::new(),
         })
+    }
+
+    /// Where the next received frame will be read (V2: frame slot, V3: block), when that is
+    /// a clean boundary (not in the middle of a V3 block). A process giving its channel to
+    /// another (a flush: the netserver takes over the connection) passes this along so the
+    /// other reads exactly the frames it did not.
+    pub fn rx_cursor(&self) -> Option<u32> {
+        match self.rx.in_block {
+            None => u32::try_from(self.rx.head).ok(),
+            Some(_) => None,
+        }
+    }
+
+    /// Continues reading at `cursor` (from [`PacketChannel::rx_cursor`] of the channel's
+    /// previous reader); EINVAL if it is outside the ring.
+    pub fn resume_at(&mut self, cursor: u32) -> io::Result<()> {
+        let slots = match self.config.version {
+            RingVersion::V2 => self.config.rx_frames() as usize,
+            RingVersion::V3 => self.config.block_count as usize,
+        };
+        let cursor = cursor as usize;
+        if cursor >= slots {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.rx = RxCursor {
+            head: cursor,
+            in_block: None,
+        };
+        Ok(())
     }
 
     /// The ring geometry (as passed to a client in `Reply::Bound`).

@@ -15,6 +15,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Some("run") => run::command(rest),
         Some("stat") => stat::stat_command(rest),
         Some("route") => stat::route_command(rest),
+        Some("recall") => stat::recall_command(rest),
         Some("testnet") => crate::testnet::command(rest),
         Some("tcp") => tcp::command(rest),
         Some("-h") | Some("--help") | Some("help") => {
@@ -44,6 +45,7 @@ usage: msock <command> [args]
   route [--json]                                        the shared routing region
   route add DEST/N|default [via GW] | route del DEST/N  change routes (root)
   route neigh add IP MAC | route neigh del IP           permanent neighbour entries (root)
+  recall ID                                             ask the holder of cached TCP endpoint ID to flush it
   tcp connect ADDR:PORT | tcp listen PORT [options]       netcat over the msock TCP engine (stdin/stdout)
   testnet up|down|stats --name N [--impair SPEC] [--nft-drop P%]
                                                         test namespaces N-a / N-b joined by veth,

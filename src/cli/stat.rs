@@ -153,6 +153,44 @@ fn route_error(request: &Request, errno: i32) -> String {
     format!("{what} change refused: {why}")
 }
 
+/// `msock recall ID`: the netserver asks the process holding cached TCP endpoint ID (the `id`
+/// column of `msock stat`) to flush it; it is then listed `FLUSHED`.
+pub fn recall_command(args: &[String]) -> i32 {
+    let [id] = args else {
+        eprintln!("usage: msock recall ID");
+        return 2;
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        eprintln!("msock recall: '{id}' is not an endpoint id\nusage: msock recall ID");
+        return 2;
+    };
+    let result = connect().and_then(|conn| {
+        conn.call(&Request::Recall { id }, &[])
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok((Reply::Ok, _)) => 0,
+        Ok((Reply::Error { errno }, _)) => {
+            let why = match errno {
+                libc::ESRCH => "no such endpoint".to_string(),
+                libc::EINVAL => "not a cached TCP connection".to_string(),
+                libc::EPERM => "only root or the holder's user may recall it".to_string(),
+                other => std::io::Error::from_raw_os_error(other).to_string(),
+            };
+            eprintln!("msock recall: {why}");
+            1
+        }
+        Ok((other, _)) => {
+            eprintln!("msock recall: unexpected reply {other:?}");
+            1
+        }
+        Err(e) => {
+            eprintln!("msock recall: {e}");
+            1
+        }
+    }
+}
+
 pub fn route_command(args: &[String]) -> i32 {
     let command = match parse_route_args(args) {
         Ok(c) => c,

@@ -5,6 +5,11 @@
 //! the closing handshake or TIME_WAIT remains) the connection is handed to the netserver,
 //! which finishes it as the kernel does for an exited process, and `msock tcp` exits.
 //! Exit status 0 after an orderly close, 1 with the error otherwise.
+//!
+//! `--flush` moves the established connection into the netserver (paper §3.1): this process
+//! keeps the socket and moves its bytes with send/recv requests, and closing it leaves the
+//! netserver to finish the connection. `--migrate-every MS` alternates: cached here for MS
+//! milliseconds, flushed for MS, cached again, … — the state moves whole each time.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddrV4;
@@ -26,6 +31,9 @@ const USAGE: &str = "usage: msock tcp connect ADDR:PORT | msock tcp listen PORT
            --keepalive IDLE,INTVL,CNT (seconds)  --time-wait-ms N  --info
            --in-process (listen in this process, not at the netserver)
            --syn-backlog N (with --in-process: half-open connections kept, default 256)
+           --flush (run the connection in the netserver, I/O through requests)
+           --migrate-every MS (alternate cached / flushed every MS milliseconds)
+           --stall-read (never read the connection: what arrives stays unread)
 ";
 
 /// Frames read between two runs of the engine's output.
@@ -42,6 +50,18 @@ struct Options {
     /// Listen with a backlog in this process instead of at the netserver (for comparison and
     /// for tests of the engine's own listener).
     in_process_listener: bool,
+    /// Where the established connection runs: in this process, flushed into the netserver,
+    /// or alternating.
+    placement: Placement,
+    /// Never read from the connection (tests: data left unread when the process dies).
+    stall_read: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Cached,
+    Flushed,
+    Alternating(std::time::Duration),
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
@@ -49,6 +69,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut info = false;
     let mut syn_backlog = DEFAULT_SYN_BACKLOG;
     let mut in_process_listener = false;
+    let mut placement = Placement::Cached;
+    let mut stall_read = false;
     let mut it = args.iter();
     let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
         v.ok_or(format!("{what} needs a value"))?
@@ -60,6 +82,12 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "--nodelay" => config.nodelay = true,
             "--info" => info = true,
             "--in-process" => in_process_listener = true,
+            "--flush" => placement = Placement::Flushed,
+            "--stall-read" => stall_read = true,
+            "--migrate-every" => {
+                let ms = num(it.next(), "--migrate-every")?.max(1);
+                placement = Placement::Alternating(std::time::Duration::from_millis(ms));
+            }
             "--congestion" => {
                 let name = it.next().ok_or("--congestion needs a value")?;
                 config.congestion = CongestionAlgorithm::from_name(name)
@@ -97,6 +125,8 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         info,
         syn_backlog,
         in_process_listener,
+        placement,
+        stall_read,
     })
 }
 
@@ -123,8 +153,10 @@ pub fn command(args: &[String]) -> i32 {
     while let Some(arg) = it.next() {
         if arg.starts_with("--") {
             option_args.push(arg.clone());
-            if !matches!(arg.as_str(), "--nodelay" | "--info" | "--in-process")
-                && let Some(value) = it.next()
+            if !matches!(
+                arg.as_str(),
+                "--nodelay" | "--info" | "--in-process" | "--flush" | "--stall-read"
+            ) && let Some(value) = it.next()
             {
                 option_args.push(value.clone());
             }
@@ -292,6 +324,10 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
     let remote = conn.remote();
     // None: not tried; Some(true): the netserver finishes the connection.
     let mut handed_over: Option<bool> = None;
+    // Flushes and caches done (`--flush`, `--migrate-every`), and when the last one was.
+    let mut migrations = (0u64, 0u64);
+    let mut placed_at = std::time::Instant::now();
+    let mut placement = options.placement;
     loop {
         // Input from the network, answered every RX_BATCH frames: ACKs leave while a burst is
         // still being read (no stretch ACKs covering a whole ring), and ACKs we receive open
@@ -319,12 +355,17 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
             session.transmit(&mut conn, now)?;
         }
         let now = session.now();
+        // The receive batch changed the connection: its crash record follows.
+        session.publish_crash_record(&mut conn, now);
         // ICMP errors about our segments (path MTU, unreachable), forwarded by the netserver.
         session.upcalls(|report| {
             apply_icmp(&mut conn, now, &report);
         })?;
         // Output to stdout.
         loop {
+            if options.stall_read {
+                break;
+            }
             match conn.recv(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => stdout.write_all(&buf[..n])?,
@@ -354,6 +395,42 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
         session.transmit(&mut conn, now)?;
         if conn.state() == State::Closed {
             break;
+        }
+        // A recall from the netserver makes the connection flushed for good.
+        if session.take_recall() {
+            placement = Placement::Flushed;
+        }
+        let stay = match placement {
+            Placement::Cached => None,
+            Placement::Flushed => Some(None),
+            Placement::Alternating(every) => (placed_at.elapsed() >= every).then_some(Some(every)),
+        };
+        if let Some(stay) = stay
+            && matches!(
+                conn.state(),
+                State::Established | State::CloseWait | State::FinWait1 | State::FinWait2
+            )
+        {
+            session.flush(&mut conn, now)?;
+            migrations.0 += 1;
+            let until = stay.map(|d| std::time::Instant::now() + d);
+            match serve_flushed(&mut session, &mut stdin_open, until, &mut stdout, &mut buf)? {
+                AfterFlush::Cached(back) => {
+                    conn = *back;
+                    migrations.1 += 1;
+                    placed_at = std::time::Instant::now();
+                    continue;
+                }
+                AfterFlush::Closed => {
+                    if options.info {
+                        eprintln!(
+                            "msock tcp: flushes={} caches={} closed_flushed=1",
+                            migrations.0, migrations.1
+                        );
+                    }
+                    return Ok(());
+                }
+            }
         }
         if handed_over.is_none()
             && matches!(
@@ -389,7 +466,7 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
             .map(|r| format!("{}:{}", r.name(), stats.dropped(r)))
             .collect();
         eprintln!(
-            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} pmtu={} snd_mss={} bytes_sent={} bytes_received={} segs_out={} segs_in={} icmp_errors={} timeouts={} fast_retransmits={} challenge_acks={} bad_checksums={} ring_drops={} handed_over={} state={} drops={}",
+            "msock tcp: rtt_us={} rttvar_us={} cwnd={} ssthresh={} retrans={} snd_wscale={} rcv_wscale={} sack={} ts={} pmtu={} snd_mss={} bytes_sent={} bytes_received={} segs_out={} segs_in={} icmp_errors={} timeouts={} fast_retransmits={} challenge_acks={} bad_checksums={} ring_drops={} handed_over={} state={} drops={} flushes={} caches={}",
             i.rtt_us,
             i.rttvar_us,
             i.snd_cwnd,
@@ -417,7 +494,9 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
                 "none".to_string()
             } else {
                 drops.join(",")
-            }
+            },
+            migrations.0,
+            migrations.1,
         );
     }
     if handed_over != Some(true) {
@@ -428,6 +507,97 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
     match conn.take_error() {
         Some(e) => Err(conn_error(e)),
         None => Ok(()),
+    }
+}
+
+/// How a stretch of flushed service ended.
+enum AfterFlush {
+    /// The connection is cached here again.
+    Cached(Box<TcpConnection>),
+    /// Both directions are done and the socket is closed: the netserver finishes it.
+    Closed,
+}
+
+/// Serves the flushed connection through the netserver's send/recv requests until `until`
+/// (then caches it back) or until both directions are done (then closes it, leaving the
+/// closing handshake to the netserver). Waits on the upcall socket (`TcpReady`) and stdin.
+fn serve_flushed(
+    session: &mut TcpSession,
+    stdin_open: &mut bool,
+    until: Option<std::time::Instant>,
+    stdout: &mut impl Write,
+    buf: &mut [u8],
+) -> io::Result<AfterFlush> {
+    use crate::control::{MAX_TRANSFER, ShutdownHow};
+    let would_block = |e: &io::Error| e.raw_os_error() == Some(libc::EAGAIN);
+    let stdin = io::stdin();
+    let stdin_fd = stdin.as_fd();
+    // Bytes read from stdin the netserver has not taken yet (its send buffer was full).
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stdin_eof = !*stdin_open;
+    let mut peer_done = false;
+    let fail = |session: &mut TcpSession, e: io::Error| {
+        let _ = session.close();
+        Err(e)
+    };
+    loop {
+        while !peer_done {
+            match session.flushed_recv(MAX_TRANSFER, false) {
+                Ok(Some(data)) => stdout.write_all(&data)?,
+                Ok(None) => peer_done = true,
+                Err(e) if would_block(&e) => break,
+                Err(e) => return fail(session, e),
+            }
+        }
+        stdout.flush()?;
+        loop {
+            // Past `until`, only what was already read is sent, so the cache can happen.
+            let due = until.is_some_and(|u| std::time::Instant::now() >= u);
+            if pending.is_empty() && !stdin_eof && !due {
+                let want = buf.len().min(MAX_TRANSFER);
+                match nix::unistd::read(stdin_fd.as_raw_fd(), &mut buf[..want]) {
+                    Ok(0) => stdin_eof = true,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    Err(nix::errno::Errno::EAGAIN) => {}
+                    Err(e) => return fail(session, e.into()),
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            match session.flushed_send(&pending) {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return fail(session, e),
+            }
+        }
+        if stdin_eof && *stdin_open && pending.is_empty() {
+            session.flushed_shutdown(ShutdownHow::Write)?;
+            *stdin_open = false;
+        }
+        if peer_done && !*stdin_open {
+            // close(2): the netserver delivers what is queued, then FIN, TIME_WAIT.
+            session.close()?;
+            return Ok(AfterFlush::Closed);
+        }
+        let now = std::time::Instant::now();
+        if until.is_some_and(|u| now >= u) && pending.is_empty() {
+            return Ok(AfterFlush::Cached(Box::new(session.cache(session.now())?)));
+        }
+        let mut fds = vec![PollFd::new(session.upcall(), PollFlags::POLLIN)];
+        if pending.is_empty() && !stdin_eof {
+            fds.push(PollFd::new(stdin_fd, PollFlags::POLLIN));
+        }
+        let ms = until.map_or(1000, |u| {
+            u.saturating_duration_since(now).as_millis().clamp(1, 1000)
+        });
+        match poll(&mut fds, PollTimeout::from(ms as u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return fail(session, e.into()),
+        }
+        session.upcalls(|_| {})?;
     }
 }
 

@@ -8,11 +8,14 @@
 //! - [`datapath`]: its sans-I/O data path (frame validation, receive queue, header building,
 //!   fragmentation) over any [`crate::channel::Channel`].
 //! - [`runtime`]: process-wide state (fd table, session, receive thread, neighbour queues).
+//! - [`crash_file`]: a cached TCP connection's crash record (send ring + control block in a
+//!   memfd the netserver reads if the process is killed).
 //! - [`stats`]: the stats page the netserver maps read-only (`msock stat`).
 //! - [`guard`], [`log`], [`sys`]: re-entrancy guard and fork marker, raw debug logging, the
 //!   few system calls.
 
 pub mod api;
+pub mod crash_file;
 pub mod datapath;
 pub mod guard;
 pub mod log;

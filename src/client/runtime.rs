@@ -412,7 +412,12 @@ impl Session {
                 }
                 // Only a process running a TCP engine holds TCP ports (`client::tcp_session`);
                 // this runtime's sockets are UDP, so such an upcall is not for it.
-                Ok(Upcall::TcpIcmpError { .. } | Upcall::Acceptable { .. }) => {}
+                Ok(
+                    Upcall::TcpIcmpError { .. }
+                    | Upcall::Acceptable { .. }
+                    | Upcall::TcpReady { .. }
+                    | Upcall::Recall { .. },
+                ) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)

@@ -12,9 +12,10 @@
 //! 64-bit values.
 //!
 //! Trust: the netserver must not trust the page. The client seals the memfd against shrinking
-//! (`F_SEAL_SHRINK`), and [`StatsPage::map_readonly`] refuses a memfd without that seal (a shrunk
-//! mapping would SIGBUS the reader), checks magic, version and geometry against its own
-//! constants, and never derives an index or length from page contents.
+//! (`F_SEAL_SHRINK`), and [`StatsPage::map_readonly`] refuses anything but a shmem memfd with
+//! that seal (a page truncated, or a hugetlbfs page punched out, under the mapping would SIGBUS
+//! the reader), checks magic, version and geometry against its own constants, and never derives
+//! an index or length from page contents.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -232,6 +233,13 @@ impl StatsPage {
     pub fn map_readonly(fd: OwnedFd) -> io::Result<StatsView> {
         let invalid =
             |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("stats page: {what}"));
+        // Only a shmem memfd: a hugetlbfs one can have its pages (and their reservation)
+        // punched out under the mapping, and a later read then SIGBUSes the reader.
+        let on_tmpfs = nix::sys::statfs::fstatfs(&fd)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        if !on_tmpfs {
+            return Err(invalid("not a memfd"));
+        }
         // SAFETY: F_GET_SEALS on a descriptor we own; fails harmlessly on non-memfds.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
         if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
@@ -475,6 +483,46 @@ mod tests {
         // A pipe is not a memfd.
         let (r, _w) = std::io::pipe().unwrap();
         assert!(StatsPage::map_readonly(OwnedFd::from(r)).is_err());
+    }
+
+    /// A memfd made with `flags`, sized `len` and sealed with `seals`; `None` where the kernel
+    /// refuses one of the steps (e.g. no huge pages for MFD_HUGETLB).
+    fn sealed_memfd(flags: libc::c_uint, len: usize, seals: libc::c_int) -> Option<OwnedFd> {
+        // SAFETY: test-only memfd creation, sizing and sealing of our own descriptor.
+        unsafe {
+            let raw = libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC | flags);
+            if raw < 0 {
+                return None;
+            }
+            let fd = OwnedFd::from_raw_fd(raw);
+            (libc::ftruncate(raw, len as libc::off_t) == 0
+                && libc::fcntl(raw, libc::F_ADD_SEALS, seals) == 0)
+                .then_some(fd)
+        }
+    }
+
+    #[test]
+    fn readonly_view_rejects_short_and_hugetlb_pages() {
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        let short = sealed_memfd(libc::MFD_ALLOW_SEALING, PAGE_LEN - 8, seals).unwrap();
+        assert!(StatsPage::map_readonly(short).is_err());
+        let empty = sealed_memfd(libc::MFD_ALLOW_SEALING, 0, seals).unwrap();
+        assert!(StatsPage::map_readonly(empty).is_err());
+        // Sealed, long enough, but on hugetlbfs (its pages can be punched out under the
+        // reader's mapping): refused. Only where the kernel lets us make one.
+        if let Some(huge) = sealed_memfd(
+            libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB,
+            2 << 20,
+            libc::F_SEAL_SHRINK,
+        ) {
+            assert!(StatsPage::map_readonly(huge).is_err());
+        }
+        // A regular tmpfs file is not a memfd (its seals are fixed at F_SEAL_SEAL).
+        let path = std::env::temp_dir().join(format!("msock-stats-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(PAGE_LEN as u64).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(StatsPage::map_readonly(OwnedFd::from(file)).is_err());
     }
 
     #[test]

@@ -16,11 +16,13 @@ use std::time::Duration as StdDuration;
 
 use crate::channel::{Channel, PacketChannel};
 use crate::checksum;
+use crate::client::crash_file::CrashFile;
 use crate::control::transport::{Connection, ControlAddress};
 use crate::control::{Family, Reply, Request, SockKind, Upcall, VERSION};
 use crate::routing::region::RegionReader;
 use crate::stack::Instant;
-use crate::stack::tcp::connection::{ConnError, EmitError, Outgoing, TcpConnection};
+use crate::stack::tcp::connection::{EmitError, Outgoing, TcpConnection};
+pub use crate::stack::tcp::icmp::{IcmpReport, apply_icmp};
 use crate::wire::ipv4::IpProtocol;
 use crate::wire::tcp::TcpSeqNumber;
 use crate::wire::{
@@ -60,39 +62,6 @@ const MAX_PENDING_RESOLUTIONS: usize = 1024;
 /// A destination without a MAC is asked for again after this long.
 const RESOLVE_RETRY: StdDuration = StdDuration::from_secs(1);
 
-/// An ICMP destination-unreachable quoting a segment this session sent (forwarded by the
-/// netserver, `Upcall::TcpIcmpError`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcmpReport {
-    pub local: SocketAddrV4,
-    pub remote: SocketAddrV4,
-    /// As Linux maps the ICMP code: EMSGSIZE (fragmentation needed), ECONNREFUSED (port),
-    /// ENETUNREACH, EHOSTUNREACH, ENOPROTOOPT.
-    pub errno: i32,
-    pub next_hop_mtu: u16,
-    pub quoted_seq: TcpSeqNumber,
-}
-
-/// Hands `report` to `conn` if it is about `conn`'s 4-tuple: fragmentation needed lowers the
-/// path MTU (`on_icmp_frag_needed`), anything else is an unreachable error (hard while
-/// connecting, soft afterwards: the engine decides). The engine ignores messages quoting a
-/// sequence number outside its flight (RFC 5927). Returns whether it applied.
-pub fn apply_icmp(conn: &mut TcpConnection, now: Instant, report: &IcmpReport) -> bool {
-    if report.remote != conn.remote() || report.local.port() != conn.local().port() {
-        return false;
-    }
-    let error = match report.errno {
-        libc::EMSGSIZE => {
-            conn.on_icmp_frag_needed(now, report.next_hop_mtu, report.quoted_seq);
-            return true;
-        }
-        libc::ECONNREFUSED | libc::ENOPROTOOPT => ConnError::PortUnreachable,
-        libc::ENETUNREACH => ConnError::NetUnreachable,
-        _ => ConnError::HostUnreachable,
-    };
-    conn.on_icmp_error(now, error, report.quoted_seq)
-}
-
 /// One held TCP port and its channel.
 pub struct TcpSession {
     control: Connection,
@@ -111,6 +80,32 @@ pub struct TcpSession {
     ident: u16,
     epoch: std::time::Instant,
     pub stats: SessionStats,
+    /// The crash record of the connection this session runs (and its remote): the netserver
+    /// reads it if this process is killed ([`crate::client::crash_file`]).
+    crash: Option<(CrashFile, SocketAddrV4)>,
+    /// The netserver recalled the connection ([`TcpSession::take_recall`]).
+    recalled: bool,
+}
+
+/// A memfd holding a connection image, to pass to the netserver.
+fn image_file(image: &[u8], name: &std::ffi::CStr) -> io::Result<std::fs::File> {
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(image)?;
+    Ok(file)
+}
+
+/// The connection in an image memfd the netserver passed (`len` bytes from offset 0).
+fn import_image(fd: std::os::fd::OwnedFd, len: u64, now: Instant) -> io::Result<TcpConnection> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| l as u64 <= crate::control::MAX_HANDOVER_IMAGE)
+        .ok_or_else(|| proto("image length"))?;
+    let mut image = vec![0u8; len];
+    std::fs::File::from(fd).read_exact_at(&mut image, 0)?;
+    TcpConnection::import(&image, now).map_err(|e| proto(format!("image: {e:?}")))
 }
 
 fn proto(e: impl std::fmt::Display) -> io::Error {
@@ -141,6 +136,26 @@ impl TcpSession {
         let region = RegionReader::map(region_fd)?;
         let upcall = Connection::from_fd(upcall_fd);
         upcall.set_nonblocking(true)?;
+        TcpSession::with_endpoint(control, upcall, region, port)
+    }
+
+    /// Another session of the same client (the same control and upcall sockets, so the
+    /// netserver sees one process holding both endpoints), holding TCP port `port`. Requests
+    /// of the two must not interleave (one thread drives both); upcalls for either may be
+    /// drained by either.
+    pub fn sibling(&self, port: u16) -> io::Result<TcpSession> {
+        let control = Connection::from_owned_fd(self.control.as_fd().try_clone_to_owned()?);
+        let upcall = Connection::from_owned_fd(self.upcall.as_fd().try_clone_to_owned()?);
+        TcpSession::with_endpoint(control, upcall, self.region.clone(), port)
+    }
+
+    /// Creates and binds a TCP endpoint on a registered control connection.
+    fn with_endpoint(
+        control: Connection,
+        upcall: Connection,
+        region: RegionReader,
+        port: u16,
+    ) -> io::Result<TcpSession> {
         let id = match control.call(
             &Request::Socket {
                 family: Family::Inet,
@@ -183,6 +198,8 @@ impl TcpSession {
             ident: (std::process::id() as u16).wrapping_mul(7919),
             epoch: std::time::Instant::now(),
             stats: SessionStats::default(),
+            crash: None,
+            recalled: false,
         })
     }
 
@@ -190,14 +207,8 @@ impl TcpSession {
     /// TIME_WAIT) as the kernel does for a socket whose process has gone; the held port is
     /// released with it. The image travels in a memfd (it holds the buffered data).
     pub fn hand_over(&mut self, conn: &TcpConnection, now: Instant) -> io::Result<()> {
-        use std::io::Write;
         let image = conn.export(now);
-        let fd = nix::sys::memfd::memfd_create(
-            c"msock-tcp-handover",
-            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-        )?;
-        let mut file = std::fs::File::from(fd);
-        file.write_all(&image)?;
+        let file = image_file(&image, c"msock-tcp-handover")?;
         let request = Request::HandOver {
             id: self.id,
             len: image.len() as u64,
@@ -211,18 +222,166 @@ impl TcpSession {
 
     /// Tells the netserver which connection this endpoint runs (after a connect), so it can
     /// tell the connection's segments apart and reset the peer if this process dies.
+    ///
+    /// The connection's crash-record file goes with the request (if it could be created), so
+    /// that a `kill -9` of this process still delivers what was written and closes with FIN.
     pub fn connected(&mut self, remote: SocketAddrV4) -> io::Result<()> {
+        let record = CrashFile::create().ok();
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> = record.iter().map(|f| f.fd()).collect();
         match self.control.call(
             &Request::Connect {
                 id: self.id,
                 remote: Some(remote),
             },
-            &[],
+            &fds,
         )? {
+            (Reply::Ok, _) => {
+                self.crash = record.map(|f| (f, remote));
+                Ok(())
+            }
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Flushes the connection into the netserver (paper §3.1): it runs there from now on, this
+    /// session keeps the socket and reaches it with [`TcpSession::flushed_send`],
+    /// [`TcpSession::flushed_recv`], [`TcpSession::flushed_shutdown`] and [`TcpSession::close`]
+    /// until [`TcpSession::cache`] brings it back. The channel is closed (the connection's
+    /// frames are the netserver's now).
+    pub fn flush(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
+        // Everything that arrived goes into the image; what arrives after, the netserver
+        // reads from this channel (passed along with its read position).
+        let remote = conn.remote();
+        self.receive(|src, seg| {
+            if src == remote {
+                conn.process(now, seg);
+            }
+        })?;
+        let image = conn.export(now);
+        let file = image_file(&image, c"msock-tcp-flush")?;
+        let cursor = self.channel.as_ref().and_then(|c| c.rx_cursor());
+        let request = Request::Flush {
+            id: self.id,
+            len: image.len() as u64,
+            rx_cursor: cursor.unwrap_or(0),
+        };
+        let mut fds = vec![file.as_fd()];
+        if let (Some(channel), Some(_)) = (self.channel.as_ref(), cursor) {
+            fds.push(channel.as_fd());
+        }
+        match self.control.call(&request, &fds)? {
+            (Reply::Ok, _) => {
+                self.channel = None;
+                Ok(())
+            }
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// `send` on the flushed connection: the bytes the netserver queued (at most
+    /// [`crate::control::MAX_TRANSFER`] per call); `EAGAIN` when its send buffer is full.
+    pub fn flushed_send(&mut self, data: &[u8]) -> io::Result<usize> {
+        let data = data[..data.len().min(crate::control::MAX_TRANSFER)].to_vec();
+        match self
+            .control
+            .call(&Request::Send { id: self.id, data }, &[])?
+        {
+            (Reply::Sent { n }, _) => Ok(n as usize),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// `recv` on the flushed connection: up to `max` bytes, `Ok(None)` at the end of the
+    /// stream, `EAGAIN` when nothing is there yet.
+    pub fn flushed_recv(&mut self, max: usize, peek: bool) -> io::Result<Option<Vec<u8>>> {
+        let request = Request::Recv {
+            id: self.id,
+            max: max.min(crate::control::MAX_TRANSFER) as u32,
+            peek,
+        };
+        match self.control.call(&request, &[])? {
+            (Reply::Received { fin: true, .. }, _) => Ok(None),
+            (Reply::Received { data, .. }, _) => Ok(Some(data)),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// `shutdown` on the flushed connection.
+    pub fn flushed_shutdown(&mut self, how: crate::control::ShutdownHow) -> io::Result<()> {
+        match self
+            .control
+            .call(&Request::Shutdown { id: self.id, how }, &[])?
+        {
             (Reply::Ok, _) => Ok(()),
             (Reply::Error { errno: e }, _) => Err(errno(e)),
             (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// `setsockopt` on the flushed connection (Linux semantics, `stack::tcp::sockopt`).
+    pub fn flushed_set_option(&mut self, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+        let request = Request::SetOption {
+            id: self.id,
+            level,
+            name,
+            value: value.to_vec(),
+        };
+        match self.control.call(&request, &[])? {
+            (Reply::Ok, _) => Ok(()),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// `getsockopt` on the flushed connection: the whole value.
+    pub fn flushed_get_option(&mut self, level: i32, name: i32) -> io::Result<Vec<u8>> {
+        let request = Request::GetOption {
+            id: self.id,
+            level,
+            name,
+        };
+        match self.control.call(&request, &[])? {
+            (Reply::Option { value }, _) => Ok(value),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The endpoint's local and remote addresses as the netserver's table has them.
+    pub fn names(&mut self) -> io::Result<(SocketAddrV4, Option<SocketAddrV4>)> {
+        match self.control.call(&Request::Names { id: self.id }, &[])? {
+            (Reply::Names { local, remote }, _) => Ok((local, remote)),
+            (Reply::Error { errno: e }, _) => Err(errno(e)),
+            (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Whether the netserver has recalled the connection since the last call: the driver
+    /// then flushes it ([`TcpSession::flush`]).
+    pub fn take_recall(&mut self) -> bool {
+        std::mem::take(&mut self.recalled)
+    }
+
+    /// Brings the flushed connection back into this process (paper §3.1 "cache"): it runs
+    /// here again, on a channel for its 4-tuple.
+    pub fn cache(&mut self, now: Instant) -> io::Result<TcpConnection> {
+        let (reply, fds) = self.control.call(&Request::Cache { id: self.id }, &[])?;
+        let (ring, len) = match reply {
+            Reply::Cached { ring, len } => (ring, len),
+            Reply::Error { errno: e } => return Err(errno(e)),
+            other => return Err(proto(format!("unexpected reply {other:?}"))),
+        };
+        let mut fds = fds.into_iter();
+        let (Some(channel_fd), Some(image_fd)) = (fds.next(), fds.next()) else {
+            return Err(proto("cache reply without its descriptors"));
+        };
+        let conn = import_image(image_fd, len, now)?;
+        self.channel = Some(PacketChannel::from_fd(channel_fd, ring)?);
+        Ok(conn)
     }
 
     /// Releases the endpoint (its connection has ended here).
@@ -258,7 +417,6 @@ impl TcpSession {
     /// session then serves that connection: its channel (the connection's 4-tuple) replaces the
     /// port's, and the listener is closed (like `nc -l`, one connection is served).
     pub fn accept(&mut self, now: Instant) -> io::Result<Option<TcpConnection>> {
-        use std::os::unix::fs::FileExt;
         let (reply, fds) = self.control.call(&Request::Accept { id: self.id }, &[])?;
         let (id, ring, len) = match reply {
             Reply::Accepted { id, ring, len, .. } => (id, ring, len),
@@ -270,11 +428,15 @@ impl TcpSession {
         let (Some(channel_fd), Some(image_fd)) = (fds.next(), fds.next()) else {
             return Err(proto("accept reply without its descriptors"));
         };
-        let len = usize::try_from(len).map_err(|_| proto("image length"))?;
-        let mut image = vec![0u8; len];
-        std::fs::File::from(image_fd).read_exact_at(&mut image, 0)?;
-        let conn =
-            TcpConnection::import(&image, now).map_err(|e| proto(format!("image: {e:?}")))?;
+        let mut conn = import_image(image_fd, len, now)?;
+        // The third descriptor is the connection's crash-record file (made by the netserver).
+        self.crash = fds
+            .next()
+            .and_then(|fd| CrashFile::from_fd(fd).ok())
+            .map(|mut file| {
+                file.publish(&mut conn, now);
+                (file, conn.remote())
+            });
         let channel = PacketChannel::from_fd(channel_fd, ring)?;
         let listener = std::mem::replace(&mut self.id, id);
         self.channel = Some(channel);
@@ -409,13 +571,30 @@ impl TcpSession {
     /// Runs the engine's output: every segment becomes a frame on the channel. Without the
     /// next hop's MAC the segments are dropped (counted in `no_neighbor`) and a resolution is
     /// asked for; the engine's retransmission timer brings them back.
+    ///
+    /// The crash record is published before (the bytes queued since the last step are then
+    /// covered by it before any of them can leave) and after the engine's output.
     pub fn transmit(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
+        self.publish_crash_record(conn, now);
         let mut failure = None;
         let mut frames = self.frames_to(conn.remote());
         conn.dispatch(now, &mut |seg: Outgoing<'_>| {
             frames.write(seg, &mut failure)
         });
-        self.flush(failure)
+        // Again before the frames leave: the record's SND.MAX covers what is about to go.
+        self.publish_crash_record(conn, now);
+        self.flush_frames(failure)
+    }
+
+    /// Rewrites the crash record of the session's connection from `conn` (a few dozen stores,
+    /// no system call); other connections (a listener's half-open ones) have none. Call it
+    /// after every engine step that changes the connection; [`TcpSession::transmit`] does.
+    pub fn publish_crash_record(&mut self, conn: &mut TcpConnection, now: Instant) {
+        if let Some((file, remote)) = self.crash.as_mut()
+            && conn.remote() == *remote
+        {
+            file.publish(conn, now);
+        }
     }
 
     /// Sends one segment that belongs to no connection (a reset answering a stray segment).
@@ -431,7 +610,7 @@ impl TcpSession {
             departure: Instant::ZERO,
         };
         let _ = frames.write(seg, &mut failure);
-        self.flush(failure)
+        self.flush_frames(failure)
     }
 
     /// A frame writer towards `remote`, its next hop's MAC looked up (or asked for) first.
@@ -448,7 +627,7 @@ impl TcpSession {
         }
     }
 
-    fn flush(&mut self, failure: Option<io::Error>) -> io::Result<()> {
+    fn flush_frames(&mut self, failure: Option<io::Error>) -> io::Result<()> {
         let Some(channel) = self.channel.as_mut() else {
             return failure.map_or(Err(errno(libc::ENOTCONN)), Err);
         };
@@ -543,8 +722,11 @@ impl TcpSession {
                         quoted_seq: TcpSeqNumber(quoted_seq),
                     });
                 }
-                // The listener's queue has connections: `accept` is tried on every wake-up.
-                Ok(Upcall::Acceptable { .. }) => {}
+                // The listener's queue has connections, or a flushed connection became ready:
+                // `accept` / the flushed requests are tried on every wake-up.
+                Ok(Upcall::Acceptable { .. } | Upcall::TcpReady { .. }) => {}
+                // The netserver wants this session's connection flushed (`take_recall`).
+                Ok(Upcall::Recall { id }) => self.recalled |= id == self.id,
                 // Late resolutions and UDP upcalls are not for a TCP session.
                 Ok(
                     Upcall::Resolved { .. } | Upcall::Datagram { .. } | Upcall::IcmpError { .. },

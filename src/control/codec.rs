@@ -23,7 +23,10 @@
 use core::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::{Family, MAX_MESSAGE, Reply, Request, RingSpec, SockKind, Upcall, VERSION};
+use super::{
+    Family, MAX_MESSAGE, MAX_OPTION, MAX_TRANSFER, Reply, Request, RingSpec, ShutdownHow, SockKind,
+    Upcall, VERSION,
+};
 use crate::wire::EthernetAddress;
 
 /// First two bytes of every message ("MS" read as a big-endian pair, stored little-endian).
@@ -49,6 +52,15 @@ mod kind {
     pub const REQ_ROUTE_DEL: u16 = 0x010c;
     pub const REQ_NEIGH_ADD: u16 = 0x010d;
     pub const REQ_NEIGH_DEL: u16 = 0x010e;
+    pub const REQ_FLUSH: u16 = 0x010f;
+    pub const REQ_SEND: u16 = 0x0110;
+    pub const REQ_RECV: u16 = 0x0111;
+    pub const REQ_SHUTDOWN: u16 = 0x0112;
+    pub const REQ_CACHE: u16 = 0x0113;
+    pub const REQ_SET_OPTION: u16 = 0x0114;
+    pub const REQ_GET_OPTION: u16 = 0x0115;
+    pub const REQ_NAMES: u16 = 0x0116;
+    pub const REQ_RECALL: u16 = 0x0117;
 
     pub const REP_HELLO: u16 = 0x0201;
     pub const REP_SOCKET: u16 = 0x0202;
@@ -58,12 +70,19 @@ mod kind {
     pub const REP_STAT: u16 = 0x0206;
     pub const REP_ERROR: u16 = 0x0207;
     pub const REP_ACCEPTED: u16 = 0x0208;
+    pub const REP_SENT: u16 = 0x0209;
+    pub const REP_RECEIVED: u16 = 0x020a;
+    pub const REP_CACHED: u16 = 0x020b;
+    pub const REP_OPTION: u16 = 0x020c;
+    pub const REP_NAMES: u16 = 0x020d;
 
     pub const UP_DATAGRAM: u16 = 0x0301;
     pub const UP_RESOLVED: u16 = 0x0302;
     pub const UP_ICMP_ERROR: u16 = 0x0303;
     pub const UP_TCP_ICMP_ERROR: u16 = 0x0304;
     pub const UP_ACCEPTABLE: u16 = 0x0305;
+    pub const UP_TCP_READY: u16 = 0x0306;
+    pub const UP_RECALL: u16 = 0x0307;
 }
 
 /// Why a byte string is not a valid message.
@@ -244,6 +263,47 @@ pub fn encode_request(msg: &Request, out: &mut Vec<u8>) {
             w.mac(mac);
         }),
         Request::NeighDel { ip } => frame(out, kind::REQ_NEIGH_DEL, |w| w.ip(ip)),
+        Request::Flush { id, len, rx_cursor } => frame(out, kind::REQ_FLUSH, |w| {
+            w.u64(id);
+            w.u64(len);
+            w.u32(rx_cursor);
+        }),
+        Request::Send { id, ref data } => frame(out, kind::REQ_SEND, |w| {
+            w.u64(id);
+            w.bytes(data);
+        }),
+        Request::Recv { id, max, peek } => frame(out, kind::REQ_RECV, |w| {
+            w.u64(id);
+            w.u32(max);
+            w.bool(peek);
+        }),
+        Request::Shutdown { id, how } => frame(out, kind::REQ_SHUTDOWN, |w| {
+            w.u64(id);
+            w.u8(match how {
+                ShutdownHow::Read => 0,
+                ShutdownHow::Write => 1,
+                ShutdownHow::Both => 2,
+            });
+        }),
+        Request::Cache { id } => frame(out, kind::REQ_CACHE, |w| w.u64(id)),
+        Request::SetOption {
+            id,
+            level,
+            name,
+            ref value,
+        } => frame(out, kind::REQ_SET_OPTION, |w| {
+            w.u64(id);
+            w.i32(level);
+            w.i32(name);
+            w.bytes(value);
+        }),
+        Request::GetOption { id, level, name } => frame(out, kind::REQ_GET_OPTION, |w| {
+            w.u64(id);
+            w.i32(level);
+            w.i32(name);
+        }),
+        Request::Names { id } => frame(out, kind::REQ_NAMES, |w| w.u64(id)),
+        Request::Recall { id } => frame(out, kind::REQ_RECALL, |w| w.u64(id)),
     }
 }
 
@@ -285,6 +345,24 @@ pub fn encode_reply(msg: &Reply, out: &mut Vec<u8>) {
         Reply::Resolve { mac } => frame(out, kind::REP_RESOLVE, |w| w.option(*mac, Writer::mac)),
         Reply::Stat { text } => frame(out, kind::REP_STAT, |w| w.bytes(text.as_bytes())),
         Reply::Error { errno } => frame(out, kind::REP_ERROR, |w| w.i32(*errno)),
+        Reply::Sent { n } => frame(out, kind::REP_SENT, |w| w.u32(*n)),
+        Reply::Option { value } => frame(out, kind::REP_OPTION, |w| w.bytes(value)),
+        Reply::Names { local, remote } => frame(out, kind::REP_NAMES, |w| {
+            w.sockaddr(*local);
+            w.option(*remote, Writer::sockaddr);
+        }),
+        Reply::Received { data, fin } => frame(out, kind::REP_RECEIVED, |w| {
+            w.bytes(data);
+            w.bool(*fin);
+        }),
+        Reply::Cached { ring, len } => frame(out, kind::REP_CACHED, |w| {
+            w.u8(ring.version);
+            w.u32(ring.block_size);
+            w.u32(ring.block_count);
+            w.u32(ring.frame_size);
+            w.u32(ring.tx_frames);
+            w.u64(*len);
+        }),
     }
 }
 
@@ -307,6 +385,11 @@ pub fn encode_upcall(msg: &Upcall, out: &mut Vec<u8>) {
             w.option(*mac, Writer::mac);
         }),
         Upcall::Acceptable { id } => frame(out, kind::UP_ACCEPTABLE, |w| w.u64(*id)),
+        Upcall::TcpReady { id, events } => frame(out, kind::UP_TCP_READY, |w| {
+            w.u64(*id);
+            w.u8(*events);
+        }),
+        Upcall::Recall { id } => frame(out, kind::UP_RECALL, |w| w.u64(*id)),
         Upcall::IcmpError { id, remote, errno } => frame(out, kind::UP_ICMP_ERROR, |w| {
             w.u64(*id);
             w.sockaddr(*remote);
@@ -376,6 +459,9 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Result<u32> {
         self.array().map(u32::from_le_bytes)
+    }
+    fn i32(&mut self) -> Result<i32> {
+        self.array().map(i32::from_le_bytes)
     }
     fn u64(&mut self) -> Result<u64> {
         self.array().map(u64::from_le_bytes)
@@ -520,6 +606,59 @@ pub fn decode_request(data: &[u8]) -> Result<Request> {
             mac: r.mac()?,
         }),
         kind::REQ_NEIGH_DEL => Ok(Request::NeighDel { ip: r.ip()? }),
+        kind::REQ_FLUSH => Ok(Request::Flush {
+            id: r.u64()?,
+            len: r.u64()?,
+            rx_cursor: r.u32()?,
+        }),
+        kind::REQ_SEND => {
+            let id = r.u64()?;
+            let data = r.bytes()?;
+            if data.len() > MAX_TRANSFER {
+                return Err(DecodeError::BadValue("send larger than MAX_TRANSFER"));
+            }
+            Ok(Request::Send {
+                id,
+                data: data.to_vec(),
+            })
+        }
+        kind::REQ_RECV => Ok(Request::Recv {
+            id: r.u64()?,
+            max: r.u32()?,
+            peek: r.bool()?,
+        }),
+        kind::REQ_SHUTDOWN => Ok(Request::Shutdown {
+            id: r.u64()?,
+            how: match r.u8()? {
+                0 => ShutdownHow::Read,
+                1 => ShutdownHow::Write,
+                2 => ShutdownHow::Both,
+                _ => return Err(DecodeError::BadValue("shutdown how")),
+            },
+        }),
+        kind::REQ_CACHE => Ok(Request::Cache { id: r.u64()? }),
+        kind::REQ_SET_OPTION => {
+            let id = r.u64()?;
+            let level = r.i32()?;
+            let name = r.i32()?;
+            let value = r.bytes()?;
+            if value.len() > MAX_OPTION {
+                return Err(DecodeError::BadValue("option value larger than MAX_OPTION"));
+            }
+            Ok(Request::SetOption {
+                id,
+                level,
+                name,
+                value: value.to_vec(),
+            })
+        }
+        kind::REQ_GET_OPTION => Ok(Request::GetOption {
+            id: r.u64()?,
+            level: r.i32()?,
+            name: r.i32()?,
+        }),
+        kind::REQ_NAMES => Ok(Request::Names { id: r.u64()? }),
+        kind::REQ_RECALL => Ok(Request::Recall { id: r.u64()? }),
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -549,6 +688,22 @@ pub fn decode_reply(data: &[u8]) -> Result<Reply> {
         }),
         kind::REP_STAT => Ok(Reply::Stat { text: r.string()? }),
         kind::REP_ERROR => Ok(Reply::Error { errno: r.errno()? }),
+        kind::REP_SENT => Ok(Reply::Sent { n: r.u32()? }),
+        kind::REP_OPTION => Ok(Reply::Option {
+            value: r.bytes()?.to_vec(),
+        }),
+        kind::REP_NAMES => Ok(Reply::Names {
+            local: r.sockaddr()?,
+            remote: r.option(Reader::sockaddr)?,
+        }),
+        kind::REP_RECEIVED => Ok(Reply::Received {
+            data: r.bytes()?.to_vec(),
+            fin: r.bool()?,
+        }),
+        kind::REP_CACHED => Ok(Reply::Cached {
+            ring: r.ring()?,
+            len: r.u64()?,
+        }),
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -572,6 +727,11 @@ pub fn decode_upcall(data: &[u8]) -> Result<Upcall> {
             mac: r.option(Reader::mac)?,
         }),
         kind::UP_ACCEPTABLE => Ok(Upcall::Acceptable { id: r.u64()? }),
+        kind::UP_TCP_READY => Ok(Upcall::TcpReady {
+            id: r.u64()?,
+            events: r.u8()?,
+        }),
+        kind::UP_RECALL => Ok(Upcall::Recall { id: r.u64()? }),
         kind::UP_ICMP_ERROR => Ok(Upcall::IcmpError {
             id: r.u64()?,
             remote: r.sockaddr()?,
@@ -701,6 +861,38 @@ mod tests {
             Request::NeighDel {
                 ip: Ipv4Addr::new(198, 18, 0, 1),
             },
+            Request::Flush {
+                id: 11,
+                len: 8192,
+                rx_cursor: 17,
+            },
+            Request::Send {
+                id: 11,
+                data: b"flushed bytes".to_vec(),
+            },
+            Request::Recv {
+                id: 11,
+                max: 65536,
+                peek: true,
+            },
+            Request::Shutdown {
+                id: 11,
+                how: ShutdownHow::Write,
+            },
+            Request::Cache { id: 11 },
+            Request::SetOption {
+                id: 11,
+                level: libc::IPPROTO_TCP,
+                name: libc::TCP_NODELAY,
+                value: 1i32.to_ne_bytes().to_vec(),
+            },
+            Request::GetOption {
+                id: 11,
+                level: libc::SOL_SOCKET,
+                name: libc::SO_RCVBUF,
+            },
+            Request::Names { id: 11 },
+            Request::Recall { id: 12 },
         ]
     }
 
@@ -744,6 +936,30 @@ mod tests {
                 errno: libc::EADDRINUSE,
             },
             Reply::Error { errno: 4095 },
+            Reply::Sent { n: 65536 },
+            Reply::Received {
+                data: b"flushed".to_vec(),
+                fin: false,
+            },
+            Reply::Received {
+                data: Vec::new(),
+                fin: true,
+            },
+            Reply::Cached {
+                ring: RING,
+                len: 9000,
+            },
+            Reply::Option {
+                value: vec![0; 280],
+            },
+            Reply::Names {
+                local: sa("198.18.0.2:40000"),
+                remote: Some(sa("198.18.0.1:80")),
+            },
+            Reply::Names {
+                local: sa("0.0.0.0:0"),
+                remote: None,
+            },
         ]
     }
 
@@ -783,6 +999,11 @@ mod tests {
                 quoted_seq: 0xdead_beef,
             },
             Upcall::Acceptable { id: 7 },
+            Upcall::TcpReady {
+                id: 8,
+                events: crate::control::TcpReady::READABLE | crate::control::TcpReady::READ_HUP,
+            },
+            Upcall::Recall { id: 9 },
         ]
     }
 
@@ -846,14 +1067,14 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 0x04, 0x00, 0x03, 0x01, 16, 0, 0, 0,
+            0x53, 0x4d, 0x05, 0x00, 0x03, 0x01, 16, 0, 0, 0,
             0x02, 0x01, 0, 0, 0, 0, 0, 0,
             198, 18, 0, 2, 53, 0,
             1, 0,
         ];
         assert_eq!(b, expected);
         encode_reply(&Reply::Resolve { mac: None }, &mut b);
-        assert_eq!(b, [0x53, 0x4d, 4, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
+        assert_eq!(b, [0x53, 0x4d, 5, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
         encode_request(
             &Request::RouteAdd {
                 dest: Ipv4Addr::new(198, 18, 0, 128),
@@ -864,7 +1085,7 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 4, 0, 0x0b, 0x01, 10, 0, 0, 0,
+            0x53, 0x4d, 5, 0, 0x0b, 0x01, 10, 0, 0, 0,
             198, 18, 0, 128, 25,
             1, 198, 18, 0, 1,
         ];
@@ -931,7 +1152,7 @@ mod tests {
             Err(DecodeError::BadValue(_))
         ));
         // A field running past the declared body: header length exact, body short.
-        let short = [0x53, 0x4d, 4, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
+        let short = [0x53, 0x4d, 5, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
         assert_eq!(decode_reply(&short), Err(DecodeError::Truncated));
 
         // Bad tags.

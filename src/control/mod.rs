@@ -28,7 +28,16 @@ use crate::wire::EthernetAddress;
 ///    the netserver).
 /// 4: [`Request::RouteAdd`] / [`Request::RouteDel`] / [`Request::NeighAdd`] /
 ///    [`Request::NeighDel`] (`msock route add|del`, `msock route neigh add|del`).
-pub const VERSION: u16 = 4;
+/// 5: flushed TCP sockets: [`Request::Flush`], [`Request::Send`], [`Request::Recv`],
+///    [`Request::Shutdown`], [`Request::Cache`], [`Reply::Sent`], [`Reply::Received`],
+///    [`Reply::Cached`], [`Upcall::TcpReady`]; [`Request::SetOption`], [`Request::GetOption`],
+///    [`Request::Names`], [`Reply::Option`], [`Reply::Names`]; [`Request::Recall`],
+///    [`Upcall::Recall`].
+pub const VERSION: u16 = 5;
+
+/// Most bytes one [`Request::Send`] carries or one [`Request::Recv`] returns (a message must
+/// stay under [`MAX_MESSAGE`]).
+pub const MAX_TRANSFER: usize = 64 * 1024;
 
 /// Largest TCP connection image the netserver takes in a [`Request::HandOver`] (buffers up to
 /// a few MiB each way, plus state).
@@ -78,7 +87,9 @@ pub struct RingSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// First message on a connection. Fds: `[stats page memfd]` (optional; the client's
-    /// per-socket counters, see `client::stats`). Reply: [`Reply::Hello`].
+    /// per-socket counters, see `client::stats`: a sealed memfd of the page's size, anything
+    /// else is `EINVAL`). `pid` must be the caller's as the kernel reports it (`EPERM`
+    /// otherwise); a second Hello is `EISCONN`. Reply: [`Reply::Hello`].
     Hello { version: u16, pid: u32 },
     /// Create an endpoint. Reply: [`Reply::Socket`].
     Socket { family: Family, kind: SockKind },
@@ -90,7 +101,15 @@ pub enum Request {
         reuse_addr: bool,
         reuse_port: bool,
     },
-    /// UDP connect/disconnect bookkeeping (remote `None` = AF_UNSPEC). Reply: [`Reply::Ok`].
+    /// UDP: connect/disconnect bookkeeping (remote `None` = AF_UNSPEC). Reply: [`Reply::Ok`].
+    /// TCP: reserves the 4-tuple before the caller sends its SYN (`EADDRNOTAVAIL` when anyone
+    /// uses it, as Linux's `__inet_check_established`) and names the connection the endpoint
+    /// runs (set once). A bound endpoint gets [`Reply::Ok`]; an unbound one gets a port as
+    /// Linux's `__inet_hash_connect` picks it and [`Reply::Bound`] with a channel for the
+    /// 4-tuple, as a bind. Optional fds: `[crash
+    /// record]`, a memfd of `crash_record::FILE_LEN` bytes the caller keeps mapped and
+    /// rewrites (`stack::tcp::crash_record`); the netserver keeps it and reads it (never maps
+    /// it) if the caller dies, to close the connection as Linux would (data then FIN, or RST).
     Connect {
         id: EndpointId,
         remote: Option<SocketAddrV4>,
@@ -133,6 +152,75 @@ pub enum Request {
     /// Removes the neighbour entry of `ip` (`ESRCH` if there is none); ARP resolves it again
     /// on next use. Reply: [`Reply::Ok`].
     NeighDel { ip: Ipv4Addr },
+    /// Flushes the caller's cached TCP connection `id` into the netserver (paper §3.1): the
+    /// netserver runs it from now on and the caller keeps the socket, reaching it with
+    /// [`Request::Send`], [`Request::Recv`], [`Request::Shutdown`] and [`Request::Close`]
+    /// until [`Request::Cache`] moves it back. Fds: `[memfd]` with the engine image (`len`
+    /// bytes, at most [`MAX_HANDOVER_IMAGE`]), which must describe the endpoint's own
+    /// connection. A second fd, optional, is the caller's channel, drained into the engine
+    /// just before the export, with `rx_cursor` its read position: the netserver reads the
+    /// frames that arrived since (after its own filter took the connection over), so none
+    /// is lost in the move. Reply: [`Reply::Ok`]; the caller drops its channel.
+    Flush {
+        id: EndpointId,
+        len: u64,
+        rx_cursor: u32,
+    },
+    /// Queues `data` (at most [`MAX_TRANSFER`] bytes) on flushed connection `id`. Reply:
+    /// [`Reply::Sent`] with the bytes taken (fewer when the send buffer fills), or `EAGAIN`
+    /// (full), `EPIPE` (write side shut), `ENOTCONN`, `ECONNRESET`, `ETIMEDOUT`, ….
+    Send { id: EndpointId, data: Vec<u8> },
+    /// Reads up to `max` bytes (capped at [`MAX_TRANSFER`]) from flushed connection `id`
+    /// (`peek`: leaves them queued). Reply: [`Reply::Received`] (empty with `fin` = end of
+    /// stream), or `EAGAIN` when nothing is there yet, or the connection's error.
+    Recv {
+        id: EndpointId,
+        max: u32,
+        peek: bool,
+    },
+    /// `shutdown(2)` on flushed connection `id`. Reply: [`Reply::Ok`].
+    Shutdown { id: EndpointId, how: ShutdownHow },
+    /// Moves flushed connection `id` back into the caller (cached again). Reply:
+    /// [`Reply::Cached`] with fds `[channel (filter: this 4-tuple), memfd with the image]`.
+    Cache { id: EndpointId },
+    /// `setsockopt(level, name, value)` on flushed connection `id` (`value` at most
+    /// [`MAX_OPTION`] bytes, native byte order as in C), with Linux's semantics
+    /// (`stack::tcp::sockopt`). A cached socket's options are set where it runs, in the
+    /// process: for one that is not flushed the reply is `ENOTCONN`. Reply: [`Reply::Ok`].
+    SetOption {
+        id: EndpointId,
+        level: i32,
+        name: i32,
+        value: Vec<u8>,
+    },
+    /// `getsockopt(level, name)` on flushed connection `id`. Reply: [`Reply::Option`] with
+    /// the whole value (the caller truncates to its `optlen`).
+    GetOption {
+        id: EndpointId,
+        level: i32,
+        name: i32,
+    },
+    /// `getsockname` / `getpeername` of endpoint `id` as the netserver's table has them.
+    /// Reply: [`Reply::Names`].
+    Names { id: EndpointId },
+    /// Recall (paper §3.1): asks the process holding cached TCP connection `id` to flush it
+    /// into the netserver ([`Upcall::Recall`]). Needs no `Hello` (`msock recall`); only root,
+    /// the netserver's own uid or the holder's uid may ask (`EPERM`); `ESRCH` for no such
+    /// endpoint, `EINVAL` for one that is not a cached TCP connection. Reply: [`Reply::Ok`]
+    /// once the holder has been asked (it flushes asynchronously).
+    Recall { id: EndpointId },
+}
+
+/// Largest option value [`Request::SetOption`] carries (TCP_INFO, 280 bytes, is the largest
+/// Linux TCP option read; nothing set is near this).
+pub const MAX_OPTION: usize = 1024;
+
+/// Which side(s) [`Request::Shutdown`] shuts (`SHUT_RD`, `SHUT_WR`, `SHUT_RDWR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownHow {
+    Read,
+    Write,
+    Both,
 }
 
 /// Netserver → client, one per request.
@@ -159,12 +247,40 @@ pub enum Reply {
         text: String,
     },
     /// A connection for the caller, now cached in it: a new endpoint `id`, its `remote`, and
-    /// fds `[channel (filter: this 4-tuple), memfd holding the engine image (len bytes)]`.
+    /// fds `[channel (filter: this 4-tuple), memfd holding the engine image (len bytes),
+    /// crash record]`; the third (absent if the netserver could not make one) is a sealed
+    /// memfd of `crash_record::FILE_LEN` bytes the caller maps read-write and keeps its
+    /// connection's crash record in (see [`Request::Connect`]).
     Accepted {
         id: EndpointId,
         remote: SocketAddrV4,
         ring: RingSpec,
         len: u64,
+    },
+    /// Bytes a [`Request::Send`] queued.
+    Sent {
+        n: u32,
+    },
+    /// What a [`Request::Recv`] read; empty with `fin` at the end of the stream.
+    Received {
+        data: Vec<u8>,
+        fin: bool,
+    },
+    /// A flushed connection, cached again in the caller (same endpoint id). Fds: `[channel
+    /// (filter: the connection's 4-tuple), memfd holding the engine image (len bytes)]`.
+    Cached {
+        ring: RingSpec,
+        len: u64,
+    },
+    /// A [`Request::GetOption`] value.
+    Option {
+        value: Vec<u8>,
+    },
+    /// The local address (`0.0.0.0:0` when unbound) and the remote (`None` when not
+    /// connected) of an endpoint.
+    Names {
+        local: SocketAddrV4,
+        remote: Option<SocketAddrV4>,
     },
     /// A Linux errno value.
     Error {
@@ -199,9 +315,6 @@ pub enum Upcall {
     /// `next_hop_mtu` is the RFC 1191 field; other codes carry it as received) and the quoted
     /// segment's sequence number, for the engine's `on_icmp_frag_needed` /
     /// `on_icmp_unreachable`.
-    /// Listening endpoint `id` has established connections waiting for [`Request::Accept`]
-    /// (sent when its accept queue becomes non-empty).
-    Acceptable { id: EndpointId },
     TcpIcmpError {
         id: EndpointId,
         local: SocketAddrV4,
@@ -210,4 +323,27 @@ pub enum Upcall {
         next_hop_mtu: u16,
         quoted_seq: u32,
     },
+    /// Listening endpoint `id` has established connections waiting for [`Request::Accept`]
+    /// (sent when its accept queue becomes non-empty).
+    Acceptable { id: EndpointId },
+    /// Flushed connection `id` gained readiness: `events` are [`TcpReady`] bits (sent on each
+    /// rise of a bit, so a client blocked in a read or poll knows when to ask again).
+    TcpReady { id: EndpointId, events: u8 },
+    /// The netserver wants cached connection `id` back: the holder flushes it
+    /// ([`Request::Flush`]) and serves it through the netserver from then on.
+    Recall { id: EndpointId },
+}
+
+/// Bits of [`Upcall::TcpReady`] (the engine's `Readiness`).
+pub struct TcpReady;
+
+impl TcpReady {
+    pub const READABLE: u8 = 1;
+    pub const WRITABLE: u8 = 2;
+    /// The peer shut its write side (EPOLLRDHUP).
+    pub const READ_HUP: u8 = 4;
+    pub const HUP: u8 = 8;
+    pub const ERROR: u8 = 16;
+    /// An urgent byte is waiting (POLLPRI).
+    pub const PRIORITY: u8 = 32;
 }

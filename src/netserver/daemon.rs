@@ -27,6 +27,7 @@ use crate::routing::table::{InterfaceConfig, Route, TableError};
 use crate::stack::ports::{BindError, BindRequest, PortTable};
 use crate::stack::reassembly::ReassemblyLimits;
 use crate::stack::stats::DropReason;
+use crate::stack::tcp_ports::{PortUse, TcpPortConfig, TcpPortTable, TcpSocket};
 use crate::wire::EthernetAddress;
 
 const TOKEN_CHANNEL: u64 = 1;
@@ -97,15 +98,16 @@ pub(crate) struct ControlCounters {
     pub route_denied: u64,
     /// Host routes from redirects the region could not take (full).
     pub redirects_unstored: u64,
+    /// Cached connections whose holders were asked to flush them (`msock recall`).
+    pub recalls: u64,
 }
 
 struct Ports<'a> {
     table: &'a PortTable,
-    tcp: &'a PortTable,
+    tcp: &'a TcpPortTable,
     endpoints: &'a EndpointTable,
     tcp_connections: &'a HashMap<(u16, SocketAddrV4), EndpointId>,
     region: &'a RegionWriter,
-    addr: Ipv4Addr,
 }
 
 impl PortLookup for Ports<'_> {
@@ -117,13 +119,15 @@ impl PortLookup for Ports<'_> {
         // Only a port cached whole in a process is its (not one reserved for a connection the
         // netserver runs, a listener held here, or a connection accepted from one).
         self.tcp
-            .lookup(port, self.addr, 0)
-            .filter(|id| *id < NETSERVER_HELD_BASE)
+            .on_port(port)
+            .filter(|(id, usage)| *usage == PortUse::Bound && *id < NETSERVER_HELD_BASE)
+            .map(|(id, _)| id)
             .filter(|id| {
                 self.endpoints.get(*id).is_some_and(|ep| {
                     matches!(ep.state, EndpointState::Cached { .. }) && ep.remote.is_none()
                 })
             })
+            .last()
     }
 
     fn tcp_connection_owner(&self, local_port: u16, remote: SocketAddrV4) -> Option<EndpointId> {
@@ -153,8 +157,9 @@ pub(crate) struct Server {
     address: ControlAddress,
     pub endpoints: EndpointTable,
     ports: PortTable,
-    /// TCP ports held by processes (issue 3: engines driven in the holder over its channel).
-    tcp_ports: PortTable,
+    /// TCP ports with Linux's TCP rules (bind, listen, connect 4-tuples); connections the
+    /// netserver finishes keep their socket's entry under a pseudo owner (`held_tcp`).
+    tcp_ports: TcpPortTable,
     pub clients: HashMap<ClientId, Client>,
     next_client: ClientId,
     epoll: Epoll,
@@ -168,8 +173,14 @@ pub(crate) struct Server {
     /// Connections accepted from listeners held here and cached in processes, by (local port,
     /// remote): their segments are the process's (its channel matches the 4-tuple).
     tcp_connections: HashMap<(u16, SocketAddrV4), EndpointId>,
+    /// Flushed connections (run by `host.tcp`, held by a process) by (local port, remote).
+    flushed: HashMap<(u16, SocketAddrV4), EndpointId>,
+    /// Readiness bits last reported per flushed endpoint (`Upcall::TcpReady` on a rise).
+    flushed_events: HashMap<EndpointId, u8>,
     /// Listening endpoints already told (`Upcall::Acceptable`) that connections are waiting.
     acceptable_sent: std::collections::HashSet<EndpointId>,
+    /// Crash-record files of cached TCP connections, by endpoint (read if the process dies).
+    crash_records: HashMap<EndpointId, OwnedFd>,
     next_held: EndpointId,
     endpoint_ring: RingConfig,
     pub control: ControlCounters,
@@ -190,6 +201,8 @@ pub fn run(config: &Config) -> io::Result<()> {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(io::Error::from)?;
+    // Descriptors per client and per connection: take what the hard limit allows up front.
+    raise_nofile_limit();
     let mut server = Server::new(config, signals)?;
     eprintln!(
         "msock netserver: {} on {} ({}, ifindex {}, mtu {}), control {}",
@@ -309,7 +322,7 @@ impl Server {
             address,
             endpoints: EndpointTable::new(),
             ports: PortTable::new(),
-            tcp_ports: PortTable::new(),
+            tcp_ports: TcpPortTable::new(TcpPortConfig::new(config.addr)),
             clients: HashMap::new(),
             next_client: 1,
             epoll,
@@ -321,6 +334,9 @@ impl Server {
             held_tcp: HashMap::new(),
             tcp_connections: HashMap::new(),
             acceptable_sent: std::collections::HashSet::new(),
+            crash_records: HashMap::new(),
+            flushed: HashMap::new(),
+            flushed_events: HashMap::new(),
             next_held: NETSERVER_HELD_BASE,
             endpoint_ring: endpoint_ring_from_env(),
             control: ControlCounters::default(),
@@ -373,6 +389,7 @@ impl Server {
             self.release_finished_tcp();
             self.handle_events(&mut events);
             self.notify_acceptable();
+            self.notify_flushed();
             self.events = events;
             if self.filter_dirty {
                 self.update_filter();
@@ -392,7 +409,6 @@ impl Server {
                 endpoints: &self.endpoints,
                 tcp_connections: &self.tcp_connections,
                 region: &self.region,
-                addr: self.config.addr,
             };
             let n = self.channel.recv_batch(64, &mut |frame| {
                 host.receive(now, frame, &ports, &mut events)
@@ -534,12 +550,29 @@ impl Server {
         }
     }
 
+    /// Accepts every waiting client. Out of descriptors (EMFILE/ENFILE), the soft limit is
+    /// raised to the hard one if it is lower; if that is not enough, waiting connections are
+    /// accepted into a spare descriptor kept for that purpose and closed at once (the client
+    /// sees end of file), so the listener does not stay readable and spin the event loop, and
+    /// the netserver keeps serving the clients it has.
     fn accept_clients(&mut self) {
+        /// A descriptor held in reserve (`/dev/null`), given up to accept-and-close one
+        /// connection when the process has no descriptor left.
+        static SPARE: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+        let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.is_none() {
+            *spare = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+        }
+        let mut shed = 0u64;
         loop {
             match self.listener.accept() {
                 Ok((conn, cred)) => {
-                    let id = self.next_client;
-                    self.next_client = self.next_client.wrapping_add(1).max(1);
+                    // Ids wrap after 2^32 clients: skip one still in use.
+                    let mut id = self.next_client;
+                    while self.clients.contains_key(&id) {
+                        id = id.wrapping_add(1).max(1);
+                    }
+                    self.next_client = id.wrapping_add(1).max(1);
                     let token = TOKEN_CLIENT_BASE + u64::from(id);
                     if let Err(e) = self
                         .epoll
@@ -562,13 +595,42 @@ impl Server {
                         },
                     );
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if raise_nofile_limit() {
+                        continue;
+                    }
+                    // accept(2) fails with EMFILE before it looks at the queue: free the
+                    // spare, take the connection (if one is waiting) into it and close it.
+                    if spare.take().is_none() {
+                        eprintln!("msock netserver: accept: {e} (no spare descriptor)");
+                        break;
+                    }
+                    // The connection is closed (dropped) before the spare is taken back.
+                    let refused = self.listener.accept().map(drop);
+                    *spare = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+                    match refused {
+                        Ok(()) => shed += 1,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            eprintln!("msock netserver: accept: {e}");
+                            break;
+                        }
+                    }
+                }
                 Err(e) => {
                     eprintln!("msock netserver: accept: {e}");
-                    return;
+                    break;
                 }
             }
+        }
+        if shed > 0 {
+            eprintln!(
+                "msock netserver: out of descriptors with {} clients: {shed} connection(s) refused",
+                self.clients.len()
+            );
         }
     }
 
@@ -615,6 +677,10 @@ impl Server {
         }
     }
 
+    /// Sends the reply to a request. The connection is non-blocking: a client whose replies
+    /// pile up unread (it sends requests without reading the answers, which libmsock never
+    /// does: one request at a time) fills its socket, and is disconnected then — its sockets
+    /// reclaimed as on exit — rather than stalling the netserver or growing a queue here.
     fn reply(&mut self, id: ClientId, reply: &Reply, fds: Vec<OwnedFd>) {
         let Some(client) = self.clients.get(&id) else {
             return;
@@ -622,9 +688,22 @@ impl Server {
         let mut buf = Vec::new();
         codec::encode_reply(reply, &mut buf);
         let raw: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        if client.conn.send(&buf, &raw).is_err() {
-            self.drop_client(id);
+        loop {
+            match client.conn.send(&buf, &raw) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        eprintln!(
+                            "msock netserver: client {id} (pid {}) does not read its replies: disconnected",
+                            client.cred.pid
+                        );
+                    }
+                    break;
+                }
+            }
         }
+        self.drop_client(id);
     }
 
     /// The client's control socket closed (exit, crash or kill): reclaim everything it held,
@@ -636,17 +715,70 @@ impl Server {
         let ids: Vec<EndpointId> = self.endpoints.owned_by(id).map(|ep| ep.id).collect();
         let now = self.now();
         for ep in ids {
-            // A TCP connection that died with its process: reset the peer (its state is gone).
+            // A flushed connection is closed as the kernel closes the sockets of a process
+            // that exits.
+            if self
+                .endpoints
+                .get(ep)
+                .is_some_and(|e| matches!(e.state, EndpointState::Flushed { .. }))
+            {
+                self.close_flushed(ep);
+                continue;
+            }
+            // A TCP connection that died with its process: closed from its crash record as
+            // Linux closes an exiting process's socket, or reset if there is none.
             if let Some(e) = self.endpoints.get(ep)
                 && let (EndpointState::Cached { local }, Some(remote), SockKind::Stream) =
                     (e.state, e.remote, e.kind)
             {
-                self.host.tcp.reset_orphan(local.port(), remote, now);
+                self.reclaim_cached(ep, local, remote, now);
+                continue;
             }
             self.forget_endpoint(ep);
         }
         for waiters in self.resolve_waiters.values_mut() {
             waiters.retain(|&c| c != id);
+        }
+    }
+
+    /// The process holding cached TCP endpoint `id` (`local`–`remote`) died: the connection
+    /// ends as Linux ends an exiting process's socket, from its crash record
+    /// ([`super::crash_reclaim`]): queued data delivered then FIN (the connection adopted into
+    /// `host.tcp`, its port reserved until it ends), or RST when data was left unread — exact,
+    /// through the peer's challenge ACK (`reset_orphan`), which is also the fallback when the
+    /// record is missing or unusable.
+    fn reclaim_cached(
+        &mut self,
+        id: EndpointId,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        now: crate::stack::Instant,
+    ) {
+        use super::crash_reclaim::Reclaim;
+        let ours = SocketAddrV4::new(self.config.addr, local.port());
+        let outcome = match self.crash_records.remove(&id) {
+            Some(file) => super::crash_reclaim::reclaim(&file, ours, remote, now),
+            None => Reclaim::Fallback("no record"),
+        };
+        let key = (local.port(), remote);
+        match outcome {
+            Reclaim::Nothing => self.forget_endpoint(id),
+            Reclaim::Close(conn) => {
+                let timestamps =
+                    conn.info(now).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
+                if self.host.tcp.adopt(*conn).is_err() {
+                    self.host.tcp.reset_orphan(key.0, key.1, now);
+                    self.forget_endpoint(id);
+                    return;
+                }
+                self.hold_tcp_entry(id, key, timestamps);
+                self.forget_endpoint(id);
+                self.reserve_held_port(key);
+            }
+            Reclaim::Reset | Reclaim::Fallback(_) => {
+                self.host.tcp.reset_orphan(key.0, key.1, now);
+                self.forget_endpoint(id);
+            }
         }
     }
 
@@ -691,6 +823,13 @@ impl Server {
                     Err(errno) => err(errno),
                 }
             }
+            Request::Recall { id } => {
+                let uid = self.clients.get(&client).map(|c| c.cred.uid);
+                match self.recall(uid, id) {
+                    Ok(()) => (Reply::Ok, Vec::new()),
+                    Err(errno) => err(errno),
+                }
+            }
             _ if !registered => err(libc::EPROTO),
             Request::Socket { family, kind } => {
                 if kind == SockKind::Stream && family != Family::Inet {
@@ -712,13 +851,40 @@ impl Server {
                 Ok(ep) => {
                     // A TCP endpoint names the connection it runs (set once): the netserver can
                     // then tell its segments apart and reset it if the process dies.
+                    // The 4-tuple is reserved here before the process sends its SYN: two
+                    // processes cannot connect the same one (EADDRNOTAVAIL, as Linux's
+                    // `__inet_check_established`).
                     if ep.kind == SockKind::Stream {
-                        let (EndpointState::Cached { local }, None, Some(remote)) =
-                            (ep.state, ep.remote, remote)
-                        else {
+                        let local = match (ep.state, ep.remote, remote) {
+                            (EndpointState::Cached { local }, None, Some(_)) => local,
+                            (EndpointState::Unbound, None, Some(remote)) => {
+                                return self.connect_unbound(client, id, remote);
+                            }
+                            _ => return err(libc::EISCONN),
+                        };
+                        let Some(remote) = remote else {
                             return err(libc::EISCONN);
                         };
-                        ep.remote = Some(remote);
+                        self.sync_tcp_ports(false);
+                        match self.tcp_ports.connect(id, remote) {
+                            Ok(connected) => {
+                                if connected.took_over.is_some() {
+                                    self.end_taken_over((local.port(), remote));
+                                }
+                            }
+                            Err(e) => return err(e.errno()),
+                        }
+                        // The connection's crash-record file, if one came with the request.
+                        if let Some(file) = fds
+                            .into_iter()
+                            .next()
+                            .and_then(super::crash_reclaim::accept_record_file)
+                        {
+                            self.crash_records.insert(id, file);
+                        }
+                        if let Some(ep) = self.endpoints.get_mut(id) {
+                            ep.remote = Some(remote);
+                        }
                         self.tcp_connections.insert((local.port(), remote), id);
                         self.filter_dirty = true;
                         return (Reply::Ok, Vec::new());
@@ -729,6 +895,10 @@ impl Server {
                 Err(e) => err(e.errno()),
             },
             Request::Close { id } => match self.endpoints.request(client, id) {
+                Ok(ep) if matches!(ep.state, EndpointState::Flushed { .. }) => {
+                    self.close_flushed(id);
+                    (Reply::Ok, Vec::new())
+                }
                 Ok(_) => {
                     self.forget_endpoint(id);
                     (Reply::Ok, Vec::new())
@@ -739,6 +909,488 @@ impl Server {
             Request::Accept { id } => self.accept(client, id),
             Request::Resolve { addr } => self.resolve(client, addr),
             Request::HandOver { id, len } => self.hand_over(client, id, len, fds),
+            Request::Flush { id, len, rx_cursor } => self.flush(client, id, len, rx_cursor, fds),
+            Request::Send { id, data } => self.flushed_send(client, id, &data),
+            Request::Recv { id, max, peek } => self.flushed_recv(client, id, max, peek),
+            Request::Shutdown { id, how } => self.flushed_shutdown(client, id, how),
+            Request::Cache { id } => self.cache(client, id),
+            Request::SetOption {
+                id,
+                level,
+                name,
+                value,
+            } => {
+                let now = self.now();
+                match self.flushed_connection(client, id).and_then(|conn| {
+                    crate::stack::tcp::sockopt::set(
+                        conn,
+                        level,
+                        name,
+                        &value,
+                        crate::stack::tcp::sockopt::SockoptLimits::default(),
+                        now,
+                    )
+                }) {
+                    Ok(()) => (Reply::Ok, Vec::new()),
+                    Err(errno) => err(errno),
+                }
+            }
+            Request::GetOption { id, level, name } => {
+                let now = self.now();
+                match self
+                    .flushed_connection(client, id)
+                    .and_then(|conn| crate::stack::tcp::sockopt::get(conn, level, name, now))
+                {
+                    Ok(value) => (Reply::Option { value }, Vec::new()),
+                    Err(errno) => err(errno),
+                }
+            }
+            Request::Names { id } => match self.endpoints.request(client, id) {
+                Ok(ep) => {
+                    let local = ep
+                        .local()
+                        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+                    let remote = ep.remote;
+                    // A connected endpoint's address is ours, whatever it was bound to.
+                    let local = match remote {
+                        Some(_) => SocketAddrV4::new(self.config.addr, local.port()),
+                        None => local,
+                    };
+                    (Reply::Names { local, remote }, Vec::new())
+                }
+                Err(e) => err(e.errno()),
+            },
+        }
+    }
+
+    /// Moves the caller's cached TCP connection `id` into `host.tcp` (paper §3.1 "flush"): the
+    /// image is untrusted and must describe the endpoint's own 4-tuple. The endpoint stays the
+    /// caller's; its port binding stays too.
+    fn flush(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        len: u64,
+        rx_cursor: u32,
+        fds: Vec<OwnedFd>,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let (local, remote) = match self.endpoints.request(client, id) {
+            Ok(ep) if ep.kind != SockKind::Stream => return err(libc::EOPNOTSUPP),
+            Ok(ep) => match (ep.state, ep.remote) {
+                (EndpointState::Cached { local }, Some(remote)) => (local, remote),
+                (EndpointState::Flushed { .. }, _) => return err(libc::EALREADY),
+                _ => return err(libc::ENOTCONN),
+            },
+            Err(e) => return err(e.errno()),
+        };
+        if len > crate::control::MAX_HANDOVER_IMAGE {
+            return err(libc::EMSGSIZE);
+        }
+        let mut fds = fds.into_iter();
+        let (Some(fd), channel, None) = (fds.next(), fds.next(), fds.next()) else {
+            return err(libc::EBADF);
+        };
+        let image = match read_image(fd, len as usize) {
+            Ok(image) => image,
+            Err(errno) => return err(errno),
+        };
+        // The client's channel: only a packet socket with our endpoint rings, resumable at the
+        // cursor it gave (anything else is refused before the connection moves).
+        let channel = match channel {
+            None => None,
+            Some(fd) => match PacketChannel::from_fd(fd, self.endpoint_ring.spec()) {
+                Ok(mut channel) => match channel.resume_at(rx_cursor) {
+                    Ok(()) => Some(channel),
+                    Err(_) => return err(libc::EINVAL),
+                },
+                Err(_) => return err(libc::EBADF),
+            },
+        };
+        let conn = match handed_over_connection(&image, local.port(), self.now()) {
+            Ok(conn) if conn.remote() == remote => conn,
+            Ok(_) => return err(libc::EPERM),
+            Err(errno) => return err(errno),
+        };
+        if let Err(e) = self.host.tcp.adopt_flushed(conn) {
+            return err(match e {
+                super::tcp_host::TcpHostError::AddressInUse => libc::EADDRINUSE,
+                _ => libc::EINVAL,
+            });
+        }
+        let key = (local.port(), remote);
+        self.tcp_connections.remove(&key);
+        self.flushed.insert(key, id);
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.state = EndpointState::Flushed { local };
+        }
+        // Take the connection's frames on our channel now, then read what reached the
+        // client's channel since its export: nothing is lost in the move (a frame arriving
+        // in between reaches both and is a harmless duplicate).
+        self.update_filter();
+        if let Some(mut channel) = channel {
+            self.receive_leftovers(&mut channel, key);
+        }
+        (Reply::Ok, Vec::new())
+    }
+
+    /// Feeds the frames waiting in a flushing client's channel to the connection `key` now
+    /// held here (only TCP segments of that 4-tuple; the channel's filter already ensures it).
+    fn receive_leftovers(&mut self, channel: &mut PacketChannel, key: (u16, SocketAddrV4)) {
+        let now = self.now();
+        let mut events = std::mem::take(&mut self.events);
+        let host = &mut self.host;
+        let ports = Ports {
+            table: &self.ports,
+            tcp: &self.tcp_ports,
+            endpoints: &self.endpoints,
+            tcp_connections: &self.tcp_connections,
+            region: &self.region,
+        };
+        let mut taken = 0;
+        // At most one ring's worth: the client drained it just before.
+        let ring = channel.config().rx_frames() as usize;
+        while taken < ring {
+            let n = channel
+                .recv_batch(64, &mut |frame| {
+                    if super::host::tcp_frame_key(frame) == Some(key) {
+                        host.receive(now, frame, &ports, &mut events);
+                    }
+                })
+                .unwrap_or(0);
+            taken += n;
+            if n < 64 {
+                break;
+            }
+        }
+        self.handle_events(&mut events);
+        self.events = events;
+    }
+
+    /// The flushed connection of the caller's endpoint `id`, with its 4-tuple key.
+    fn flushed_connection(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+    ) -> Result<&mut crate::stack::tcp::connection::TcpConnection, i32> {
+        let key = match self.endpoints.request(client, id) {
+            Ok(ep) => match (ep.state, ep.remote) {
+                (EndpointState::Flushed { local }, Some(remote)) => (local.port(), remote),
+                _ if ep.kind != SockKind::Stream => return Err(libc::EOPNOTSUPP),
+                _ => return Err(libc::ENOTCONN),
+            },
+            Err(e) => return Err(e.errno()),
+        };
+        self.host
+            .tcp
+            .flushed_mut(key.0, key.1)
+            .ok_or(libc::ENOTCONN)
+    }
+
+    fn flushed_send(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        data: &[u8],
+    ) -> (Reply, Vec<OwnedFd>) {
+        use crate::stack::tcp::connection::SendError;
+        let conn = match self.flushed_connection(client, id) {
+            Ok(conn) => conn,
+            Err(errno) => return (Reply::Error { errno }, Vec::new()),
+        };
+        let reply = match conn.send(data) {
+            Ok(n) => Reply::Sent { n: n as u32 },
+            Err(e) => Reply::Error {
+                errno: match e {
+                    SendError::WouldBlock => libc::EAGAIN,
+                    SendError::NotConnected => libc::ENOTCONN,
+                    SendError::Shutdown => libc::EPIPE,
+                    SendError::Reset => libc::ECONNRESET,
+                    SendError::TimedOut => libc::ETIMEDOUT,
+                    SendError::Refused => libc::ECONNREFUSED,
+                    SendError::Unreachable => libc::EHOSTUNREACH,
+                },
+            },
+        };
+        (reply, Vec::new())
+    }
+
+    fn flushed_recv(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        max: u32,
+        peek: bool,
+    ) -> (Reply, Vec<OwnedFd>) {
+        use crate::stack::tcp::connection::RecvError;
+        let conn = match self.flushed_connection(client, id) {
+            Ok(conn) => conn,
+            Err(errno) => return (Reply::Error { errno }, Vec::new()),
+        };
+        let mut buf = vec![0u8; (max as usize).min(crate::control::MAX_TRANSFER)];
+        let read = if peek {
+            conn.peek(&mut buf)
+        } else {
+            conn.recv(&mut buf)
+        };
+        let reply = match read {
+            Ok(n) => {
+                buf.truncate(n);
+                Reply::Received {
+                    fin: n == 0 && max > 0,
+                    data: buf,
+                }
+            }
+            Err(e) => Reply::Error {
+                errno: match e {
+                    RecvError::WouldBlock => libc::EAGAIN,
+                    RecvError::NotConnected => libc::ENOTCONN,
+                    RecvError::Reset => libc::ECONNRESET,
+                    RecvError::TimedOut => libc::ETIMEDOUT,
+                    RecvError::Refused => libc::ECONNREFUSED,
+                    RecvError::Unreachable => libc::EHOSTUNREACH,
+                    RecvError::InvalidOob => libc::EINVAL,
+                },
+            },
+        };
+        (reply, Vec::new())
+    }
+
+    fn flushed_shutdown(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        how: crate::control::ShutdownHow,
+    ) -> (Reply, Vec<OwnedFd>) {
+        use crate::control::ShutdownHow;
+        let now = self.now();
+        let conn = match self.flushed_connection(client, id) {
+            Ok(conn) => conn,
+            Err(errno) => return (Reply::Error { errno }, Vec::new()),
+        };
+        if matches!(how, ShutdownHow::Read | ShutdownHow::Both) {
+            conn.shutdown_read();
+        }
+        if matches!(how, ShutdownHow::Write | ShutdownHow::Both) {
+            conn.shutdown_write(now);
+        }
+        (Reply::Ok, Vec::new())
+    }
+
+    /// Moves flushed connection `id` back into the caller (paper §3.1 "cache"): a channel for
+    /// its 4-tuple and the engine image, as `accept` hands a new connection out.
+    fn cache(&mut self, client: ClientId, id: EndpointId) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let (local, remote) = match self.endpoints.request(client, id) {
+            Ok(ep) => match (ep.state, ep.remote) {
+                (EndpointState::Flushed { local }, Some(remote)) => (local, remote),
+                (EndpointState::Cached { .. }, Some(_)) => return err(libc::EALREADY),
+                _ if ep.kind != SockKind::Stream => return err(libc::EOPNOTSUPP),
+                _ => return err(libc::ENOTCONN),
+            },
+            Err(e) => return err(e.errno()),
+        };
+        let our = SocketAddrV4::new(self.config.addr, local.port());
+        let channel = match self.endpoint_channel(&bpf::endpoint_tcp(our, remote)) {
+            Ok(fd) => fd,
+            Err(errno) => return err(errno),
+        };
+        let now = self.now();
+        let Some(image) = self.host.tcp.release(local.port(), remote, now) else {
+            return err(libc::ENOTCONN);
+        };
+        let memfd = match image_memfd(&image) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Keep running it here rather than lose it.
+                let _ = self.host.tcp.adopt_image(&image, now);
+                return err(e.raw_os_error().unwrap_or(libc::ENOMEM));
+            }
+        };
+        let key = (local.port(), remote);
+        self.flushed.remove(&key);
+        self.flushed_events.remove(&id);
+        self.tcp_connections.insert(key, id);
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.state = EndpointState::Cached { local };
+        }
+        self.filter_dirty = true;
+        (
+            Reply::Cached {
+                ring: self.endpoint_ring.spec(),
+                len: image.len() as u64,
+            },
+            vec![channel, memfd],
+        )
+    }
+
+    /// Asks the holder of cached TCP connection `id` to flush it (`Upcall::Recall`), for a
+    /// requester of uid `uid` (root, ours, or the holder's).
+    fn recall(&mut self, uid: Option<u32>, id: EndpointId) -> Result<(), i32> {
+        let ep = self.endpoints.get(id).ok_or(libc::ESRCH)?;
+        let holder_uid = self.clients.get(&ep.owner).map(|c| c.cred.uid);
+        if !(may_change_routes(uid) || (uid.is_some() && uid == holder_uid)) {
+            return Err(libc::EPERM);
+        }
+        match (ep.kind, ep.state, ep.remote) {
+            (SockKind::Stream, EndpointState::Cached { .. }, Some(_)) => {}
+            _ => return Err(libc::EINVAL),
+        }
+        let owner = ep.owner;
+        self.control.recalls += 1;
+        self.upcall(owner, &Upcall::Recall { id });
+        Ok(())
+    }
+
+    /// The owner let go of flushed endpoint `id` (close, or its process died): the connection
+    /// closes as Linux closes a socket (FIN after the queued data, or RST if received data was
+    /// left unread) and runs to its end here, its port reserved meanwhile.
+    fn close_flushed(&mut self, id: EndpointId) {
+        let Some(ep) = self.endpoints.get(id) else {
+            return;
+        };
+        let (EndpointState::Flushed { local }, Some(remote)) = (ep.state, ep.remote) else {
+            return;
+        };
+        let key = (local.port(), remote);
+        let now = self.now();
+        self.host.tcp.close_flushed(key.0, key.1, now);
+        self.flushed.remove(&key);
+        self.flushed_events.remove(&id);
+        self.forget_endpoint(id);
+        if self.host.tcp.holds_connection(key.0, key.1) {
+            self.reserve_held_port(key);
+        }
+    }
+
+    /// Keeps the port of a connection `host.tcp` runs with nobody holding it reserved, as
+    /// Linux keeps a closing socket (later its TIME_WAIT socket) in the port's bind bucket:
+    /// `forget_endpoint` moved the socket's own entry already; a connection whose socket had
+    /// none gets one with the strictest options.
+    fn reserve_held_port(&mut self, key: (u16, SocketAddrV4)) {
+        if !self.held_tcp.contains_key(&key) {
+            let owner = self.next_held;
+            self.next_held += 1;
+            if self.tcp_ports.reserve(owner, key.0, key.1) {
+                self.held_tcp.insert(key, owner);
+            }
+        }
+        self.filter_dirty = true;
+    }
+
+    /// Moves endpoint `id`'s TCP port entry (its options) to a pseudo owner for the connection
+    /// `key` that `host.tcp` now runs; `timestamps`: the connection uses TCP timestamps (a
+    /// later bound connect may take its TIME_WAIT over).
+    fn hold_tcp_entry(&mut self, id: EndpointId, key: (u16, SocketAddrV4), timestamps: bool) {
+        if self.held_tcp.contains_key(&key) {
+            return;
+        }
+        let owner = self.next_held;
+        if self.tcp_ports.hold(id, owner, key.1, timestamps) {
+            self.next_held += 1;
+            self.held_tcp.insert(key, owner);
+        }
+    }
+
+    /// Brings the TCP port table up to date before a bind, listen or connect: the ephemeral
+    /// range (`ip_local_port_range` of our namespace, read live as Linux does) when a port is
+    /// to be chosen, and which held connections are in TIME_WAIT.
+    fn sync_tcp_ports(&mut self, choose_port: bool) {
+        if choose_port && let Some((low, high)) = local_port_range() {
+            self.tcp_ports.set_ephemeral_range(low, high);
+        }
+        if self.held_tcp.is_empty() {
+            return;
+        }
+        use crate::stack::tcp::connection::State;
+        let time_wait: std::collections::HashSet<(u16, SocketAddrV4)> = self
+            .host
+            .tcp
+            .connections()
+            .filter(|c| c.state == State::TimeWait)
+            .map(|c| (c.local.port(), c.remote))
+            .collect();
+        for (key, owner) in &self.held_tcp {
+            if time_wait.contains(key) {
+                self.tcp_ports.enter_time_wait(*owner);
+            }
+        }
+    }
+
+    /// `connect` of an unbound TCP endpoint: the port chosen as Linux's `__inet_hash_connect`
+    /// (a 4-tuple nobody uses), the 4-tuple reserved, and a channel for it. Reply:
+    /// `Bound { local }` with fds `[channel]`, as a bind; the caller then sends its SYN.
+    fn connect_unbound(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        remote: SocketAddrV4,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let uid = self.clients.get(&client).map_or(u32::MAX, |c| c.cred.uid);
+        self.sync_tcp_ports(true);
+        let socket = TcpSocket {
+            owner: id,
+            reuse_addr: false,
+            reuse_port: false,
+            uid,
+        };
+        let local = match self.tcp_ports.connect_unbound(socket, remote) {
+            Ok(connected) => connected.local,
+            Err(e) => return err(e.errno()),
+        };
+        let fd = match self.endpoint_channel(&bpf::endpoint_tcp(local, remote)) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                self.tcp_ports.release(id);
+                return err(errno);
+            }
+        };
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.state = EndpointState::Cached { local };
+            ep.remote = Some(remote);
+        }
+        self.tcp_connections.insert((local.port(), remote), id);
+        self.filter_dirty = true;
+        (
+            Reply::Bound {
+                local,
+                ring: self.endpoint_ring.spec(),
+            },
+            vec![fd],
+        )
+    }
+
+    /// A TIME_WAIT connection held here whose 4-tuple a new connection took over (Linux's
+    /// `tcp_twsk_unique`): it ends now.
+    fn end_taken_over(&mut self, key: (u16, SocketAddrV4)) {
+        self.held_tcp.remove(&key);
+        let now = self.now();
+        let _ = self.host.tcp.release(key.0, key.1, now);
+        self.filter_dirty = true;
+    }
+
+    /// Tells owners of flushed connections when readiness bits rise (`Upcall::TcpReady`), so a
+    /// client waiting to read or write knows when to ask again.
+    fn notify_flushed(&mut self) {
+        if self.flushed.is_empty() {
+            return;
+        }
+        let mut rising = Vec::new();
+        for (key, r) in self.host.tcp.flushed_readiness() {
+            let Some(&id) = self.flushed.get(&key) else {
+                continue;
+            };
+            let events = readiness_bits(r);
+            let last = self.flushed_events.insert(id, events).unwrap_or(0);
+            if events & !last != 0 {
+                rising.push((id, events));
+            }
+        }
+        for (id, events) in rising {
+            if let Some(owner) = self.endpoints.get(id).map(|ep| ep.owner) {
+                self.upcall(owner, &Upcall::TcpReady { id, events });
+            }
         }
     }
 
@@ -776,27 +1428,19 @@ impl Server {
             Err(errno) => return err(errno),
         };
         let key = (port, conn.remote());
+        let timestamps =
+            conn.info(self.now()).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
         if let Err(e) = self.host.tcp.adopt(conn) {
             return err(match e {
                 super::tcp_host::TcpHostError::AddressInUse => libc::EADDRINUSE,
                 _ => libc::EINVAL,
             });
         }
-        // The process's endpoint ends; the port stays reserved for the connection.
+        // The process's endpoint ends; its port entry (options included) stays with the
+        // connection, as Linux keeps the socket (then its TIME_WAIT socket) in the bind bucket.
+        self.hold_tcp_entry(id, key, timestamps);
         self.forget_endpoint(id);
-        let owner = self.next_held;
-        self.next_held += 1;
-        let reserved = self.tcp_ports.bind(BindRequest {
-            local: SocketAddrV4::new(self.config.addr, port),
-            owner,
-            reuse_addr: true,
-            reuse_port: false,
-            uid: 0,
-        });
-        if reserved.is_ok() {
-            self.held_tcp.insert(key, owner);
-        }
-        self.filter_dirty = true;
+        self.reserve_held_port(key);
         (Reply::Ok, Vec::new())
     }
 
@@ -806,8 +1450,22 @@ impl Server {
         let Some(ep) = self.endpoints.remove(id) else {
             return;
         };
+        // A connection that lives on here (flushed, then closed) keeps its socket's port entry.
+        if let (Some(local), Some(remote), SockKind::Stream) = (ep.local(), ep.remote, ep.kind)
+            && self.host.tcp.holds_connection(local.port(), remote)
+        {
+            self.hold_tcp_entry(id, (local.port(), remote), false);
+        }
+        self.tcp_ports.release(id);
         if let EndpointState::Listening { local } = ep.state {
-            let _ = self.host.tcp.close_listener(local.port(), self.now());
+            // SO_REUSEPORT listeners share the listener here: it closes with the last of them.
+            let others = self
+                .tcp_ports
+                .on_port(local.port())
+                .any(|(_, usage)| usage == PortUse::Listening);
+            if !others {
+                let _ = self.host.tcp.close_listener(local.port(), self.now());
+            }
         }
         if let (EndpointState::Cached { local }, Some(remote), SockKind::Stream) =
             (ep.state, ep.remote, ep.kind)
@@ -815,8 +1473,8 @@ impl Server {
             self.tcp_connections.remove(&(local.port(), remote));
         }
         self.acceptable_sent.remove(&id);
+        self.crash_records.remove(&id);
         self.ports.release(id);
-        self.tcp_ports.release(id);
         self.filter_dirty = true;
     }
 
@@ -824,26 +1482,60 @@ impl Server {
     /// (for accept and close) but no longer the port's traffic.
     fn listen(&mut self, client: ClientId, id: EndpointId, backlog: u32) -> (Reply, Vec<OwnedFd>) {
         let err = |errno: i32| (Reply::Error { errno }, Vec::new());
-        let local = match self.endpoints.request(client, id) {
+        let (local, unbound) = match self.endpoints.request(client, id) {
             Ok(ep) if ep.kind != SockKind::Stream => return err(libc::EOPNOTSUPP),
             Ok(ep) => match (ep.state, ep.remote) {
-                (EndpointState::Cached { local }, None) => local,
+                (EndpointState::Cached { local }, None) => (local, false),
+                (EndpointState::Unbound, _) => (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), true),
                 (EndpointState::Listening { .. }, _) => return (Reply::Ok, Vec::new()),
                 _ => return err(libc::EINVAL),
             },
             Err(e) => return err(e.errno()),
         };
+        self.sync_tcp_ports(unbound);
+        // listen(2) on an unbound socket binds an ephemeral port first, as Linux.
+        let local = if unbound {
+            let uid = self.clients.get(&client).map_or(u32::MAX, |c| c.cred.uid);
+            let socket = TcpSocket {
+                owner: id,
+                reuse_addr: false,
+                reuse_port: false,
+                uid,
+            };
+            match self.tcp_ports.bind(socket, local) {
+                Ok(bound) => bound,
+                Err(e) => return err(e.errno()),
+            }
+        } else {
+            local
+        };
+        // Linux checks the port again, now for a listener (`inet_csk_listen_start`).
+        if let Err(e) = self.tcp_ports.listen(id) {
+            if unbound {
+                self.tcp_ports.release(id);
+            }
+            return err(e.errno());
+        }
         // listen(2): the backlog is capped at SOMAXCONN (4096) and at least 1.
         let accept_backlog = backlog.clamp(1, 4096) as usize;
         let config = crate::stack::tcp::connection::TcpConfig::default();
         let syn_backlog = crate::stack::tcp::connection::DEFAULT_SYN_BACKLOG;
-        match self
-            .host
-            .tcp
-            .listen(local.port(), config, syn_backlog, accept_backlog)
+        // A SO_REUSEPORT listener joins the one already held here for its group (the port
+        // table allowed it): one accept queue serves the group.
+        let shared = self.host.tcp.listening_ports().any(|p| p == local.port());
+        if !shared
+            && self
+                .host
+                .tcp
+                .listen(local.port(), config, syn_backlog, accept_backlog)
+                .is_err()
         {
-            Ok(()) => {}
-            Err(_) => return err(libc::EADDRINUSE),
+            if unbound {
+                self.tcp_ports.release(id);
+            } else {
+                self.tcp_ports.unlisten(id);
+            }
+            return err(libc::EADDRINUSE);
         }
         if let Some(ep) = self.endpoints.get_mut(id) {
             ep.state = EndpointState::Listening { local };
@@ -913,15 +1605,18 @@ impl Server {
             ep.state = EndpointState::Cached { local: our };
             ep.remote = Some(remote);
         }
-        // Keep the port from being bound whole by someone else while the connection lives.
-        let _ = self.tcp_ports.bind(BindRequest {
-            local: our,
-            owner: new_id,
-            reuse_addr: true,
-            reuse_port: false,
-            uid: 0,
-        });
+        // The connection shares the listener's port with its options while it lives.
+        let _ = self.tcp_ports.inherit(id, new_id, remote);
         self.tcp_connections.insert((port, remote), new_id);
+        let mut fds = vec![channel, memfd];
+        // Its crash-record file: the process maps it, this netserver keeps it to read (only)
+        // if the process dies. Without one the connection is reset on a crash.
+        if let Ok(file) = super::crash_reclaim::create_record_file()
+            && let Ok(ours) = file.try_clone()
+        {
+            self.crash_records.insert(new_id, ours);
+            fds.push(file);
+        }
         (
             Reply::Accepted {
                 id: new_id,
@@ -929,7 +1624,7 @@ impl Server {
                 ring: self.endpoint_ring.spec(),
                 len: image.len() as u64,
             },
-            vec![channel, memfd],
+            fds,
         )
     }
 
@@ -966,7 +1661,7 @@ impl Server {
 
     /// Frees the port reservations of connections that ended here.
     fn release_finished_tcp(&mut self) {
-        if self.held_tcp.len() == self.host.tcp.connections().count() {
+        if self.held_tcp.len() == self.host.tcp.connections().filter(|c| !c.flushed).count() {
             return;
         }
         let live: std::collections::HashSet<(u16, SocketAddrV4)> = self
@@ -997,10 +1692,14 @@ impl Server {
         if fds.len() > 1 {
             return err(libc::EINVAL);
         }
-        c.stats = fds
-            .into_iter()
-            .next()
-            .and_then(|fd| StatsPage::map_readonly(fd).ok());
+        // The optional stats page stays mapped here and `msock stat` reads it: only a memfd of
+        // the right size sealed against shrinking is taken (a page the client could truncate
+        // would SIGBUS the netserver); anything else is refused, not silently ignored.
+        let stats = match fds.into_iter().next().map(StatsPage::map_readonly) {
+            None => None,
+            Some(Ok(view)) => Some(view),
+            Some(Err(_)) => return err(libc::EINVAL),
+        };
         let (ours, theirs) = match Connection::pair() {
             Ok(pair) => pair,
             Err(e) => return err(e.raw_os_error().unwrap_or(libc::ENOMEM)),
@@ -1012,6 +1711,7 @@ impl Server {
             Ok(fd) => fd,
             Err(e) => return err(e.raw_os_error().unwrap_or(libc::EIO)),
         };
+        c.stats = stats;
         c.upcall = Some(ours);
         c.registered = true;
         (
@@ -1048,20 +1748,30 @@ impl Server {
             return err(libc::EADDRNOTAVAIL);
         }
         let stream = ep.kind == SockKind::Stream;
-        let table = if stream {
-            &mut self.tcp_ports
+        let bound = if stream {
+            // Linux's TCP rules (`inet_csk_get_port`), not UDP's.
+            self.sync_tcp_ports(local.port() == 0);
+            let socket = TcpSocket {
+                owner: id,
+                reuse_addr,
+                reuse_port,
+                uid,
+            };
+            match self.tcp_ports.bind(socket, local) {
+                Ok(bound) => bound,
+                Err(e) => return err(e.errno()),
+            }
         } else {
-            &mut self.ports
-        };
-        let bound = match table.bind(BindRequest {
-            local,
-            owner: id,
-            reuse_addr,
-            reuse_port,
-            uid,
-        }) {
-            Ok(bound) => bound,
-            Err(e) => return err(bind_errno(e)),
+            match self.ports.bind(BindRequest {
+                local,
+                owner: id,
+                reuse_addr,
+                reuse_port,
+                uid,
+            }) {
+                Ok(bound) => bound,
+                Err(e) => return err(bind_errno(e)),
+            }
         };
         // A wildcard bind also receives the subnet and limited broadcast, as on Linux.
         let filter = if stream {
@@ -1079,8 +1789,11 @@ impl Server {
         let fd = match self.endpoint_channel(&filter) {
             Ok(fd) => fd,
             Err(errno) => {
-                self.ports.release(id);
-                self.tcp_ports.release(id);
+                if stream {
+                    self.tcp_ports.release(id);
+                } else {
+                    self.ports.release(id);
+                }
                 return err(errno);
             }
         };
@@ -1246,6 +1959,22 @@ const STAT_TEXT_LIMIT: usize = crate::control::MAX_MESSAGE - 1024;
 /// note; a JSON report that does not fit is replaced by an error object (cut JSON is useless).
 /// Who may change routes and neighbours: root, or the uid the netserver runs as (peer
 /// credentials of the control connection, taken by the kernel at connect time).
+/// `Upcall::TcpReady` bits of an engine readiness.
+fn readiness_bits(r: crate::stack::tcp::connection::Readiness) -> u8 {
+    use crate::control::TcpReady;
+    [
+        (r.readable, TcpReady::READABLE),
+        (r.writable, TcpReady::WRITABLE),
+        (r.read_hup, TcpReady::READ_HUP),
+        (r.hup, TcpReady::HUP),
+        (r.error, TcpReady::ERROR),
+        (r.priority, TcpReady::PRIORITY),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |bits, (_, bit)| bits | bit)
+}
+
 fn may_change_routes(peer_uid: Option<u32>) -> bool {
     peer_uid.is_some_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
 }
@@ -1307,13 +2036,19 @@ fn random_secret() -> io::Result<[u8; 16]> {
     Ok(key)
 }
 
-/// Reads a handed-over image: `len` bytes from offset 0 of a memfd or regular file (never a
-/// pipe or socket, which could block the netserver). Errors are errnos for the reply.
+/// Reads a handed-over image: `len` bytes from offset 0 of a memfd (a regular file on shmem).
+/// Anything else is EBADF before any read: a pipe, FIFO or socket could block the netserver, and
+/// so could a regular file on a filesystem someone else serves (FUSE, NFS); a directory, device
+/// or `O_PATH` descriptor has no image. A file shorter than `len` is EINVAL. Errors are errnos
+/// for the reply.
 fn read_image(fd: OwnedFd, len: usize) -> Result<Vec<u8>, i32> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(|_| libc::EBADF)?;
     if !meta.file_type().is_file() {
+        return Err(libc::EBADF);
+    }
+    if !super::on_shmem(file.as_fd()) {
         return Err(libc::EBADF);
     }
     if meta.len() < len as u64 {
@@ -1325,11 +2060,32 @@ fn read_image(fd: OwnedFd, len: usize) -> Result<Vec<u8>, i32> {
     Ok(image)
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit; true if it was lower and now is not (the
+/// netserver holds descriptors per client and per connection, and the usual soft limit of 1024
+/// is far below what the hard limit allows).
+fn raise_nofile_limit() -> bool {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok(),
+        _ => false,
+    }
+}
+
 fn ignore_would_block(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::WouldBlock {
         Ok(())
     } else {
         Err(e)
+    }
+}
+
+/// `net.ipv4.ip_local_port_range` of our network namespace (`None` if unreadable or bad).
+fn local_port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+    match (it.next()??, it.next()??) {
+        (low, high) if low >= 1 && low <= high => Some((low, high)),
+        _ => None,
     }
 }
 
@@ -1379,6 +2135,41 @@ mod tests {
         // A pipe (or socket) could block the netserver: refused before any read.
         let (reader, _writer) = nix::unistd::pipe().expect("pipe");
         assert_eq!(read_image(reader, 4), Err(libc::EBADF));
+        // Neither a directory, a device, an O_PATH descriptor of a memfd, nor a regular file on
+        // a filesystem other than shmem (FUSE or NFS could stall the read).
+        let open = |path: &str, flags: nix::fcntl::OFlag| {
+            let fd = nix::fcntl::open(
+                path,
+                flags | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .expect("open");
+            // SAFETY: `open` returned a fresh descriptor nothing else owns.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        };
+        assert_eq!(
+            read_image(open("/", nix::fcntl::OFlag::O_RDONLY), 4),
+            Err(libc::EBADF)
+        );
+        assert_eq!(
+            read_image(open("/dev/zero", nix::fcntl::OFlag::O_RDONLY), 4),
+            Err(libc::EBADF)
+        );
+        let memfd = memfd_with(b"abcdef");
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&memfd));
+        assert_eq!(
+            read_image(open(&path, nix::fcntl::OFlag::O_PATH), 4),
+            Err(libc::EBADF)
+        );
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let on_shmem = nix::sys::statfs::statfs(manifest)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        if !on_shmem {
+            assert_eq!(
+                read_image(open(manifest, nix::fcntl::OFlag::O_RDONLY), 4),
+                Err(libc::EBADF)
+            );
+        }
     }
 
     #[test]

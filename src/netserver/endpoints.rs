@@ -23,6 +23,9 @@ pub enum EndpointState {
     /// A TCP listener held by the netserver for the owning client (handshakes, SYN cookies and
     /// the accept queue live in `host.tcp`).
     Listening { local: SocketAddrV4 },
+    /// A TCP connection flushed into the netserver (paper §3.1): `host.tcp` runs it, the owner
+    /// keeps the socket and reaches it with send/recv requests until it caches it again.
+    Flushed { local: SocketAddrV4 },
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +45,9 @@ impl Endpoint {
     pub fn local(&self) -> Option<SocketAddrV4> {
         match self.state {
             EndpointState::Unbound => None,
-            EndpointState::Cached { local } | EndpointState::Listening { local } => Some(local),
+            EndpointState::Cached { local }
+            | EndpointState::Listening { local }
+            | EndpointState::Flushed { local } => Some(local),
         }
     }
 }

@@ -27,6 +27,24 @@ use crate::wire::{
     Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
 
+/// The (local port, remote) of a TCP segment in an Ethernet frame (an unfragmented IPv4 one),
+/// `None` for anything else or anything malformed.
+pub fn tcp_frame_key(frame: &[u8]) -> Option<(u16, SocketAddrV4)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if EthernetRepr::parse(&eth).ok()?.ethertype != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.protocol() != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some((
+        tcp.dst_port(),
+        SocketAddrV4::new(ip.src_addr(), tcp.src_port()),
+    ))
+}
+
 /// Where the netserver finds the owner of a UDP destination.
 pub trait PortLookup {
     fn udp_owner(&self, local: SocketAddrV4) -> Option<EndpointId>;
@@ -155,6 +173,8 @@ pub struct HostCounters {
     pub reassembled: u64,
     pub delivered: u64,
     pub icmp_errors_forwarded: u64,
+    /// ICMP errors applied to TCP connections the netserver runs itself.
+    pub icmp_errors_applied: u64,
     /// ICMP redirects believed (a host route installed) and ignored (RFC 1122 §3.2.2.2).
     pub redirects_accepted: u64,
     pub redirects_ignored: u64,
@@ -708,7 +728,7 @@ impl Host {
 
     fn receive_icmp(
         &mut self,
-        _now: Instant,
+        now: Instant,
         src_mac: EthernetAddress,
         ip: &Ipv4Repr,
         body: &[u8],
@@ -778,6 +798,21 @@ impl Host {
                                 next_hop_mtu,
                                 quoted_seq,
                             });
+                        }
+                        // A connection this netserver runs (flushed, closing, TIME_WAIT).
+                        None if self.tcp.holds_connection(local.port(), remote) => {
+                            let report = crate::stack::tcp::icmp::IcmpReport {
+                                local,
+                                remote,
+                                errno,
+                                next_hop_mtu,
+                                quoted_seq: crate::wire::tcp::TcpSeqNumber(quoted_seq),
+                            };
+                            if self.tcp.on_icmp(now, &report) {
+                                self.counters.icmp_errors_applied += 1;
+                            } else {
+                                self.drops.count(DropReason::BadIcmp);
+                            }
                         }
                         None => self.drops.count(DropReason::NoSocket),
                     }

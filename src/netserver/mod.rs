@@ -6,6 +6,7 @@
 //! `msock netserver --iface IF --addr A.B.C.D/N [--gateway G]` runs it in the foreground until
 //! SIGINT/SIGTERM.
 
+pub mod crash_reclaim;
 mod daemon;
 pub mod endpoints;
 pub mod host;
@@ -95,6 +96,13 @@ pub fn command(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// Whether `fd` is a file in shared memory (a memfd or tmpfs file): the only kind the
+/// netserver reads from a client (a file on FUSE or NFS could block its read forever).
+pub(crate) fn on_shmem(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    nix::sys::statfs::fstatfs(fd)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 #[cfg(test)]

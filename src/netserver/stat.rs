@@ -43,6 +43,7 @@ fn state(ep: &Endpoint) -> (&'static str, String) {
         EndpointState::Unbound => ("UNBOUND", "-".into()),
         EndpointState::Cached { local } => ("CACHED", local.to_string()),
         EndpointState::Listening { local } => ("LISTEN", local.to_string()),
+        EndpointState::Flushed { local } => ("FLUSHED", local.to_string()),
     }
 }
 
@@ -164,7 +165,8 @@ fn render_text(server: &Server) -> String {
             num(|r| r.drops)
         );
     }
-    // Connections the netserver runs itself (handed over by processes that closed them).
+    // Connections the netserver runs itself: handed over by processes that closed them
+    // (`netsrv`), or flushed by a process that still holds the socket (`flushed`).
     for held in server.host.tcp.connections() {
         let _ = writeln!(
             out,
@@ -174,7 +176,7 @@ fn render_text(server: &Server) -> String {
             held.local.to_string(),
             held.remote.to_string(),
             held.state.to_string(),
-            "netsrv"
+            if held.flushed { "flushed" } else { "netsrv" }
         );
     }
     let h = &server.host.counters;
@@ -203,7 +205,7 @@ fn render_text(server: &Server) -> String {
         out,
         "host: frames-in {} arp-requests {} arp-replies {} echo-replies {} port-unreachables {} \
          icmp-rate-limited {} reassembled {} delivered-upcall {} icmp-errors-forwarded {} \
-         redirects-accepted {} redirects-ignored {}",
+         icmp-errors-applied {} redirects-accepted {} redirects-ignored {}",
         h.frames_in,
         h.arp_requests,
         h.arp_replies,
@@ -213,6 +215,7 @@ fn render_text(server: &Server) -> String {
         h.reassembled,
         h.delivered,
         h.icmp_errors_forwarded,
+        h.icmp_errors_applied,
         h.redirects_accepted,
         h.redirects_ignored
     );
@@ -224,7 +227,7 @@ fn render_text(server: &Server) -> String {
     let _ = writeln!(
         out,
         "control: clients {} requests {} bad-messages {} errors {} upcalls {} upcalls-dropped {} filter-updates {} \
-         route-changes {} route-denied {} redirects-unstored {}",
+         route-changes {} route-denied {} redirects-unstored {} recalls {}",
         c.clients_accepted,
         c.requests,
         c.bad_messages,
@@ -234,7 +237,8 @@ fn render_text(server: &Server) -> String {
         c.filter_updates,
         c.route_changes,
         c.route_denied,
-        c.redirects_unstored
+        c.redirects_unstored,
+        c.recalls
     );
     let mut clients: Vec<_> = server.clients.values().collect();
     clients.sort_by_key(|c| c.cred.pid);
@@ -311,10 +315,11 @@ fn render_json(server: &Server) -> String {
         .connections()
         .map(|c| {
             format!(
-                "{{\"local\":{},\"remote\":{},\"state\":{}}}",
+                "{{\"local\":{},\"remote\":{},\"state\":{},\"flushed\":{}}}",
                 json_str(&c.local.to_string()),
                 json_str(&c.remote.to_string()),
-                json_str(&c.state.to_string())
+                json_str(&c.state.to_string()),
+                c.flushed
             )
         })
         .collect();
@@ -362,9 +367,9 @@ fn render_json(server: &Server) -> String {
         "{{\"addr\":{},\"prefix_len\":{},\"iface\":{},\"mac\":{},\"uptime_s\":{},\"clients\":{},\"client_requests\":[{}],\
          \"endpoints\":[{}],\"tcp_held\":[{}],\"tcp_listeners\":[{}],\
          \"tcp_held_counters\":{{\"adopted\":{},\"finished\":{},\"resets\":{},\"dropped\":{},\"segments_out\":{},\"orphans_reset\":{},\"orphans_lost\":{}}},\
-         \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{},\"redirects_accepted\":{},\"redirects_ignored\":{}}},\
+         \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{},\"icmp_errors_applied\":{},\"redirects_accepted\":{},\"redirects_ignored\":{}}},\
          \"channel\":{{\"frames_in\":{},\"frames_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"kernel_drops\":{}}},\
-         \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{},\"route_changes\":{},\"route_denied\":{},\"redirects_unstored\":{}}},\
+         \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{},\"route_changes\":{},\"route_denied\":{},\"redirects_unstored\":{},\"recalls\":{}}},\
          \"drops\":{{{}}},\"neighbors\":[{}]}}",
         json_str(&server.config.addr.to_string()),
         server.config.prefix_len,
@@ -392,6 +397,7 @@ fn render_json(server: &Server) -> String {
         h.reassembled,
         h.delivered,
         h.icmp_errors_forwarded,
+        h.icmp_errors_applied,
         h.redirects_accepted,
         h.redirects_ignored,
         ch.frames_in,
@@ -409,6 +415,7 @@ fn render_json(server: &Server) -> String {
         c.route_changes,
         c.route_denied,
         c.redirects_unstored,
+        c.recalls,
         drops.join(","),
         neighbors.join(",")
     )

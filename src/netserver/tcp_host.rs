@@ -70,6 +70,8 @@ pub struct HeldConnection {
     pub local: SocketAddrV4,
     pub remote: SocketAddrV4,
     pub state: State,
+    /// Flushed: a process still holds the socket and reaches it through control requests.
+    pub flushed: bool,
 }
 
 type Key = (u16, SocketAddrV4);
@@ -81,6 +83,9 @@ pub struct TcpHost {
     isn: IsnGenerator,
     listeners: HashMap<u16, TcpBacklog>,
     connections: HashMap<Key, TcpConnection>,
+    /// Connections flushed by a process that still holds the socket: kept after they end
+    /// (their owner still reads the error or end of stream) until the owner closes or caches.
+    flushed: std::collections::HashSet<Key>,
     orphans: HashMap<Key, Orphan>,
     stats: TcpHostStats,
 }
@@ -94,6 +99,7 @@ impl TcpHost {
             isn,
             listeners: HashMap::new(),
             connections: HashMap::new(),
+            flushed: std::collections::HashSet::new(),
             orphans: HashMap::new(),
             stats: TcpHostStats::default(),
         }
@@ -175,6 +181,54 @@ impl TcpHost {
         Ok(())
     }
 
+    /// Takes a connection a process flushed (paper §3.1): it runs here while the process keeps
+    /// the socket and reaches it through [`TcpHost::flushed_mut`].
+    pub fn adopt_flushed(&mut self, conn: TcpConnection) -> Result<(), TcpHostError> {
+        let key = (conn.local().port(), conn.remote());
+        self.adopt(conn)?;
+        self.flushed.insert(key);
+        Ok(())
+    }
+
+    /// A flushed connection, for its owner's send, receive and shutdown requests.
+    pub fn flushed_mut(
+        &mut self,
+        local_port: u16,
+        remote: SocketAddrV4,
+    ) -> Option<&mut TcpConnection> {
+        let key = (local_port, remote);
+        if !self.flushed.contains(&key) {
+            return None;
+        }
+        self.connections.get_mut(&key)
+    }
+
+    /// The owner of a flushed connection closed it (or died): it closes as Linux closes a
+    /// socket on `close()` — reset when received data was left unread, else the queued data
+    /// and a FIN — and then runs to its end here like any connection nobody holds.
+    pub fn close_flushed(&mut self, local_port: u16, remote: SocketAddrV4, now: Instant) {
+        let key = (local_port, remote);
+        if !self.flushed.remove(&key) {
+            return;
+        }
+        if let Some(conn) = self.connections.get_mut(&key) {
+            if conn.recv_queue_len() > 0 {
+                conn.abort(now);
+            } else {
+                conn.close(now);
+            }
+        }
+    }
+
+    /// Flushed connections and their readiness (for the owners' `TcpReady` upcalls).
+    pub fn flushed_readiness(
+        &self,
+    ) -> impl Iterator<Item = (Key, crate::stack::tcp::connection::Readiness)> + '_ {
+        self.flushed
+            .iter()
+            .filter_map(|key| self.connections.get(key).map(|c| (*key, c.readiness())))
+    }
+
     /// Keeps an aborted connection until its reset has been sent (it ends at the next
     /// [`TcpHost::dispatch`]).
     pub fn adopt_aborted(&mut self, conn: TcpConnection) -> Result<(), TcpHostError> {
@@ -201,6 +255,7 @@ impl TcpHost {
         now: Instant,
     ) -> Option<Vec<u8>> {
         let conn = self.connections.remove(&(local_port, remote))?;
+        self.flushed.remove(&(local_port, remote));
         Some(conn.export(now))
     }
 
@@ -223,6 +278,19 @@ impl TcpHost {
         self.listeners.contains_key(&port) || self.connections.keys().any(|(p, _)| *p == port)
     }
 
+    /// An ICMP error quoting a segment of a connection held here (`report.local` is ours):
+    /// applied as the process would apply it (path MTU, soft or hard unreachable, RFC 5927
+    /// sequence check). Returns whether a held connection took it.
+    pub fn on_icmp(&mut self, now: Instant, report: &crate::stack::tcp::icmp::IcmpReport) -> bool {
+        match self
+            .connections
+            .get_mut(&(report.local.port(), report.remote))
+        {
+            Some(conn) => crate::stack::tcp::icmp::apply_icmp(conn, now, report),
+            None => false,
+        }
+    }
+
     /// Whether a connection for this 4-tuple is held (a connect must pick another port).
     pub fn holds_connection(&self, local_port: u16, remote: SocketAddrV4) -> bool {
         self.connections.contains_key(&(local_port, remote))
@@ -230,10 +298,11 @@ impl TcpHost {
 
     /// Every held connection, for `msock stat`.
     pub fn connections(&self) -> impl Iterator<Item = HeldConnection> + '_ {
-        self.connections.values().map(|c| HeldConnection {
+        self.connections.iter().map(|(key, c)| HeldConnection {
             local: c.local(),
             remote: c.remote(),
             state: c.state(),
+            flushed: self.flushed.contains(key),
         })
     }
 
@@ -338,7 +407,9 @@ impl TcpHost {
             true
         });
         let before = self.connections.len();
-        self.connections.retain(|_, c| c.state() != State::Closed);
+        let flushed = &self.flushed;
+        self.connections
+            .retain(|key, c| c.state() != State::Closed || flushed.contains(key));
         self.stats.finished += (before - self.connections.len()) as u64;
     }
 
@@ -453,6 +524,81 @@ mod tests {
         let ours = host.accept(port).expect("listening").expect("accepted");
         assert_eq!(ours.state(), State::Established);
         (ours, peer)
+    }
+
+    #[test]
+    fn a_flushed_connection_is_served_here_and_closed_as_linux_closes_a_socket() {
+        let mut h = host();
+        let now = Instant::from_secs(1);
+        let (ours, mut peer) = established(&mut h, 81, now);
+        h.adopt_flushed(ours).expect("flush");
+        assert!(h.connections().all(|c| c.flushed));
+        // Its owner's send and receive go through `flushed_mut`.
+        let conn = h.flushed_mut(81, PEER).expect("flushed");
+        assert_eq!(conn.send(b"from the netserver"), Ok(18));
+        peer.send(b"to the owner").expect("send");
+        exchange(&mut h, &mut peer, now);
+        let mut buf = [0u8; 32];
+        assert_eq!(peer.recv(&mut buf), Ok(18));
+        let (_, readiness) = h.flushed_readiness().next().expect("readiness");
+        assert!(readiness.readable && readiness.writable);
+        // Closed with those 12 bytes unread: reset, as Linux's tcp_close.
+        h.close_flushed(81, PEER, now);
+        assert!(h.flushed_mut(81, PEER).is_none());
+        let wire = exchange(&mut h, &mut peer, now);
+        assert!(wire.iter().any(|w| w.repr.control.rst), "no RST");
+        assert!(!h.holds_connection(81, PEER));
+
+        // Nothing unread: queued data, then FIN.
+        let now = Instant::from_secs(5);
+        let (ours, mut peer) = established(&mut h, 82, now);
+        h.adopt_flushed(ours).expect("flush");
+        let conn = h.flushed_mut(82, PEER).expect("flushed");
+        conn.send(b"last words").expect("send");
+        h.close_flushed(82, PEER, now);
+        let wire = exchange(&mut h, &mut peer, now);
+        assert!(wire.iter().any(|w| w.repr.control.fin), "no FIN");
+        assert!(!wire.iter().any(|w| w.repr.control.rst));
+        assert_eq!(peer.recv(&mut buf), Ok(10));
+        assert_eq!(&buf[..10], b"last words");
+        // A flushed connection that ended stays until its owner lets go (its error is read).
+        let (ours, mut peer) = established(&mut h, 83, now);
+        h.adopt_flushed(ours).expect("flush");
+        peer.abort(now);
+        exchange(&mut h, &mut peer, now);
+        let conn = h.flushed_mut(83, PEER).expect("kept after the reset");
+        assert_eq!(conn.state(), State::Closed);
+        assert!(conn.readiness().error);
+    }
+
+    #[test]
+    fn icmp_frag_needed_reaches_a_connection_held_here() {
+        let mut h = host();
+        let now = Instant::from_secs(1);
+        let (ours, _peer) = established(&mut h, 84, now);
+        h.adopt_flushed(ours).expect("flush");
+        let conn = h.flushed_mut(84, PEER).expect("flushed");
+        conn.send(&[7u8; 20_000]).expect("send");
+        let mut sent = Vec::new();
+        h.dispatch(now, &mut |_, seg| collect(&mut sent)(seg));
+        let first = sent.iter().find(|w| !w.payload.is_empty()).expect("data");
+        let report = crate::stack::tcp::icmp::IcmpReport {
+            local: SocketAddrV4::new(OURS, 84),
+            remote: PEER,
+            errno: libc::EMSGSIZE,
+            next_hop_mtu: 1200,
+            quoted_seq: first.repr.seq_number,
+        };
+        assert!(h.on_icmp(now, &report));
+        assert_eq!(
+            h.flushed_mut(84, PEER).expect("flushed").snd_mss(),
+            1200 - 40
+        );
+        let stray = crate::stack::tcp::icmp::IcmpReport {
+            remote: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 9), 1),
+            ..report
+        };
+        assert!(!h.on_icmp(now, &stray));
     }
 
     #[test]

@@ -526,9 +526,10 @@ impl RegionWriter {
     }
 }
 
-/// A client's read-only view of the region.
+/// A client's read-only view of the region (clones share one mapping).
+#[derive(Clone)]
 pub struct RegionReader {
-    map: Mapping,
+    map: std::sync::Arc<Mapping>,
 }
 
 impl RegionReader {
@@ -565,7 +566,9 @@ impl RegionReader {
         {
             return Err(bad("layout size mismatch"));
         }
-        Ok(RegionReader { map })
+        Ok(RegionReader {
+            map: std::sync::Arc::new(map),
+        })
     }
 
     /// The next hop for `dst`, read in place under the seqlock; `None` when no route matches

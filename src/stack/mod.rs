@@ -13,6 +13,8 @@
 //!   bounded in bytes and datagrams, 30 s timeout.
 //! - [`fragment`]: the send-side fragment planner (RFC 791 §3.2), allocation-free.
 //! - [`ports`]: the UDP port table behind `bind` (Linux `udp_lib_get_port` semantics).
+//! - [`tcp_ports`]: the TCP port table behind `bind`, `listen` and `connect` (Linux
+//!   `inet_csk_get_port` / `__inet_hash_connect` semantics).
 //! - [`stats`]: drop reasons with stable numbering and their counters.
 #![forbid(unsafe_code)]
 
@@ -25,6 +27,7 @@ pub mod ports;
 pub mod reassembly;
 pub mod stats;
 pub mod tcp;
+pub mod tcp_ports;
 
 pub use arp_cache::{ArpAction, ArpCache, ArpConfig, Lookup};
 pub use fragment::{Fragment, FragmentError, Fragments};

@@ -22,6 +22,8 @@
 //! differ) and nothing else on the host.
 #![allow(dead_code, unused_imports)]
 
+pub mod streams;
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};

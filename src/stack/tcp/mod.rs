@@ -11,12 +11,16 @@
 //! - [`scoreboard`]: the sender's SACK scoreboard (RFC 6675).
 //! - [`rtt`]: RTO estimation (RFC 6298); [`congestion`]: Reno (RFC 5681) and CUBIC (RFC 9438)
 //!   with pacing rates; [`isn`]: initial sequence numbers (RFC 6528).
+//! - [`crash_record`]: the record a client keeps so the netserver can close its connection as
+//!   Linux would after the process is killed.
 //! - [`info`]: `TCP_INFO`; [`sim`]: a seeded network simulator for deterministic tests.
 #![forbid(unsafe_code)]
 
 pub mod congestion;
 pub mod connection;
+pub mod crash_record;
 pub mod fuzzing;
+pub mod icmp;
 pub mod image;
 pub mod info;
 pub mod isn;
@@ -25,6 +29,7 @@ pub mod rtt;
 pub mod scoreboard;
 pub mod send_buffer;
 pub mod sim;
+pub mod sockopt;
 pub mod syn_cookie;
 
 #[cfg(test)]

@@ -9,7 +9,16 @@
 //! bytes: a smaller capacity only refuses new bytes until the queue has drained below it, and the
 //! storage shrinks when the queue empties. The state exports to the connection image
 //! ([`super::image`]); import validates it, as the image may come from an untrusted process.
+//!
+//! Storage is a `Vec` by default. [`SendBuffer::attach_shared`] moves the ring into memory the
+//! caller supplies ([`SharedRingStorage`], e.g. a client's crash-record memfd, see
+//! [`super::crash_record`]): the queued bytes are then already where the netserver can read
+//! them if the process dies, with no copy per push. A shared ring has a fixed size; a push that
+//! needs more (the capacity was raised past it) moves the queue back into a `Vec` (detach), and
+//! [`SendBuffer::shared_layout`] then says so.
 #![forbid(unsafe_code)]
+
+use core::fmt;
 
 use super::image::{ImageError, ImageReader, ImageWriter};
 
@@ -21,11 +30,52 @@ const MIN_STORAGE: usize = 4096;
 /// capped by `wmem_max`; no sane configuration comes near 1 GiB).
 pub const MAX_CAPACITY: usize = 1 << 30;
 
+/// Fixed-size memory a [`SendBuffer`] may keep its ring in (see the module documentation).
+/// `bytes` and `bytes_mut` must always return the same region, of the same length.
+pub trait SharedRingStorage: fmt::Debug + Send + Sync {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+/// Where the ring lives.
+#[derive(Debug)]
+enum Storage {
+    Owned(Vec<u8>),
+    Shared(Box<dyn SharedRingStorage>),
+}
+
+impl Storage {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Shared(s) => s.bytes(),
+        }
+    }
+
+    #[inline]
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Shared(s) => s.bytes_mut(),
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    fn is_shared(&self) -> bool {
+        matches!(self, Storage::Shared(_))
+    }
+}
+
 /// A byte ring holding the bytes queued for sending, the unacknowledged ones first.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SendBuffer {
-    /// Ring storage; `storage.len()` is the ring size (0 until the first push).
-    storage: Vec<u8>,
+    /// Ring storage; its length is the ring size (0 until the first push).
+    storage: Storage,
     /// Index in `storage` of byte 0 (SND.UNA).
     head: usize,
     /// Bytes queued.
@@ -34,12 +84,24 @@ pub struct SendBuffer {
     capacity: usize,
 }
 
+/// A clone never shares memory: a shared ring is copied into a `Vec` (same layout).
+impl Clone for SendBuffer {
+    fn clone(&self) -> SendBuffer {
+        SendBuffer {
+            storage: Storage::Owned(self.storage.bytes().to_vec()),
+            head: self.head,
+            len: self.len,
+            capacity: self.capacity,
+        }
+    }
+}
+
 impl SendBuffer {
     /// An empty queue admitting `capacity` bytes (clamped to [`MAX_CAPACITY`]); allocates nothing
     /// until data is pushed.
     pub fn new(capacity: usize) -> SendBuffer {
         SendBuffer {
-            storage: Vec::new(),
+            storage: Storage::Owned(Vec::new()),
             head: 0,
             len: 0,
             capacity: capacity.min(MAX_CAPACITY),
@@ -55,10 +117,41 @@ impl SendBuffer {
     /// the queue length, [`SendBuffer::free`] is 0 until enough bytes are acknowledged.
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity.min(MAX_CAPACITY);
-        if self.len == 0 && self.storage.len() > self.capacity.max(MIN_STORAGE) {
-            self.storage = Vec::new();
+        if self.len == 0
+            && !self.storage.is_shared()
+            && self.storage.len() > self.capacity.max(MIN_STORAGE)
+        {
+            self.storage = Storage::Owned(Vec::new());
             self.head = 0;
         }
+    }
+
+    /// Moves the ring into `storage` (its whole length is the ring size): the queued bytes are
+    /// copied there once, from index 0. Refused (the storage is handed back) when it cannot
+    /// hold the bytes already queued or is empty.
+    pub fn attach_shared(
+        &mut self,
+        mut storage: Box<dyn SharedRingStorage>,
+    ) -> Result<(), Box<dyn SharedRingStorage>> {
+        let ring = storage.bytes().len();
+        if ring == 0 || ring < self.len || ring > MAX_CAPACITY {
+            return Err(storage);
+        }
+        let [a, b] = self.slices(0, self.len);
+        let dst = storage.bytes_mut();
+        dst[..a.len()].copy_from_slice(a);
+        dst[a.len()..a.len() + b.len()].copy_from_slice(b);
+        self.storage = Storage::Shared(storage);
+        self.head = 0;
+        Ok(())
+    }
+
+    /// Where the queue lies in a shared ring: (index of byte 0, ring size). `None` while the
+    /// ring is in a `Vec` (never attached, or detached by a push the ring could not hold).
+    pub fn shared_layout(&self) -> Option<(usize, usize)> {
+        self.storage
+            .is_shared()
+            .then(|| (self.head, self.storage.len()))
     }
 
     /// Bytes queued (unacknowledged and not yet sent).
@@ -75,14 +168,15 @@ impl SendBuffer {
         self.capacity.saturating_sub(self.len)
     }
 
-    /// Moves the queue into fresh storage of `size` bytes (≥ `len`), laid out from index 0.
+    /// Moves the queue into fresh storage of `size` bytes (≥ `len`), laid out from index 0 (a
+    /// shared ring is left: the bytes move into a `Vec`).
     fn reshape(&mut self, size: usize) {
         debug_assert!(size >= self.len);
         let mut fresh = vec![0u8; size];
         let [a, b] = self.slices(0, self.len);
         fresh[..a.len()].copy_from_slice(a);
         fresh[a.len()..a.len() + b.len()].copy_from_slice(b);
-        self.storage = fresh;
+        self.storage = Storage::Owned(fresh);
         self.head = 0;
     }
 
@@ -101,11 +195,14 @@ impl SendBuffer {
                 .min(self.capacity.max(needed));
             self.reshape(size);
         }
-        let ring = self.storage.len();
-        let tail = (self.head + self.len) % ring;
+        let head = self.head;
+        let len = self.len;
+        let storage = self.storage.bytes_mut();
+        let ring = storage.len();
+        let tail = (head + len) % ring;
         let first = n.min(ring - tail);
-        self.storage[tail..tail + first].copy_from_slice(&data[..first]);
-        self.storage[..n - first].copy_from_slice(&data[first..n]);
+        storage[tail..tail + first].copy_from_slice(&data[..first]);
+        storage[..n - first].copy_from_slice(&data[first..n]);
         self.len = needed;
         n
     }
@@ -117,13 +214,11 @@ impl SendBuffer {
             return [&[], &[]];
         }
         let len = len.min(self.len - offset);
-        let ring = self.storage.len();
+        let storage = self.storage.bytes();
+        let ring = storage.len();
         let start = (self.head + offset) % ring;
         let first = len.min(ring - start);
-        [
-            &self.storage[start..start + first],
-            &self.storage[..len - first],
-        ]
+        [&storage[start..start + first], &storage[..len - first]]
     }
 
     /// Drops `n` acknowledged bytes from the front (clamped to the queue length).
@@ -135,9 +230,9 @@ impl SendBuffer {
         self.len -= n;
         if self.len == 0 {
             self.head = 0;
-            // Lazy shrink after the capacity was lowered.
-            if self.storage.len() > self.capacity.max(MIN_STORAGE) {
-                self.storage = Vec::new();
+            // Lazy shrink after the capacity was lowered (a shared ring keeps its size).
+            if !self.storage.is_shared() && self.storage.len() > self.capacity.max(MIN_STORAGE) {
+                self.storage = Storage::Owned(Vec::new());
             }
         } else {
             self.head = (self.head + n) % self.storage.len();
@@ -168,7 +263,7 @@ impl SendBuffer {
             return Err(ImageError::Invalid("send buffer length"));
         }
         let mut buf = SendBuffer {
-            storage: bytes.to_vec(),
+            storage: Storage::Owned(bytes.to_vec()),
             head: 0,
             len: bytes.len(),
             capacity,
@@ -326,6 +421,74 @@ mod tests {
         assert_eq!(b.storage.len(), 0);
         assert_eq!(b.push(b"ok"), 2);
         assert_eq!(joined(b.slices(0, 2)), b"ok");
+    }
+
+    /// Caller-supplied storage for the tests: a fixed `Vec` standing for shared memory.
+    #[derive(Debug)]
+    struct Fixed(Vec<u8>);
+    impl SharedRingStorage for Fixed {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+    }
+
+    #[test]
+    fn shared_ring_behaves_like_the_vec_ring_and_holds_the_bytes() {
+        let mut rng = Rng(0x5eed_0002);
+        let cap = 10_000;
+        let mut b = SendBuffer::new(cap);
+        b.push(&[1, 2, 3]);
+        b.consume(1);
+        assert!(b.shared_layout().is_none());
+        assert!(
+            b.attach_shared(Box::new(Fixed(vec![0; 1]))).is_err(),
+            "too small"
+        );
+        assert!(b.attach_shared(Box::new(Fixed(Vec::new()))).is_err());
+        b.attach_shared(Box::new(Fixed(vec![0; cap]))).unwrap();
+        assert_eq!(b.shared_layout(), Some((0, cap)));
+        assert_eq!(joined(b.slices(0, 10)), [2, 3]);
+        let mut model: std::collections::VecDeque<u8> = [2u8, 3].into_iter().collect();
+        let mut counter = 0u8;
+        for _ in 0..2000 {
+            if rng.below(2) == 0 {
+                let data: Vec<u8> = (0..rng.below(3000))
+                    .map(|_| {
+                        counter = counter.wrapping_add(1);
+                        counter
+                    })
+                    .collect();
+                let took = b.push(&data);
+                model.extend(&data[..took]);
+            } else {
+                let n = rng.below(4000);
+                b.consume(n);
+                model.drain(..n.min(model.len()));
+            }
+            let (head, ring) = b.shared_layout().expect("stays shared within its size");
+            assert_eq!(ring, cap);
+            // The queue, read straight from the ring as a crash reader would.
+            let Storage::Shared(s) = &b.storage else {
+                unreachable!()
+            };
+            let raw = s.bytes();
+            let got: Vec<u8> = (0..b.len()).map(|i| raw[(head + i) % ring]).collect();
+            assert!(got.iter().eq(model.iter()));
+        }
+        // A clone never shares the memory.
+        let c = b.clone();
+        assert!(c.shared_layout().is_none());
+        assert_eq!(joined(c.slices(0, cap)), joined(b.slices(0, cap)));
+        // Raising the capacity past the ring: a push that needs more detaches into a Vec.
+        b.set_capacity(cap * 4);
+        let before = joined(b.slices(0, b.len()));
+        let fill = vec![7u8; cap];
+        b.push(&fill);
+        assert!(b.shared_layout().is_none());
+        assert_eq!(joined(b.slices(0, before.len())), before);
     }
 
     fn image_of(b: &SendBuffer) -> Vec<u8> {

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod backlog;
+mod crash;
 mod image;
 mod input;
 mod listener;
