@@ -529,6 +529,9 @@ pub struct PacketChannel {
     stats: ChannelStats,
     /// Kernel drops read so far (PACKET_STATISTICS resets the kernel's counters on read).
     kernel_drops: Cell<u64>,
+    /// Another process maps this ring writable (a channel taken over from a client): frames
+    /// are copied out before anyone parses them.
+    peer_writable: bool,
     /// For frames the kernel flags TP_STATUS_COPY (only with PACKET_COPY_THRESH, which msock
     /// never sets; a passed fd might have it).
     scratch: Vec<u8>,
@@ -596,6 +599,17 @@ impl PacketChannel {
             )
         })?;
         Ok(fd)
+    }
+
+    /// Gives a channel made by [`PacketChannel::create_fd`] with an unlocked filter (a
+    /// `reject_all` one while it waited in a pool) its real `filter`, then locks it if asked.
+    /// Frames match the new filter from then on; none reached the ring before.
+    pub fn arm_fd(fd: BorrowedFd<'_>, filter: &BpfProgram, lock_filter: bool) -> io::Result<()> {
+        attach_filter(fd, filter)?;
+        if lock_filter {
+            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, 1)?;
+        }
+        Ok(())
     }
 
     /// Opens a channel on `iface`: [`PacketChannel::create_fd`] then map the rings.
@@ -690,6 +704,7 @@ impl PacketChannel {
             max_frame,
             stats: ChannelStats::default(),
             kernel_drops: Cell::new(0),
+            peer_writable: false,
             scratch: Vec::new(),
         })
     }
@@ -703,6 +718,13 @@ impl PacketChannel {
             None => u32::try_from(self.rx.head).ok(),
             Some(_) => None,
         }
+    }
+
+    /// Marks the ring as writable by another process (a channel a client handed over): every
+    /// frame is copied before the callback sees it, so a frame changing under the parser
+    /// cannot make it read out of bounds.
+    pub fn mark_peer_writable(&mut self) {
+        self.peer_writable = true;
     }
 
     /// Continues reading at `cursor` (from [`PacketChannel::rx_cursor`] of the channel's
@@ -834,8 +856,23 @@ impl PacketChannel {
         }
         self.stats.frames_in += 1;
         self.stats.bytes_in += snaplen as u64;
+        if self.peer_writable {
+            // Another process maps this ring writable and may change the frame while it is
+            // parsed: work on a private copy, taken without forming a reference to the ring.
+            self.scratch.resize(snaplen, 0);
+            // SAFETY: `data..data + snaplen` is inside the mapping (checked above) and
+            // `scratch` holds `snaplen` bytes; the regions cannot overlap (heap vs mapping).
+            // A concurrent writer can only make the copied bytes arbitrary, which the parser
+            // copes with.
+            unsafe {
+                ptr::copy_nonoverlapping(self.map.add(data), self.scratch.as_mut_ptr(), snaplen)
+            };
+            f(&self.scratch);
+            return true;
+        }
         // SAFETY: in bounds (checked above); the slot is user-owned (status TP_STATUS_USER,
-        // acquired) until we hand it back after the callback, so the kernel does not write it.
+        // acquired) until we hand it back after the callback, so the kernel does not write it,
+        // and no other process maps the ring writable (else `peer_writable` is set).
         let frame = unsafe { std::slice::from_raw_parts(self.map.add(data), snaplen) };
         f(frame);
         true

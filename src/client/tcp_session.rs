@@ -260,6 +260,12 @@ impl TcpSession {
         })?;
         let image = conn.export(now);
         let file = image_file(&image, c"msock-tcp-flush")?;
+        // From here the netserver runs the connection: the record would describe a past
+        // state (after a later cache, one the peer is beyond). It is invalid until the
+        // connection is cached again and republished; a crash meanwhile resets the peer.
+        if let Some((record, _)) = self.crash.as_mut() {
+            record.invalidate();
+        }
         let cursor = self.channel.as_ref().and_then(|c| c.rx_cursor());
         let request = Request::Flush {
             id: self.id,

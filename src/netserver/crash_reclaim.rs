@@ -107,6 +107,7 @@ fn read_record(
     let mut conn =
         TcpConnection::from_crash_record(&record, &queue, TcpConfig::default(), now, since)
             .map_err(|_| "record does not rebuild")?;
+    conn.apply_limits(&crate::stack::tcp::connection::ConfigLimits::default(), now);
     conn.close(now);
     if conn.state() == State::Closed {
         return Ok(Reclaim::Nothing);

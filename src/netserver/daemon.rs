@@ -183,6 +183,8 @@ pub(crate) struct Server {
     crash_records: HashMap<EndpointId, OwnedFd>,
     next_held: EndpointId,
     endpoint_ring: RingConfig,
+    /// Endpoint channels made ahead of binds and accepts (ring set-up waits for the kernel).
+    pub channel_pool: super::channel_pool::ChannelPool,
     pub control: ControlCounters,
     /// Neighbours set with `msock route neigh add`: permanent, ARP learning and expiry leave
     /// their region entries alone.
@@ -259,6 +261,8 @@ impl Server {
             .map_err(|e| {
                 io::Error::new(e.kind(), format!("packet channel on {}: {e}", iface.name))
             })?;
+        let endpoint_ring = endpoint_ring_from_env();
+        let channel_pool = super::channel_pool::ChannelPool::start(iface.ifindex, endpoint_ring);
         let mut region = RegionWriter::create()?;
         region.set_interface(&InterfaceConfig {
             ifindex: iface.ifindex,
@@ -338,7 +342,8 @@ impl Server {
             flushed: HashMap::new(),
             flushed_events: HashMap::new(),
             next_held: NETSERVER_HELD_BASE,
-            endpoint_ring: endpoint_ring_from_env(),
+            endpoint_ring,
+            channel_pool,
             control: ControlCounters::default(),
             static_neighbors: HashMap::new(),
         })
@@ -766,7 +771,9 @@ impl Server {
             Reclaim::Close(conn) => {
                 let timestamps =
                     conn.info(now).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
-                if self.host.tcp.adopt(*conn).is_err() {
+                if !self.host.tcp.has_room_for_orphan(conn.send_queue_len())
+                    || self.host.tcp.adopt(*conn).is_err()
+                {
                     self.host.tcp.reset_orphan(key.0, key.1, now);
                     self.forget_endpoint(id);
                     return;
@@ -858,7 +865,17 @@ impl Server {
                         let local = match (ep.state, ep.remote, remote) {
                             (EndpointState::Cached { local }, None, Some(_)) => local,
                             (EndpointState::Unbound, None, Some(remote)) => {
-                                return self.connect_unbound(client, id, remote);
+                                let reply = self.connect_unbound(client, id, remote);
+                                // Its crash-record file, kept once the connect succeeded.
+                                if matches!(reply.0, Reply::Bound { .. })
+                                    && let Some(file) = fds
+                                        .into_iter()
+                                        .next()
+                                        .and_then(super::crash_reclaim::accept_record_file)
+                                {
+                                    self.crash_records.insert(id, file);
+                                }
+                                return reply;
                             }
                             _ => return err(libc::EISCONN),
                         };
@@ -1001,7 +1018,10 @@ impl Server {
             None => None,
             Some(fd) => match PacketChannel::from_fd(fd, self.endpoint_ring.spec()) {
                 Ok(mut channel) => match channel.resume_at(rx_cursor) {
-                    Ok(()) => Some(channel),
+                    Ok(()) => {
+                        channel.mark_peer_writable();
+                        Some(channel)
+                    }
                     Err(_) => return err(libc::EINVAL),
                 },
                 Err(_) => return err(libc::EBADF),
@@ -1112,6 +1132,15 @@ impl Server {
                 },
             },
         };
+        // Would block: the next rise of writability must be told (the bit may never have
+        // dropped between two loop passes).
+        if reply
+            == (Reply::Error {
+                errno: libc::EAGAIN,
+            })
+        {
+            self.rearm_flushed(id, crate::control::TcpReady::WRITABLE);
+        }
         (reply, Vec::new())
     }
 
@@ -1153,6 +1182,13 @@ impl Server {
                 },
             },
         };
+        if reply
+            == (Reply::Error {
+                errno: libc::EAGAIN,
+            })
+        {
+            self.rearm_flushed(id, crate::control::TcpReady::READABLE);
+        }
         (reply, Vec::new())
     }
 
@@ -1195,6 +1231,11 @@ impl Server {
             Ok(fd) => fd,
             Err(errno) => return err(errno),
         };
+        // Segments already waiting on our channel go into the connection before it leaves
+        // (after the release they would be the process's, and dropped here).
+        if let Err(e) = self.receive_frames() {
+            eprintln!("msock netserver: receive before cache: {e}");
+        }
         let now = self.now();
         let Some(image) = self.host.tcp.release(local.port(), remote, now) else {
             return err(libc::ENOTCONN);
@@ -1202,8 +1243,11 @@ impl Server {
         let memfd = match image_memfd(&image) {
             Ok(fd) => fd,
             Err(e) => {
-                // Keep running it here rather than lose it.
-                let _ = self.host.tcp.adopt_image(&image, now);
+                // Keep running it here, still flushed for its owner, rather than lose it.
+                if let Ok(conn) = crate::stack::tcp::connection::TcpConnection::import(&image, now)
+                {
+                    let _ = self.host.tcp.adopt_flushed(conn);
+                }
                 return err(e.raw_os_error().unwrap_or(libc::ENOMEM));
             }
         };
@@ -1257,6 +1301,13 @@ impl Server {
         self.host.tcp.close_flushed(key.0, key.1, now);
         self.flushed.remove(&key);
         self.flushed_events.remove(&id);
+        // The socket's port entry stays with the closing connection, timestamps noted (a
+        // later connect may take its TIME_WAIT over, as Linux's `tcp_twsk_unique`).
+        if let Some(conn) = self.host.tcp.connection(key.0, key.1) {
+            let timestamps =
+                conn.info(now).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
+            self.hold_tcp_entry(id, key, timestamps);
+        }
         self.forget_endpoint(id);
         if self.host.tcp.holds_connection(key.0, key.1) {
             self.reserve_held_port(key);
@@ -1370,6 +1421,14 @@ impl Server {
         self.filter_dirty = true;
     }
 
+    /// Forgets that `bit` was reported for flushed endpoint `id`, so it is reported again as
+    /// soon as it is set (the owner just found it clear: EAGAIN).
+    fn rearm_flushed(&mut self, id: EndpointId, bit: u8) {
+        if let Some(bits) = self.flushed_events.get_mut(&id) {
+            *bits &= !bit;
+        }
+    }
+
     /// Tells owners of flushed connections when readiness bits rise (`Upcall::TcpReady`), so a
     /// client waiting to read or write knows when to ask again.
     fn notify_flushed(&mut self) {
@@ -1427,6 +1486,10 @@ impl Server {
             Ok(conn) => conn,
             Err(errno) => return err(errno),
         };
+        // Too many connections kept for processes already: the process closes it itself.
+        if !self.host.tcp.has_room_for_orphan(conn.send_queue_len()) {
+            return err(libc::ENOBUFS);
+        }
         let key = (port, conn.remote());
         let timestamps =
             conn.info(self.now()).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
@@ -1631,7 +1694,8 @@ impl Server {
     /// A channel for a cached endpoint: `filter` set and locked here, rings as configured
     /// (an errno on failure).
     fn endpoint_channel(&self, filter: &bpf::BpfProgram) -> Result<OwnedFd, i32> {
-        PacketChannel::create_fd(self.iface.ifindex, &self.endpoint_ring, filter, true)
+        self.channel_pool
+            .take(filter)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOBUFS))
     }
 
@@ -1661,23 +1725,12 @@ impl Server {
 
     /// Frees the port reservations of connections that ended here.
     fn release_finished_tcp(&mut self) {
-        if self.held_tcp.len() == self.host.tcp.connections().filter(|c| !c.flushed).count() {
-            return;
-        }
-        let live: std::collections::HashSet<(u16, SocketAddrV4)> = self
-            .host
-            .tcp
-            .connections()
-            .map(|c| (c.local.port(), c.remote))
-            .collect();
-        let tcp_ports = &mut self.tcp_ports;
-        self.held_tcp.retain(|key, owner| {
-            let keep = live.contains(key);
-            if !keep {
-                tcp_ports.release(*owner);
+        for key in self.host.tcp.take_finished() {
+            if let Some(owner) = self.held_tcp.remove(&key) {
+                self.tcp_ports.release(owner);
+                self.filter_dirty = true;
             }
-            keep
-        });
+        }
     }
 
     fn hello(&mut self, client: ClientId, pid: u32, fds: Vec<OwnedFd>) -> (Reply, Vec<OwnedFd>) {
@@ -2008,11 +2061,14 @@ fn handed_over_connection(
     port: u16,
     now: crate::stack::Instant,
 ) -> Result<crate::stack::tcp::connection::TcpConnection, i32> {
-    let conn = crate::stack::tcp::connection::TcpConnection::import(image, now)
+    let mut conn = crate::stack::tcp::connection::TcpConnection::import(image, now)
         .map_err(|_| libc::EINVAL)?;
     if conn.local().port() != port {
         return Err(libc::EPERM);
     }
+    // The process chose its settings; here they may not spin the netserver (zero RTO),
+    // pin the port (a TIME_WAIT of years) or take its memory (1 GiB buffers).
+    conn.apply_limits(&crate::stack::tcp::connection::ConfigLimits::default(), now);
     Ok(conn)
 }
 

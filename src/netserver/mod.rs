@@ -6,6 +6,7 @@
 //! `msock netserver --iface IF --addr A.B.C.D/N [--gateway G]` runs it in the foreground until
 //! SIGINT/SIGTERM.
 
+mod channel_pool;
 pub mod crash_reclaim;
 mod daemon;
 pub mod endpoints;

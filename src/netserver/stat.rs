@@ -240,6 +240,12 @@ fn render_text(server: &Server) -> String {
         c.redirects_unstored,
         c.recalls
     );
+    let pool = server.channel_pool.stats();
+    let _ = writeln!(
+        out,
+        "channel-pool: ready-hits {} made-on-demand {} failures {}",
+        pool.hits, pool.misses, pool.failures
+    );
     let mut clients: Vec<_> = server.clients.values().collect();
     clients.sort_by_key(|c| c.cred.pid);
     let list: Vec<String> = clients

@@ -35,6 +35,10 @@ pub enum TcpHostError {
     BadImage(ImageError),
 }
 
+/// Bounds on connections the netserver keeps for processes that let them go.
+pub const MAX_ORPHANS: usize = 16_384;
+pub const MAX_ORPHAN_BYTES: usize = 128 << 20;
+
 /// How many probes an orphan gets, and how far apart (a reset should reach the peer well
 /// within a second of the process's death).
 const ORPHAN_PROBES: u8 = 4;
@@ -86,6 +90,17 @@ pub struct TcpHost {
     /// Connections flushed by a process that still holds the socket: kept after they end
     /// (their owner still reads the error or end of stream) until the owner closes or caches.
     flushed: std::collections::HashSet<Key>,
+    /// Connections with work now (a segment arrived, the owner sent or closed): dispatched at
+    /// the next [`TcpHost::dispatch`] without a scan of the others.
+    dirty: std::collections::HashSet<Key>,
+    /// Timer deadlines, earliest first. `scheduled` holds each connection's earliest pending
+    /// one; a heap entry that does not match it is stale and skipped.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, Key)>>,
+    scheduled: HashMap<Key, Instant>,
+    /// Connections per local port (port-in-use answers without a scan).
+    port_refs: HashMap<u16, usize>,
+    /// Connections that ended here since the last [`TcpHost::take_finished`].
+    finished_keys: Vec<Key>,
     orphans: HashMap<Key, Orphan>,
     stats: TcpHostStats,
 }
@@ -100,6 +115,11 @@ impl TcpHost {
             listeners: HashMap::new(),
             connections: HashMap::new(),
             flushed: std::collections::HashSet::new(),
+            dirty: std::collections::HashSet::new(),
+            timers: std::collections::BinaryHeap::new(),
+            scheduled: HashMap::new(),
+            port_refs: HashMap::new(),
+            finished_keys: Vec::new(),
             orphans: HashMap::new(),
             stats: TcpHostStats::default(),
         }
@@ -177,7 +197,7 @@ impl TcpHost {
             return Err(TcpHostError::AddressInUse);
         }
         self.stats.adopted += 1;
-        self.connections.insert(key, conn);
+        self.insert(conn);
         Ok(())
     }
 
@@ -200,6 +220,8 @@ impl TcpHost {
         if !self.flushed.contains(&key) {
             return None;
         }
+        // The owner may send or read: its output runs at the next dispatch.
+        self.dirty.insert(key);
         self.connections.get_mut(&key)
     }
 
@@ -211,6 +233,7 @@ impl TcpHost {
         if !self.flushed.remove(&key) {
             return;
         }
+        self.dirty.insert(key);
         if let Some(conn) = self.connections.get_mut(&key) {
             if conn.recv_queue_len() > 0 {
                 conn.abort(now);
@@ -236,7 +259,7 @@ impl TcpHost {
         if self.connections.contains_key(&key) {
             return Err(TcpHostError::AddressInUse);
         }
-        self.connections.insert(key, conn);
+        self.insert(conn);
         Ok(())
     }
 
@@ -255,6 +278,7 @@ impl TcpHost {
         now: Instant,
     ) -> Option<Vec<u8>> {
         let conn = self.connections.remove(&(local_port, remote))?;
+        self.untrack((local_port, remote));
         self.flushed.remove(&(local_port, remote));
         Some(conn.export(now))
     }
@@ -275,20 +299,41 @@ impl TcpHost {
     /// Whether `port` is in use here: a listener or a connection from it (TIME_WAIT included,
     /// as Linux refuses a bind without SO_REUSEADDR while one lingers).
     pub fn holds_port(&self, port: u16) -> bool {
-        self.listeners.contains_key(&port) || self.connections.keys().any(|(p, _)| *p == port)
+        self.listeners.contains_key(&port) || self.port_refs.contains_key(&port)
     }
 
     /// An ICMP error quoting a segment of a connection held here (`report.local` is ours):
     /// applied as the process would apply it (path MTU, soft or hard unreachable, RFC 5927
     /// sequence check). Returns whether a held connection took it.
     pub fn on_icmp(&mut self, now: Instant, report: &crate::stack::tcp::icmp::IcmpReport) -> bool {
-        match self
-            .connections
-            .get_mut(&(report.local.port(), report.remote))
-        {
-            Some(conn) => crate::stack::tcp::icmp::apply_icmp(conn, now, report),
+        let key = (report.local.port(), report.remote);
+        match self.connections.get_mut(&key) {
+            Some(conn) => {
+                self.dirty.insert(key);
+                crate::stack::tcp::icmp::apply_icmp(conn, now, report)
+            }
             None => false,
         }
+    }
+
+    /// Whether the connections nobody holds (handed over, reclaimed after a crash) may take
+    /// one more carrying `queued` bytes: at most [`MAX_ORPHANS`] of them with
+    /// [`MAX_ORPHAN_BYTES`] queued in all, as Linux bounds orphans (`tcp_max_orphans`,
+    /// `tcp_mem`) — beyond that a dying process's connection is reset instead.
+    pub fn has_room_for_orphan(&self, queued: usize) -> bool {
+        let orphans = self
+            .connections
+            .iter()
+            .filter(|(key, _)| !self.flushed.contains(key));
+        let (count, bytes) = orphans.fold((0usize, 0usize), |(n, b), (_, c)| {
+            (n + 1, b + c.send_queue_len())
+        });
+        count < MAX_ORPHANS && bytes + queued <= MAX_ORPHAN_BYTES
+    }
+
+    /// The connection held for this 4-tuple.
+    pub fn connection(&self, local_port: u16, remote: SocketAddrV4) -> Option<&TcpConnection> {
+        self.connections.get(&(local_port, remote))
     }
 
     /// Whether a connection for this 4-tuple is held (a connect must pick another port).
@@ -344,6 +389,7 @@ impl TcpHost {
             if conn.process(now, seg) != crate::stack::tcp::connection::Verdict::Accepted {
                 self.stats.dropped += 1;
             }
+            self.dirty.insert((seg.dst_port, src));
             return None;
         }
         if let Some(backlog) = self.listeners.get_mut(&seg.dst_port) {
@@ -368,9 +414,36 @@ impl TcpHost {
             }
             backlog.reap();
         }
-        for conn in self.connections.values_mut() {
+        // Only connections with work: touched since the last dispatch, or a timer due.
+        let mut due: Vec<Key> = self.dirty.drain().collect();
+        while let Some(&std::cmp::Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.scheduled.get(&key) == Some(&at) {
+                self.scheduled.remove(&key);
+                due.push(key);
+            }
+        }
+        due.sort_unstable();
+        due.dedup();
+        for key in due {
+            let Some(conn) = self.connections.get_mut(&key) else {
+                continue;
+            };
             let remote = conn.remote();
             conn.dispatch(now, &mut |seg| emit(remote, seg));
+            let (ended, next) = (conn.state() == State::Closed, conn.poll_at());
+            // A flushed connection that ended stays until its owner lets go.
+            if ended && !self.flushed.contains(&key) {
+                self.connections.remove(&key);
+                self.untrack(key);
+                self.stats.finished += 1;
+                self.finished_keys.push(key);
+            } else if let Some(at) = next {
+                self.schedule(key, at);
+            }
         }
         // Orphans: a SYN (any sequence number) draws the peer's challenge ACK (RFC 5961 §4).
         let stats = &mut self.stats;
@@ -406,24 +479,49 @@ impl TcpHost {
             );
             true
         });
-        let before = self.connections.len();
-        let flushed = &self.flushed;
-        self.connections
-            .retain(|key, c| c.state() != State::Closed || flushed.contains(key));
-        self.stats.finished += (before - self.connections.len()) as u64;
+    }
+
+    /// Connections that ended here (and left) since the last call: their port reservations
+    /// can go.
+    pub fn take_finished(&mut self) -> Vec<Key> {
+        std::mem::take(&mut self.finished_keys)
     }
 
     /// When [`TcpHost::dispatch`] next has work.
     pub fn poll_at(&self) -> Option<Instant> {
         let listeners = self.listeners.values().filter_map(|b| b.poll_at());
-        let connections = self.connections.values().filter_map(|c| c.poll_at());
+        // The heap's top may be stale (superseded by a later deadline): an early wake-up only.
+        let timers = self.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
+        let dirty = (!self.dirty.is_empty()).then_some(Instant::from_micros(0));
         let orphans = self.orphans.values().map(|o| o.next_at);
-        listeners.chain(connections).chain(orphans).min()
+        listeners.chain(timers).chain(dirty).chain(orphans).min()
     }
 
     fn insert(&mut self, conn: TcpConnection) {
         let key = (conn.local().port(), conn.remote());
         self.connections.insert(key, conn);
+        *self.port_refs.entry(key.0).or_default() += 1;
+        self.dirty.insert(key);
+    }
+
+    /// Forgets the bookkeeping of a connection that left `connections`.
+    fn untrack(&mut self, key: Key) {
+        if let Some(n) = self.port_refs.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.port_refs.remove(&key.0);
+            }
+        }
+        self.scheduled.remove(&key);
+        self.dirty.remove(&key);
+    }
+
+    /// Makes sure the connection is dispatched by `at`.
+    fn schedule(&mut self, key: Key, at: Instant) {
+        if self.scheduled.get(&key).is_none_or(|&s| at < s) {
+            self.scheduled.insert(key, at);
+            self.timers.push(std::cmp::Reverse((at, key)));
+        }
     }
 }
 

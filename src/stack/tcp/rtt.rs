@@ -39,6 +39,14 @@ pub struct RttEstimator {
 }
 
 impl RttEstimator {
+    /// Narrows the RTO bounds to `[min_rto, max_rto]` (a connection taken from an untrusted
+    /// image must not retransmit in a tight loop nor wait for ages).
+    pub fn limit_bounds(&mut self, min_rto: Duration, max_rto: Duration) {
+        self.min_rto = self.min_rto.clamp(min_rto, max_rto);
+        self.max_rto = self.max_rto.clamp(self.min_rto, max_rto);
+        self.initial_rto = self.initial_rto.clamp(self.min_rto, self.max_rto);
+    }
+
     /// An estimator without samples: `rto()` is `initial_rto` clamped to `[min_rto, max_rto]`.
     /// A `max_rto` below `min_rto` is raised to it.
     pub fn new(initial_rto: Duration, min_rto: Duration, max_rto: Duration) -> RttEstimator {

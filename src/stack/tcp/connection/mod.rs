@@ -38,6 +38,35 @@ use crate::wire::tcp::{TcpRepr, TcpSeqNumber};
 pub use backlog::{BacklogStats, DEFAULT_ACCEPT_BACKLOG, DEFAULT_SYN_BACKLOG, TcpBacklog};
 pub use listener::{ListenOutcome, TcpListener, reset_for};
 
+/// Bounds a host puts on settings that arrive with a connection it did not open (an image
+/// or crash record from a process): [`TcpConnection::apply_limits`]. `Default` follows
+/// Linux's own limits (`TCP_RTO_MIN`/`TCP_RTO_MAX`, 15 retries, 2·MSL, `tcp_fin_timeout`,
+/// `tcp_rmem`/`tcp_wmem` maxima).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigLimits {
+    pub rto_min: Duration,
+    pub rto_max: Duration,
+    pub retries: u32,
+    pub time_wait: Duration,
+    pub fin_timeout: Duration,
+    pub user_timeout: Duration,
+    pub max_buffer: usize,
+}
+
+impl Default for ConfigLimits {
+    fn default() -> ConfigLimits {
+        ConfigLimits {
+            rto_min: Duration::from_millis(1),
+            rto_max: Duration::from_secs(120),
+            retries: 15,
+            time_wait: Duration::from_secs(60),
+            fin_timeout: Duration::from_secs(120),
+            user_timeout: Duration::from_secs(3600),
+            max_buffer: 8 << 20,
+        }
+    }
+}
+
 /// Socket-level settings of a connection; `Default` is Linux's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpConfig {
@@ -1008,6 +1037,39 @@ impl TcpConnection {
             hup: closed || (peer_closed && self.fin_queued),
             error,
             priority: self.oob_byte.is_some(),
+        }
+    }
+
+    /// Brings settings that came with an untrusted image (a process's export or crash record)
+    /// within `limits`, as the host's policy would have bounded them had the connection been
+    /// opened here: RTO bounds, retry counts, TIME_WAIT and FIN_WAIT_2 lengths, keepalive
+    /// and buffer sizes. Settings already inside are left alone.
+    pub fn apply_limits(&mut self, limits: &ConfigLimits, now: Instant) {
+        let c = &mut self.config;
+        c.rto_min = c.rto_min.clamp(limits.rto_min, limits.rto_max);
+        c.rto_max = c.rto_max.clamp(c.rto_min, limits.rto_max);
+        c.rto_initial = c.rto_initial.clamp(c.rto_min, c.rto_max);
+        c.syn_retries = c.syn_retries.min(limits.retries);
+        c.synack_retries = c.synack_retries.min(limits.retries);
+        c.retries2 = c.retries2.min(limits.retries);
+        c.time_wait = c.time_wait.min(limits.time_wait);
+        c.fin_timeout = c.fin_timeout.min(limits.fin_timeout);
+        c.keepalive_idle = c.keepalive_idle.max(Duration::from_secs(1));
+        c.keepalive_interval = c.keepalive_interval.max(Duration::from_secs(1));
+        c.keepalive_count = c.keepalive_count.clamp(1, 127);
+        if let Some(t) = c.user_timeout {
+            c.user_timeout = Some(t.min(limits.user_timeout));
+        }
+        let (rto_min, rto_max) = (c.rto_min, c.rto_max);
+        let (recv, send) = (
+            c.recv_buffer.min(limits.max_buffer),
+            c.send_buffer.min(limits.max_buffer),
+        );
+        self.rtt.limit_bounds(rto_min, rto_max);
+        self.set_recv_buffer(recv);
+        self.set_send_buffer(send);
+        if let Some(at) = self.time_wait_at {
+            self.time_wait_at = Some(at.min(now + limits.time_wait));
         }
     }
 

@@ -584,3 +584,63 @@ fn small_window_persist_forces_the_rest_then_probes_with_backoff() {
     // Resumption after the window reopens is covered by the simulator's tiny-buffer
     // transfers (tests/transfers.rs).
 }
+
+#[test]
+fn settings_from_an_untrusted_image_are_brought_within_limits() {
+    let now = Instant::from_secs(1);
+    let hostile = TcpConfig {
+        rto_initial: Duration::ZERO,
+        rto_min: Duration::ZERO,
+        rto_max: Duration::ZERO,
+        retries2: u32::MAX,
+        syn_retries: u32::MAX,
+        time_wait: Duration::from_secs(10 * 365 * 86_400),
+        fin_timeout: Duration::from_secs(86_400),
+        keepalive_count: 0,
+        recv_buffer: 1 << 30,
+        send_buffer: 1 << 30,
+        ..TcpConfig::default()
+    };
+    let mut c = TcpConnection::connect(
+        hostile,
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000),
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
+        InitialSequence {
+            iss: TcpSeqNumber(1),
+            ts_offset: 0,
+        },
+        now,
+    );
+    let limits = ConfigLimits::default();
+    c.apply_limits(&limits, now);
+    let k = c.config();
+    assert_eq!(k.rto_min, limits.rto_min);
+    assert!(k.rto_max >= k.rto_min && k.rto_initial >= k.rto_min);
+    assert_eq!(k.retries2, 15);
+    assert_eq!(k.syn_retries, 15);
+    assert_eq!(k.time_wait, limits.time_wait);
+    assert_eq!(k.fin_timeout, limits.fin_timeout);
+    assert_eq!(k.keepalive_count, 1);
+    assert_eq!(k.recv_buffer, limits.max_buffer);
+    // The SYN's retransmission is not due at once: the RTO is at least the limit's floor.
+    let mut sent = 0;
+    c.dispatch(now, &mut |_| {
+        sent += 1;
+        Ok(())
+    });
+    assert_eq!(sent, 1);
+    assert!(c.poll_at().is_some_and(|t| t >= now + limits.rto_min));
+    // Settings inside the limits are left alone.
+    let mut d = TcpConnection::connect(
+        TcpConfig::default(),
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40001),
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
+        InitialSequence {
+            iss: TcpSeqNumber(1),
+            ts_offset: 0,
+        },
+        now,
+    );
+    d.apply_limits(&limits, now);
+    assert_eq!(d.config(), &TcpConfig::default());
+}
