@@ -1324,6 +1324,9 @@ impl Server {
             self.next_held += 1;
             if self.tcp_ports.reserve(owner, key.0, key.1) {
                 self.held_tcp.insert(key, owner);
+                if self.host.tcp.in_time_wait(key.0, key.1) {
+                    self.tcp_ports.enter_time_wait(owner);
+                }
             }
         }
         self.filter_dirty = true;
@@ -1340,6 +1343,10 @@ impl Server {
         if self.tcp_ports.hold(id, owner, key.1, timestamps) {
             self.next_held += 1;
             self.held_tcp.insert(key, owner);
+            // It may have entered TIME_WAIT before it was held for nobody (flushed).
+            if self.host.tcp.in_time_wait(key.0, key.1) {
+                self.tcp_ports.enter_time_wait(owner);
+            }
         }
     }
 
@@ -1350,19 +1357,14 @@ impl Server {
         if choose_port && let Some((low, high)) = local_port_range() {
             self.tcp_ports.set_ephemeral_range(low, high);
         }
-        if self.held_tcp.is_empty() {
-            return;
-        }
-        use crate::stack::tcp::connection::State;
-        let time_wait: std::collections::HashSet<(u16, SocketAddrV4)> = self
-            .host
-            .tcp
-            .connections()
-            .filter(|c| c.state == State::TimeWait)
-            .map(|c| (c.local.port(), c.remote))
-            .collect();
-        for (key, owner) in &self.held_tcp {
-            if time_wait.contains(key) {
+        self.note_time_waits();
+    }
+
+    /// Tells the port table which held connections entered TIME_WAIT (bind and connect
+    /// treat a TIME_WAIT entry differently), from what `host.tcp` noted since last time.
+    fn note_time_waits(&mut self) {
+        for key in self.host.tcp.take_entered_time_wait() {
+            if let Some(owner) = self.held_tcp.get(&key) {
                 self.tcp_ports.enter_time_wait(*owner);
             }
         }
@@ -1725,6 +1727,7 @@ impl Server {
 
     /// Frees the port reservations of connections that ended here.
     fn release_finished_tcp(&mut self) {
+        self.note_time_waits();
         for key in self.host.tcp.take_finished() {
             if let Some(owner) = self.held_tcp.remove(&key) {
                 self.tcp_ports.release(owner);

@@ -101,6 +101,10 @@ pub struct TcpHost {
     port_refs: HashMap<u16, usize>,
     /// Connections that ended here since the last [`TcpHost::take_finished`].
     finished_keys: Vec<Key>,
+    /// Connections in TIME_WAIT, and those that entered it since the last
+    /// [`TcpHost::take_entered_time_wait`] (the port table treats their ports differently).
+    time_wait: std::collections::HashSet<Key>,
+    entered_time_wait: Vec<Key>,
     orphans: HashMap<Key, Orphan>,
     stats: TcpHostStats,
 }
@@ -120,6 +124,8 @@ impl TcpHost {
             scheduled: HashMap::new(),
             port_refs: HashMap::new(),
             finished_keys: Vec::new(),
+            time_wait: std::collections::HashSet::new(),
+            entered_time_wait: Vec::new(),
             orphans: HashMap::new(),
             stats: TcpHostStats::default(),
         }
@@ -389,7 +395,9 @@ impl TcpHost {
             if conn.process(now, seg) != crate::stack::tcp::connection::Verdict::Accepted {
                 self.stats.dropped += 1;
             }
+            let in_time_wait = conn.state() == State::TimeWait;
             self.dirty.insert((seg.dst_port, src));
+            self.note_time_wait((seg.dst_port, src), in_time_wait);
             return None;
         }
         if let Some(backlog) = self.listeners.get_mut(&seg.dst_port) {
@@ -435,6 +443,8 @@ impl TcpHost {
             let remote = conn.remote();
             conn.dispatch(now, &mut |seg| emit(remote, seg));
             let (ended, next) = (conn.state() == State::Closed, conn.poll_at());
+            let in_time_wait = conn.state() == State::TimeWait;
+            self.note_time_wait(key, in_time_wait);
             // A flushed connection that ended stays until its owner lets go.
             if ended && !self.flushed.contains(&key) {
                 self.connections.remove(&key);
@@ -481,6 +491,22 @@ impl TcpHost {
         });
     }
 
+    /// Whether the connection of this 4-tuple is in TIME_WAIT.
+    pub fn in_time_wait(&self, local_port: u16, remote: SocketAddrV4) -> bool {
+        self.time_wait.contains(&(local_port, remote))
+    }
+
+    /// Connections that entered TIME_WAIT since the last call.
+    pub fn take_entered_time_wait(&mut self) -> Vec<Key> {
+        std::mem::take(&mut self.entered_time_wait)
+    }
+
+    fn note_time_wait(&mut self, key: Key, in_time_wait: bool) {
+        if in_time_wait && self.time_wait.insert(key) {
+            self.entered_time_wait.push(key);
+        }
+    }
+
     /// Connections that ended here (and left) since the last call: their port reservations
     /// can go.
     pub fn take_finished(&mut self) -> Vec<Key> {
@@ -499,9 +525,11 @@ impl TcpHost {
 
     fn insert(&mut self, conn: TcpConnection) {
         let key = (conn.local().port(), conn.remote());
+        let in_time_wait = conn.state() == State::TimeWait;
         self.connections.insert(key, conn);
         *self.port_refs.entry(key.0).or_default() += 1;
         self.dirty.insert(key);
+        self.note_time_wait(key, in_time_wait);
     }
 
     /// Forgets the bookkeeping of a connection that left `connections`.
@@ -514,6 +542,7 @@ impl TcpHost {
         }
         self.scheduled.remove(&key);
         self.dirty.remove(&key);
+        self.time_wait.remove(&key);
     }
 
     /// Makes sure the connection is dispatched by `at`.
