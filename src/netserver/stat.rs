@@ -38,7 +38,20 @@ fn proto(ep: &Endpoint) -> &'static str {
     }
 }
 
-fn state(ep: &Endpoint) -> (&'static str, String) {
+fn state(server: &Server, ep: &Endpoint) -> (&'static str, String) {
+    // A connected endpoint's address is ours whatever it was bound to (as `ss` shows it).
+    if let (Some(_), Some(local)) = (ep.remote, ep.local())
+        && local.ip().is_unspecified()
+        && !matches!(ep.state, EndpointState::Unbound)
+    {
+        let ours = std::net::SocketAddrV4::new(server.config.addr, local.port());
+        let (st, _) = state_name(ep);
+        return (st, ours.to_string());
+    }
+    state_name(ep)
+}
+
+fn state_name(ep: &Endpoint) -> (&'static str, String) {
     match ep.state {
         EndpointState::Unbound => ("UNBOUND", "-".into()),
         EndpointState::Cached { local } => ("CACHED", local.to_string()),
@@ -143,7 +156,7 @@ fn render_text(server: &Server) -> String {
         "drops"
     );
     for ep in server.endpoints.iter() {
-        let (st, local) = state(ep);
+        let (st, local) = state(server, ep);
         let remote = ep.remote.map_or("*".to_string(), |r| r.to_string());
         let row = socket_row(server, ep);
         let num =
@@ -293,7 +306,7 @@ fn render_text(server: &Server) -> String {
 fn render_json(server: &Server) -> String {
     let mut eps = Vec::new();
     for ep in server.endpoints.iter() {
-        let (st, local) = state(ep);
+        let (st, local) = state(server, ep);
         let mut o = format!(
             "{{\"id\":{},\"proto\":{},\"local\":{},\"remote\":{},\"state\":{},\"pid\":{},\"requests\":{}",
             ep.id,
