@@ -221,11 +221,7 @@ fn killed_connect_delivers_written_data_then_fin() {
             ],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || peer.log().contains("ready")),
-        "{}",
-        peer.log()
-    );
+    await_log(&peer, "ready");
     let client = net.spawn(
         "msock-connect",
         sh(
@@ -292,11 +288,7 @@ fn killed_process_with_unread_data_resets_the_peer() {
             ],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || peer.log().contains("ready")),
-        "{}",
-        peer.log()
-    );
+    await_log(&peer, "ready");
     let mut client = net.spawn(
         "msock-connect",
         sh(
@@ -305,11 +297,7 @@ fn killed_process_with_unread_data_resets_the_peer() {
             &format!("sleep 60 | exec {msock} tcp connect {PEER_ADDR}:{port} --stall-read"),
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || peer.log().contains("sent")),
-        "{}",
-        peer.log()
-    );
+    await_log(&peer, "sent");
     let ephemeral: u16 = peer
         .log()
         .lines()
@@ -374,11 +362,7 @@ fn killed_accepted_connection_delivers_written_data_then_fin() {
             ),
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || server.log().contains("listening")),
-        "{}",
-        server.log()
-    );
+    await_log(&server, "listening");
     let peer = net.spawn(
         "kernel-peer",
         net.command_in(

@@ -72,11 +72,7 @@ fn both_ways_with(net: &TestNet, port: &str, megabytes: usize, extra: &str) -> (
             ),
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
-        "{}",
-        receiver.log()
-    );
+    await_log(&receiver, "listening");
     let mut source = net.spawn(
         "kernel-source",
         sh(
@@ -202,11 +198,7 @@ fn start_peer(net: &TestNet, port: &str, mode: &str, arg: &str) -> Proc {
             ],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || peer.log().contains("ready")),
-        "{}",
-        peer.log()
-    );
+    await_log(&peer, "ready");
     peer
 }
 
@@ -495,11 +487,7 @@ fn killed_client_cached_and_flushed_connections_close_as_linux() {
         .env("PORT_B", port_b)
         .env("MSOCK_TEST_BYTES", bytes.to_string());
     let child = net.spawn("msock-client", child);
-    assert!(
-        wait_until(READY_TIMEOUT, || child.log().contains("holding")),
-        "{}",
-        child.log()
-    );
+    await_log(&child, "holding");
     let options = child
         .log()
         .lines()

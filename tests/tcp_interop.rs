@@ -21,11 +21,7 @@ const PORT: &str = "5001";
 /// listens.
 fn msock_listening(net: &TestNet, script: &str) -> Proc {
     let receiver = net.spawn("msock-listen", sh(net, net.ns_a(), script));
-    assert!(
-        wait_until(READY_TIMEOUT, || receiver.log().contains("listening")),
-        "{}",
-        receiver.log()
-    );
+    await_log(&receiver, "listening");
     receiver
 }
 
@@ -768,11 +764,7 @@ fn icmp_frag_needed_lowers_the_path_mtu() {
             ],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || router.log().contains("ready")),
-        "{}",
-        router.log()
-    );
+    await_log(&router, "ready");
     let mut sink = net.spawn(
         "kernel-sink",
         sh(
@@ -925,11 +917,7 @@ fn blind_injection_is_rejected() {
             &["python3", "-c", BLIND_INJECTOR, net.iface_b(), &ours, &peer],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || injector.log().contains("ready")),
-        "{}",
-        injector.log()
-    );
+    await_log(&injector, "ready");
     let mut sink = net.spawn(
         "kernel-sink",
         sh(
@@ -1049,11 +1037,7 @@ fn start_syn_flood(net: &TestNet, port: &str) -> Proc {
             ],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || flooder.log().contains("ready")),
-        "{}",
-        flooder.log()
-    );
+    await_log(&flooder, "ready");
     flooder
 }
 
@@ -1179,11 +1163,7 @@ fn kernel_tcp_info_shows_sack_timestamps_window_scale_and_rtt() {
             ],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || listener.log().contains("ready")),
-        "{}",
-        listener.log()
-    );
+    await_log(&listener, "ready");
     let mut sender = net.spawn(
         "msock-connect",
         sh(&net, net.ns_a(), &format!(
@@ -1436,11 +1416,7 @@ fn killed_process_connections_are_closed_by_the_netserver() {
             &["python3", "-c", END_REPORTER, &PEER_ADDR.to_string(), port],
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || peer.log().contains("ready")),
-        "{}",
-        peer.log()
-    );
+    await_log(&peer, "ready");
     let mut client = net.spawn(
         "msock-connect",
         sh(
@@ -1449,11 +1425,7 @@ fn killed_process_connections_are_closed_by_the_netserver() {
             &format!("sleep 60 | exec {msock} tcp connect {PEER_ADDR}:{port} --time-wait-ms 300"),
         ),
     );
-    assert!(
-        wait_until(READY_TIMEOUT, || peer.log().contains("accepted")),
-        "{}",
-        peer.log()
-    );
+    await_log(&peer, "accepted");
     let ephemeral: u16 = peer
         .log()
         .split(':')

@@ -54,3 +54,14 @@ pub fn python_testnet(prefix: &str) -> Option<TestNet> {
     }
     TestNet::new(prefix)
 }
+
+/// Waits (up to [`READY_TIMEOUT`]) until `proc` has printed `needle`; panics with its log
+/// otherwise.
+pub fn await_log(proc: &super::Proc, needle: &str) {
+    assert!(
+        wait_until(READY_TIMEOUT, || proc.log().contains(needle)),
+        "{} never printed '{needle}': {}",
+        proc.label(),
+        proc.log()
+    );
+}
