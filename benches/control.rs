@@ -178,12 +178,6 @@ fn msock_binary() -> PathBuf {
         .join("msock")
 }
 
-fn netns(ns: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]);
-    c
-}
-
 /// Moves the calling thread into network namespace `ns` (an `ip netns` name); sockets it
 /// creates from then on belong there.
 fn enter_netns(ns: &str) -> Result<(), String> {
@@ -194,7 +188,7 @@ fn enter_netns(ns: &str) -> Result<(), String> {
 
 fn start_netserver(guard: &mut Guard, msock: &PathBuf) -> Result<(), String> {
     let a = format!("{}-a", guard.name);
-    let child = netns(&a)
+    let child = support::netns(&a)
         .arg(msock)
         .args([
             "netserver",
@@ -208,19 +202,7 @@ fn start_netserver(guard: &mut Guard, msock: &PathBuf) -> Result<(), String> {
         .spawn()
         .map_err(|e| err("netserver", e))?;
     guard.children.push(child);
-    for _ in 0..100 {
-        let ok = netns(&a)
-            .arg(msock)
-            .arg("stat")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if ok.map(|s| s.success()).unwrap_or(false) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err("netserver did not come up".into())
+    support::wait_for_netserver(&a, msock)
 }
 
 // ---------------------------------------------------------------------------------------------

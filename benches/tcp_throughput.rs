@@ -368,7 +368,7 @@ impl Net {
             name: name.to_string(),
             netserver: None,
         };
-        let mut cmd = netns(&net.ns_a());
+        let mut cmd = support::netns(&net.ns_a());
         cmd.arg(msock)
             .args([
                 "netserver",
@@ -381,7 +381,7 @@ impl Net {
             .stderr(Stdio::null());
         net.netserver = Some(Proc::spawn("netserver", &mut cmd)?);
         for _ in 0..100 {
-            let ok = netns(&net.ns_a())
+            let ok = support::netns(&net.ns_a())
                 .arg(msock)
                 .arg("stat")
                 .stdout(Stdio::null())
@@ -454,12 +454,6 @@ fn machine_busy() -> Option<Duration> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Some(Duration::from_nanos(busy * 1_000_000_000 / hz))
-}
-
-fn netns(ns: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]);
-    c
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,7 +530,7 @@ fn start_sink(
     ns: &str,
     bind: SocketAddrV4,
 ) -> Result<(Proc, BufReader<ChildStdout>), String> {
-    let mut cmd = netns(ns);
+    let mut cmd = support::netns(ns);
     cmd.arg(&ctx.me)
         .args(["--sink", &bind.to_string()])
         .stdout(Stdio::piped());
@@ -575,7 +569,7 @@ fn read_result(what: &str, reader: &mut BufReader<ChildStdout>) -> Result<(u64, 
 }
 
 fn source_cmd(ctx: &Ctx, ns: &str, bind: Ipv4Addr, dest: SocketAddrV4) -> Command {
-    let mut cmd = netns(ns);
+    let mut cmd = support::netns(ns);
     cmd.arg(&ctx.me)
         .args([
             "--source",
@@ -588,7 +582,7 @@ fn source_cmd(ctx: &Ctx, ns: &str, bind: Ipv4Addr, dest: SocketAddrV4) -> Comman
 }
 
 fn msock_cmd(ctx: &Ctx, net: &Net, args: &[String], buffers: Option<usize>) -> Command {
-    let mut cmd = netns(&net.ns_a());
+    let mut cmd = support::netns(&net.ns_a());
     cmd.arg(&ctx.msock).args(["tcp"]).arg(&args[0]).args([
         "--info",
         "--time-wait-ms",
@@ -628,7 +622,10 @@ fn check_exit(what: &str, exit: &Exit, info: &str, complete: bool) -> Result<(),
 
 /// `Tcp: RetransSegs` of namespace `ns` (`/proc/net/snmp` read inside it).
 fn retrans_segs(ns: &str) -> Option<u64> {
-    let out = netns(ns).args(["cat", "/proc/net/snmp"]).output().ok()?;
+    let out = support::netns(ns)
+        .args(["cat", "/proc/net/snmp"])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
     let (names, values) = (tcp.next()?, tcp.next()?);

@@ -11,7 +11,7 @@ mod support;
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 9009;
@@ -102,15 +102,9 @@ fn artifacts() -> (PathBuf, PathBuf) {
     (dir.join("msock"), dir.join("libmsock.so"))
 }
 
-fn netns(ns: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]);
-    c
-}
-
 fn start_netserver(guard: &mut Guard, msock: &PathBuf, ring: &str) -> Result<(), String> {
     let a = format!("{}-a", guard.name);
-    let child = netns(&a)
+    let child = support::netns(&a)
         .arg(msock)
         .args([
             "netserver",
@@ -125,20 +119,7 @@ fn start_netserver(guard: &mut Guard, msock: &PathBuf, ring: &str) -> Result<(),
         .spawn()
         .map_err(|e| format!("netserver: {e}"))?;
     guard.children.push(child);
-    // Ready when `msock stat` answers.
-    for _ in 0..100 {
-        let ok = netns(&a)
-            .arg(msock)
-            .arg("stat")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if ok.map(|s| s.success()).unwrap_or(false) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err("netserver did not come up".into())
+    support::wait_for_netserver(&a, msock)
 }
 
 fn stop_netserver(guard: &mut Guard) {
@@ -155,7 +136,7 @@ fn measure(
     preload: Option<&PathBuf>,
 ) -> Result<(Vec<f64>, usize), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = netns(&format!("{}-a", guard.name));
+    let mut cmd = support::netns(&format!("{}-a", guard.name));
     cmd.arg(&me)
         .args(["--client", bind, &format!("198.18.0.1:{PORT}")]);
     if let Some(lib) = preload {
@@ -200,7 +181,7 @@ fn run() -> Result<(), String> {
         children: Vec::new(),
     };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let server = netns(&format!("{name}-b"))
+    let server = support::netns(&format!("{name}-b"))
         .arg(&me)
         .args(["--echo-server", &format!("198.18.0.1:{PORT}")])
         .spawn()

@@ -12,91 +12,6 @@ use std::time::Duration;
 use common::streams::*;
 use common::*;
 
-/// msock (`extra` options) sends `megabytes` to a kernel listener on `port` and receives
-/// `megabytes` from a kernel client; both arrive byte-exact. Returns msock's `--info` lines.
-fn both_ways_with(net: &TestNet, port: &str, megabytes: usize, extra: &str) -> (String, String) {
-    let msock = msock_bin();
-    let msock = msock.to_str().expect("utf-8 path");
-    let dir = TempDir::new("tcp-flush");
-    let up = random_file(&dir, "up.bin", megabytes);
-    let down = random_file(&dir, "down.bin", megabytes);
-    let up_out = dir.path().join("up.out");
-    let down_out = dir.path().join("down.out");
-    let timeout = Duration::from_secs(120);
-
-    let mut sink = net.spawn(
-        "kernel-sink",
-        sh(
-            net,
-            net.ns_b(),
-            &format!(
-                "exec socat -u TCP4-LISTEN:{port},reuseaddr,bind={PEER_ADDR} CREATE:{}",
-                up_out.display()
-            ),
-        ),
-    );
-    wait_listening(net, net.ns_b(), port);
-    let mut sender = net.spawn(
-        "msock-connect",
-        sh(
-            net,
-            net.ns_a(),
-            &format!(
-                "exec {msock} tcp connect {PEER_ADDR}:{port} --info {extra} < {} > /dev/null",
-                up.display()
-            ),
-        ),
-    );
-    let status = sender
-        .wait_timeout(timeout)
-        .unwrap_or_else(|| panic!("msock tcp connect did not finish: {}", sender.log()));
-    assert!(
-        status.success(),
-        "msock tcp connect failed: {}",
-        sender.log()
-    );
-    assert!(
-        sink.wait_timeout(Duration::from_secs(10)).is_some(),
-        "kernel sink still running"
-    );
-    assert_eq!(sha256(&up), sha256(&up_out), "msock → kernel differs");
-
-    let mut receiver = net.spawn(
-        "msock-listen",
-        sh(
-            net,
-            net.ns_a(),
-            &format!(
-                "exec {msock} tcp listen {port} --info {extra} < /dev/null > {}",
-                down_out.display()
-            ),
-        ),
-    );
-    await_log(&receiver, "listening");
-    let mut source = net.spawn(
-        "kernel-source",
-        sh(
-            net,
-            net.ns_b(),
-            &format!(
-                "exec socat -u FILE:{} TCP4:{MSOCK_ADDR}:{port},bind={PEER_ADDR},retry=20,interval=0.2",
-                down.display()
-            ),
-        ),
-    );
-    let status = receiver
-        .wait_timeout(timeout)
-        .unwrap_or_else(|| panic!("msock tcp listen did not finish: {}", receiver.log()));
-    assert!(
-        status.success(),
-        "msock tcp listen failed: {}",
-        receiver.log()
-    );
-    assert!(source.wait_timeout(Duration::from_secs(10)).is_some());
-    assert_eq!(sha256(&down), sha256(&down_out), "kernel → msock differs");
-    (sender.log(), receiver.log())
-}
-
 /// The value of `key=` in an `--info` line.
 fn info_value(log: &str, key: &str) -> Option<u64> {
     log.split_whitespace()
@@ -110,7 +25,7 @@ fn flushed_connection_moves_bytes_through_the_netserver() {
         return;
     };
     let _ns = net.start_netserver(&[]);
-    let (up, down) = both_ways_with(&net, "5101", 8, "--flush");
+    let (up, down) = both_ways(&net, "5101", 8, "--flush", Duration::from_secs(120));
     for log in [&up, &down] {
         assert!(log.contains("flushes=1"), "{log}");
         assert!(log.contains("closed_flushed=1"), "{log}");
@@ -128,7 +43,13 @@ fn hundred_megabytes_alternating_cached_and_flushed_every_10ms_are_byte_exact() 
         return;
     };
     let _ns = net.start_netserver(&[]);
-    let (up, down) = both_ways_with(&net, "5102", 100, "--migrate-every 10");
+    let (up, down) = both_ways(
+        &net,
+        "5102",
+        100,
+        "--migrate-every 10",
+        Duration::from_secs(120),
+    );
     eprintln!("active: {}\npassive: {}", up.trim(), down.trim());
     for log in [&up, &down] {
         let flushes = info_value(log, "flushes").unwrap_or(0);

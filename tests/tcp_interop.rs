@@ -25,106 +25,20 @@ fn msock_listening(net: &TestNet, script: &str) -> Proc {
     receiver
 }
 
-/// msock (active open) sends `megabytes` to a kernel listener, and a kernel client sends
-/// `megabytes` to msock (passive open); both arrive byte-exact.
-fn both_ways(net: &TestNet, megabytes: usize, timeout: Duration) {
-    let msock = msock_bin();
-    let msock = msock.to_str().expect("utf-8 path");
-    let dir = TempDir::new("tcp-interop");
-    let up = random_file(&dir, "up.bin", megabytes);
-    let down = random_file(&dir, "down.bin", megabytes);
-    let up_out = dir.path().join("up.out");
-    let down_out = dir.path().join("down.out");
-
-    // Active open: msock → kernel.
-    let mut sink = net.spawn(
-        "kernel-sink",
-        sh(
-            net,
-            net.ns_b(),
-            &format!(
-                "exec socat -u TCP4-LISTEN:{PORT},reuseaddr,bind={PEER_ADDR} CREATE:{}",
-                up_out.display()
-            ),
-        ),
-    );
-    wait_listening(net, net.ns_b(), PORT);
-    let mut sender = net.spawn(
-        "msock-connect",
-        sh(net, net.ns_a(), &format!(
-            "exec {msock} tcp connect {PEER_ADDR}:{PORT} --info --time-wait-ms 200 < {} > /dev/null",
-            up.display()
-        )),
-    );
-    let status = sender.wait_timeout(timeout).unwrap_or_else(|| {
-        panic!(
-            "msock tcp connect did not finish in {timeout:?}: {}",
-            sender.log()
-        )
-    });
-    assert!(
-        status.success(),
-        "msock tcp connect failed: {}",
-        sender.log()
-    );
-    assert!(
-        sink.wait_timeout(Duration::from_secs(10)).is_some(),
-        "kernel sink still running"
-    );
-    assert_eq!(
-        sha256(&up),
-        sha256(&up_out),
-        "msock → kernel stream differs"
-    );
-    eprintln!("active open: {}", sender.log().trim());
-
-    // Passive open: kernel → msock.
-    let mut receiver = net.spawn(
-        "msock-listen",
-        sh(
-            net,
-            net.ns_a(),
-            &format!(
-                "exec {msock} tcp listen {PORT} --info --time-wait-ms 200 < /dev/null > {}",
-                down_out.display()
-            ),
-        ),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let mut source = net.spawn(
-        "kernel-source",
-        sh(net, net.ns_b(), &format!(
-            "exec socat -u FILE:{} TCP4:{MSOCK_ADDR}:{PORT},bind={PEER_ADDR},retry=20,interval=0.2",
-            down.display()
-        )),
-    );
-    let status = receiver.wait_timeout(timeout).unwrap_or_else(|| {
-        panic!(
-            "msock tcp listen did not finish in {timeout:?}: {}",
-            receiver.log()
-        )
-    });
-    assert!(
-        status.success(),
-        "msock tcp listen failed: {}",
-        receiver.log()
-    );
-    assert!(source.wait_timeout(Duration::from_secs(10)).is_some());
-    assert_eq!(
-        sha256(&down),
-        sha256(&down_out),
-        "kernel → msock stream differs"
-    );
-    eprintln!("passive open: {}", receiver.log().trim());
-}
-
 #[test]
 fn hundred_megabytes_each_way_with_the_kernel() {
     let Some(net) = TestNet::new("ti-big") else {
         return;
     };
     let _ns = net.start_netserver(&[]);
-    both_ways(&net, 100, Duration::from_secs(90));
+    let (up, down) = both_ways(
+        &net,
+        PORT,
+        100,
+        "--time-wait-ms 200",
+        Duration::from_secs(90),
+    );
+    eprintln!("active open: {}\npassive open: {}", up.trim(), down.trim());
 }
 
 #[test]
@@ -134,7 +48,14 @@ fn lossy_emulated_link_each_way() {
         return;
     };
     let _ns = net.start_netserver(&[]);
-    both_ways(&net, 8, Duration::from_secs(120));
+    let (up, down) = both_ways(
+        &net,
+        PORT,
+        8,
+        "--time-wait-ms 200",
+        Duration::from_secs(120),
+    );
+    eprintln!("active open: {}\npassive open: {}", up.trim(), down.trim());
     let stats = net.emulator_stats();
     eprintln!("emulator: {stats:?}");
 }
@@ -145,7 +66,14 @@ fn nftables_random_drops_each_way() {
         return;
     };
     let _ns = net.start_netserver(&[]);
-    both_ways(&net, 16, Duration::from_secs(120));
+    let (up, down) = both_ways(
+        &net,
+        PORT,
+        16,
+        "--time-wait-ms 200",
+        Duration::from_secs(120),
+    );
+    eprintln!("active open: {}\npassive open: {}", up.trim(), down.trim());
     let dropped = msock::testnet::nft_dropped(net.name()).expect("nft counter");
     assert!(dropped > 0, "nftables dropped nothing");
 }

@@ -11,7 +11,8 @@
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Top of a freshly created `BENCHMARKS.md` (the sections follow it).
@@ -311,4 +312,28 @@ pub fn calibrate<R>(target: Duration, mut f: impl FnMut() -> R) -> u64 {
 pub fn sample_ns<R>(samples: usize, per_sample: Duration, mut f: impl FnMut() -> R) -> Vec<f64> {
     let iters = calibrate(per_sample, &mut f);
     (0..samples).map(|_| ns_per_call(iters, &mut f)).collect()
+}
+
+/// `ip netns exec NS`, to add the program and its arguments to.
+pub fn netns(ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    c
+}
+
+/// Waits (up to 5 s) until the netserver in namespace `ns` answers `msock stat`.
+pub fn wait_for_netserver(ns: &str, msock: &Path) -> Result<(), String> {
+    for _ in 0..100 {
+        let ok = netns(ns)
+            .arg(msock)
+            .arg("stat")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if ok.is_ok_and(|s| s.success()) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("netserver did not come up".into())
 }

@@ -20,7 +20,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::client::tcp_session::{TcpSession, apply_icmp};
 use crate::stack::tcp::congestion::CongestionAlgorithm;
 use crate::stack::tcp::connection::{
-    ConnError, DEFAULT_SYN_BACKLOG, InitialSequence, State, TcpBacklog, TcpConfig, TcpConnection,
+    DEFAULT_SYN_BACKLOG, InitialSequence, State, TcpBacklog, TcpConfig, TcpConnection,
     TcpDropReason, TcpListener, reset_for,
 };
 use crate::stack::tcp::isn::IsnGenerator;
@@ -186,17 +186,6 @@ pub fn command(args: &[String]) -> i32 {
             1
         }
     }
-}
-
-fn conn_error(e: ConnError) -> io::Error {
-    io::Error::from_raw_os_error(match e {
-        ConnError::Refused => libc::ECONNREFUSED,
-        ConnError::Reset => libc::ECONNRESET,
-        ConnError::TimedOut => libc::ETIMEDOUT,
-        ConnError::HostUnreachable => libc::EHOSTUNREACH,
-        ConnError::NetUnreachable => libc::ENETUNREACH,
-        ConnError::PortUnreachable => libc::ECONNREFUSED,
-    })
 }
 
 fn run(mode: &str, target: &str, options: Options) -> io::Result<()> {
@@ -505,7 +494,7 @@ fn serve(mut session: TcpSession, mut conn: TcpConnection, options: &Options) ->
         let _ = session.close();
     }
     match conn.take_error() {
-        Some(e) => Err(conn_error(e)),
+        Some(e) => Err(io::Error::from_raw_os_error(e.errno())),
         None => Ok(()),
     }
 }

@@ -1118,30 +1118,17 @@ impl Server {
             Ok(conn) => conn,
             Err(errno) => return (Reply::Error { errno }, Vec::new()),
         };
-        let reply = match conn.send(data) {
-            Ok(n) => Reply::Sent { n: n as u32 },
-            Err(e) => Reply::Error {
-                errno: match e {
-                    SendError::WouldBlock => libc::EAGAIN,
-                    SendError::NotConnected => libc::ENOTCONN,
-                    SendError::Shutdown => libc::EPIPE,
-                    SendError::Reset => libc::ECONNRESET,
-                    SendError::TimedOut => libc::ETIMEDOUT,
-                    SendError::Refused => libc::ECONNREFUSED,
-                    SendError::Unreachable => libc::EHOSTUNREACH,
-                },
-            },
-        };
-        // Would block: the next rise of writability must be told (the bit may never have
-        // dropped between two loop passes).
-        if reply
-            == (Reply::Error {
-                errno: libc::EAGAIN,
-            })
-        {
-            self.rearm_flushed(id, crate::control::TcpReady::WRITABLE);
+        match conn.send(data) {
+            Ok(n) => (Reply::Sent { n: n as u32 }, Vec::new()),
+            Err(e) => {
+                // Would block: the next rise of writability must be told (the bit may never
+                // have dropped between two loop passes).
+                if e == SendError::WouldBlock {
+                    self.rearm_flushed(id, crate::control::TcpReady::WRITABLE);
+                }
+                (Reply::Error { errno: e.errno() }, Vec::new())
+            }
         }
-        (reply, Vec::new())
     }
 
     fn flushed_recv(
@@ -1156,40 +1143,33 @@ impl Server {
             Ok(conn) => conn,
             Err(errno) => return (Reply::Error { errno }, Vec::new()),
         };
-        let mut buf = vec![0u8; (max as usize).min(crate::control::MAX_TRANSFER)];
+        // No bigger than what is queued (at least one byte, so an empty read means EOF, not
+        // a zero-length buffer).
+        let want = (max as usize)
+            .min(crate::control::MAX_TRANSFER)
+            .min(conn.recv_queue_len().max(1));
+        let mut buf = vec![0u8; want];
         let read = if peek {
             conn.peek(&mut buf)
         } else {
             conn.recv(&mut buf)
         };
-        let reply = match read {
+        match read {
             Ok(n) => {
                 buf.truncate(n);
-                Reply::Received {
+                let reply = Reply::Received {
                     fin: n == 0 && max > 0,
                     data: buf,
-                }
+                };
+                (reply, Vec::new())
             }
-            Err(e) => Reply::Error {
-                errno: match e {
-                    RecvError::WouldBlock => libc::EAGAIN,
-                    RecvError::NotConnected => libc::ENOTCONN,
-                    RecvError::Reset => libc::ECONNRESET,
-                    RecvError::TimedOut => libc::ETIMEDOUT,
-                    RecvError::Refused => libc::ECONNREFUSED,
-                    RecvError::Unreachable => libc::EHOSTUNREACH,
-                    RecvError::InvalidOob => libc::EINVAL,
-                },
-            },
-        };
-        if reply
-            == (Reply::Error {
-                errno: libc::EAGAIN,
-            })
-        {
-            self.rearm_flushed(id, crate::control::TcpReady::READABLE);
+            Err(e) => {
+                if e == RecvError::WouldBlock {
+                    self.rearm_flushed(id, crate::control::TcpReady::READABLE);
+                }
+                (Reply::Error { errno: e.errno() }, Vec::new())
+            }
         }
-        (reply, Vec::new())
     }
 
     fn flushed_shutdown(

@@ -589,6 +589,17 @@ impl Host {
             self.drops.count(DropReason::BadTcp);
             return;
         };
+        // A segment of a port or connection a process holds is its own: leave it before the
+        // checksum pass over its payload (while a listener here shares the port, every
+        // segment of the connections accepted from it reaches this channel too).
+        let remote = SocketAddrV4::new(ip.src_addr, packet.src_port());
+        if ports.tcp_held(packet.dst_port())
+            || ports
+                .tcp_connection_owner(packet.dst_port(), remote)
+                .is_some()
+        {
+            return;
+        }
         let seg = match TcpRepr::parse(&packet, ip.src_addr, ip.dst_addr) {
             Ok(seg) => seg,
             Err(crate::wire::Error::Checksum) => {
@@ -600,13 +611,6 @@ impl Host {
                 return;
             }
         };
-        if ports.tcp_held(seg.dst_port)
-            || ports
-                .tcp_connection_owner(seg.dst_port, SocketAddrV4::new(ip.src_addr, seg.src_port))
-                .is_some()
-        {
-            return;
-        }
         if ip.dst_addr != self.config.addr
             || ip.src_addr.is_broadcast()
             || ip.src_addr.is_multicast()

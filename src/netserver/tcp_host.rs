@@ -370,7 +370,7 @@ impl TcpHost {
         src: SocketAddrV4,
         seg: &TcpRepr<'_>,
     ) -> Option<TcpRepr<'static>> {
-        if self.orphans.contains_key(&(seg.dst_port, src)) {
+        if !self.orphans.is_empty() && self.orphans.contains_key(&(seg.dst_port, src)) {
             // The peer's answer to our probe carries its RCV.NXT: the one acceptable RST.
             if let Some(ack) = seg.ack_number
                 && !seg.control.rst

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{READY_TIMEOUT, TempDir, TestNet, have, stdout_of, under_ci, wait_until};
+use super::{
+    MSOCK_ADDR, PEER_ADDR, READY_TIMEOUT, TempDir, TestNet, have, msock_bin, stdout_of, under_ci,
+    wait_until,
+};
 
 /// `bash -c script` in namespace `ns`.
 pub fn sh(net: &TestNet, ns: &str, script: &str) -> Command {
@@ -64,4 +67,99 @@ pub fn await_log(proc: &super::Proc, needle: &str) {
         proc.label(),
         proc.log()
     );
+}
+
+/// msock (`extra` options) sends `megabytes` to a kernel listener on `port` and receives
+/// `megabytes` from a kernel client; both arrive byte-exact. Returns msock's `--info` lines.
+pub fn both_ways(
+    net: &TestNet,
+    port: &str,
+    megabytes: usize,
+    extra: &str,
+    timeout: std::time::Duration,
+) -> (String, String) {
+    let msock = msock_bin();
+    let msock = msock.to_str().expect("utf-8 path");
+    let dir = TempDir::new("tcp-both-ways");
+    let up = random_file(&dir, "up.bin", megabytes);
+    let down = random_file(&dir, "down.bin", megabytes);
+    let up_out = dir.path().join("up.out");
+    let down_out = dir.path().join("down.out");
+
+    let mut sink = net.spawn(
+        "kernel-sink",
+        sh(
+            net,
+            net.ns_b(),
+            &format!(
+                "exec socat -u TCP4-LISTEN:{port},reuseaddr,bind={PEER_ADDR} CREATE:{}",
+                up_out.display()
+            ),
+        ),
+    );
+    wait_listening(net, net.ns_b(), port);
+    let mut sender = net.spawn(
+        "msock-connect",
+        sh(
+            net,
+            net.ns_a(),
+            &format!(
+                "exec {msock} tcp connect {PEER_ADDR}:{port} --info {extra} < {} > /dev/null",
+                up.display()
+            ),
+        ),
+    );
+    let status = sender
+        .wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("msock tcp connect did not finish: {}", sender.log()));
+    assert!(
+        status.success(),
+        "msock tcp connect failed: {}",
+        sender.log()
+    );
+    assert!(
+        sink.wait_timeout(std::time::Duration::from_secs(10))
+            .is_some(),
+        "kernel sink still running"
+    );
+    assert_eq!(sha256(&up), sha256(&up_out), "msock → kernel differs");
+
+    let mut receiver = net.spawn(
+        "msock-listen",
+        sh(
+            net,
+            net.ns_a(),
+            &format!(
+                "exec {msock} tcp listen {port} --info {extra} < /dev/null > {}",
+                down_out.display()
+            ),
+        ),
+    );
+    await_log(&receiver, "listening");
+    let mut source = net.spawn(
+        "kernel-source",
+        sh(
+            net,
+            net.ns_b(),
+            &format!(
+                "exec socat -u FILE:{} TCP4:{MSOCK_ADDR}:{port},bind={PEER_ADDR},retry=20,interval=0.2",
+                down.display()
+            ),
+        ),
+    );
+    let status = receiver
+        .wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("msock tcp listen did not finish: {}", receiver.log()));
+    assert!(
+        status.success(),
+        "msock tcp listen failed: {}",
+        receiver.log()
+    );
+    assert!(
+        source
+            .wait_timeout(std::time::Duration::from_secs(10))
+            .is_some()
+    );
+    assert_eq!(sha256(&down), sha256(&down_out), "kernel → msock differs");
+    (sender.log(), receiver.log())
 }

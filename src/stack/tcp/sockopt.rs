@@ -55,16 +55,6 @@ fn int_bytes(v: i32) -> Vec<u8> {
     v.to_ne_bytes().to_vec()
 }
 
-fn errno_of(e: ConnError) -> i32 {
-    match e {
-        ConnError::Refused | ConnError::PortUnreachable => libc::ECONNREFUSED,
-        ConnError::Reset => libc::ECONNRESET,
-        ConnError::TimedOut => libc::ETIMEDOUT,
-        ConnError::HostUnreachable => libc::EHOSTUNREACH,
-        ConnError::NetUnreachable => libc::ENETUNREACH,
-    }
-}
-
 /// `setsockopt(level, name, value)` on `conn`.
 pub fn set(
     conn: &mut TcpConnection,
@@ -166,7 +156,9 @@ pub fn get(conn: &mut TcpConnection, level: i32, name: i32, now: Instant) -> Res
         (libc::SOL_SOCKET, libc::SO_DOMAIN) => int_bytes(libc::AF_INET),
         (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int_bytes(libc::IPPROTO_TCP),
         (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => int_bytes(0),
-        (libc::SOL_SOCKET, libc::SO_ERROR) => int_bytes(conn.take_error().map_or(0, errno_of)),
+        (libc::SOL_SOCKET, libc::SO_ERROR) => {
+            int_bytes(conn.take_error().map_or(0, ConnError::errno))
+        }
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => flag(config.keepalive),
         (libc::SOL_SOCKET, libc::SO_OOBINLINE) => flag(config.oob_inline),
         (libc::SOL_SOCKET, libc::SO_RCVBUF) => {

@@ -273,6 +273,36 @@ pub enum RecvError {
     InvalidOob,
 }
 
+impl SendError {
+    /// The errno Linux's `send` returns.
+    pub fn errno(self) -> i32 {
+        match self {
+            SendError::WouldBlock => libc::EAGAIN,
+            SendError::NotConnected => libc::ENOTCONN,
+            SendError::Shutdown => libc::EPIPE,
+            SendError::Reset => libc::ECONNRESET,
+            SendError::TimedOut => libc::ETIMEDOUT,
+            SendError::Refused => libc::ECONNREFUSED,
+            SendError::Unreachable => libc::EHOSTUNREACH,
+        }
+    }
+}
+
+impl RecvError {
+    /// The errno Linux's `recv` returns.
+    pub fn errno(self) -> i32 {
+        match self {
+            RecvError::WouldBlock => libc::EAGAIN,
+            RecvError::NotConnected => libc::ENOTCONN,
+            RecvError::Reset => libc::ECONNRESET,
+            RecvError::TimedOut => libc::ETIMEDOUT,
+            RecvError::Refused => libc::ECONNREFUSED,
+            RecvError::Unreachable => libc::EHOSTUNREACH,
+            RecvError::InvalidOob => libc::EINVAL,
+        }
+    }
+}
+
 /// A connection's pending error (SO_ERROR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnError {
@@ -285,6 +315,17 @@ pub enum ConnError {
 }
 
 impl ConnError {
+    /// The errno Linux reports for it (SO_ERROR, a failed call).
+    pub fn errno(self) -> i32 {
+        match self {
+            ConnError::Refused | ConnError::PortUnreachable => libc::ECONNREFUSED,
+            ConnError::Reset => libc::ECONNRESET,
+            ConnError::TimedOut => libc::ETIMEDOUT,
+            ConnError::HostUnreachable => libc::EHOSTUNREACH,
+            ConnError::NetUnreachable => libc::ENETUNREACH,
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             ConnError::Refused => 1,
