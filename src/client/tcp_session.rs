@@ -87,15 +87,6 @@ pub struct TcpSession {
     recalled: bool,
 }
 
-/// A memfd holding a connection image, to pass to the netserver.
-fn image_file(image: &[u8], name: &std::ffi::CStr) -> io::Result<std::fs::File> {
-    use std::io::Write;
-    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(image)?;
-    Ok(file)
-}
-
 /// The connection in an image memfd the netserver passed (`len` bytes from offset 0).
 fn import_image(fd: std::os::fd::OwnedFd, len: u64, now: Instant) -> io::Result<TcpConnection> {
     use std::os::unix::fs::FileExt;
@@ -208,7 +199,7 @@ impl TcpSession {
     /// released with it. The image travels in a memfd (it holds the buffered data).
     pub fn hand_over(&mut self, conn: &TcpConnection, now: Instant) -> io::Result<()> {
         let image = conn.export(now);
-        let file = image_file(&image, c"msock-tcp-handover")?;
+        let file = crate::control::image_memfd(&image, c"msock-tcp-handover")?;
         let request = Request::HandOver {
             id: self.id,
             len: image.len() as u64,
@@ -259,7 +250,7 @@ impl TcpSession {
             }
         })?;
         let image = conn.export(now);
-        let file = image_file(&image, c"msock-tcp-flush")?;
+        let file = crate::control::image_memfd(&image, c"msock-tcp-flush")?;
         // From here the netserver runs the connection: the record would describe a past
         // state (after a later cache, one the peer is beyond). It is invalid until the
         // connection is cached again and republished; a crash meanwhile resets the peer.

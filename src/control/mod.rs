@@ -43,6 +43,16 @@ pub const MAX_TRANSFER: usize = 64 * 1024;
 /// a few MiB each way, plus state).
 pub const MAX_HANDOVER_IMAGE: u64 = 64 << 20;
 
+/// A memfd holding a TCP connection image (`HandOver`, `Flush`, `Accepted`, `Cached`): the
+/// way images travel between a process and the netserver.
+pub fn image_memfd(image: &[u8], name: &std::ffi::CStr) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(image)?;
+    Ok(file.into())
+}
+
 /// Abstract socket name of the netserver in the current network namespace.
 pub const DEFAULT_ADDRESS: &str = "@msock/control";
 

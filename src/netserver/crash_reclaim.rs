@@ -40,11 +40,6 @@ pub fn accept_record_file(fd: OwnedFd) -> Option<OwnedFd> {
     (meta.st_mode & libc::S_IFMT == libc::S_IFREG && super::on_shmem(fd.as_fd())).then_some(fd)
 }
 
-/// CLOCK_MONOTONIC in µs (the clock of a record's `stamp_us`).
-fn monotonic_us() -> u64 {
-    crate::client::crash_file::monotonic_us()
-}
-
 /// Reads exactly `buf.len()` bytes at `at`, or fails.
 fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], at: usize) -> Result<(), &'static str> {
     let mut done = 0;
@@ -103,7 +98,9 @@ fn read_record(
     let split = first.len();
     pread_exact(fd, &mut queue[..split], HEADER_LEN + first.start)?;
     pread_exact(fd, &mut queue[split..], HEADER_LEN + second.start)?;
-    let since = Duration::from_micros(monotonic_us().saturating_sub(record.stamp_us));
+    let since = Duration::from_micros(
+        crate::client::crash_file::monotonic_us().saturating_sub(record.stamp_us),
+    );
     let mut conn =
         TcpConnection::from_crash_record(&record, &queue, TcpConfig::default(), now, since)
             .map_err(|_| "record does not rebuild")?;

@@ -24,7 +24,7 @@ use crate::control::transport::{Connection, ControlAddress, ControlListener, Pee
 use crate::control::{EndpointId, Family, Reply, Request, SockKind, Upcall, VERSION};
 use crate::routing::region::RegionWriter;
 use crate::routing::table::{InterfaceConfig, Route, TableError};
-use crate::stack::ports::{BindError, BindRequest, PortTable};
+use crate::stack::ports::{BindRequest, PortTable};
 use crate::stack::reassembly::ReassemblyLimits;
 use crate::stack::stats::DropReason;
 use crate::stack::tcp_ports::{PortUse, TcpPortConfig, TcpPortTable, TcpSocket};
@@ -769,8 +769,7 @@ impl Server {
         match outcome {
             Reclaim::Nothing => self.forget_endpoint(id),
             Reclaim::Close(conn) => {
-                let timestamps =
-                    conn.info(now).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
+                let timestamps = conn.uses_timestamps();
                 if !self.host.tcp.has_room_for_orphan(conn.send_queue_len())
                     || self.host.tcp.adopt(*conn).is_err()
                 {
@@ -1033,10 +1032,7 @@ impl Server {
             Err(errno) => return err(errno),
         };
         if let Err(e) = self.host.tcp.adopt_flushed(conn) {
-            return err(match e {
-                super::tcp_host::TcpHostError::AddressInUse => libc::EADDRINUSE,
-                _ => libc::EINVAL,
-            });
+            return err(e.errno());
         }
         let key = (local.port(), remote);
         self.tcp_connections.remove(&key);
@@ -1220,7 +1216,7 @@ impl Server {
         let Some(image) = self.host.tcp.release(local.port(), remote, now) else {
             return err(libc::ENOTCONN);
         };
-        let memfd = match image_memfd(&image) {
+        let memfd = match crate::control::image_memfd(&image, c"msock-tcp-image") {
             Ok(fd) => fd,
             Err(e) => {
                 // Keep running it here, still flushed for its owner, rather than lose it.
@@ -1284,8 +1280,7 @@ impl Server {
         // The socket's port entry stays with the closing connection, timestamps noted (a
         // later connect may take its TIME_WAIT over, as Linux's `tcp_twsk_unique`).
         if let Some(conn) = self.host.tcp.connection(key.0, key.1) {
-            let timestamps =
-                conn.info(now).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
+            let timestamps = conn.uses_timestamps();
             self.hold_tcp_entry(id, key, timestamps);
         }
         self.forget_endpoint(id);
@@ -1473,13 +1468,9 @@ impl Server {
             return err(libc::ENOBUFS);
         }
         let key = (port, conn.remote());
-        let timestamps =
-            conn.info(self.now()).options & crate::stack::tcp::info::TCPI_OPT_TIMESTAMPS != 0;
+        let timestamps = conn.uses_timestamps();
         if let Err(e) = self.host.tcp.adopt(conn) {
-            return err(match e {
-                super::tcp_host::TcpHostError::AddressInUse => libc::EADDRINUSE,
-                _ => libc::EINVAL,
-            });
+            return err(e.errno());
         }
         // The process's endpoint ends; its port entry (options included) stays with the
         // connection, as Linux keeps the socket (then its TIME_WAIT socket) in the bind bucket.
@@ -1639,7 +1630,7 @@ impl Server {
             }
         };
         let image = conn.export(self.now());
-        let memfd = match image_memfd(&image) {
+        let memfd = match crate::control::image_memfd(&image, c"msock-tcp-image") {
             Ok(fd) => fd,
             Err(e) => {
                 self.endpoints.remove(new_id);
@@ -1806,7 +1797,7 @@ impl Server {
                 uid,
             }) {
                 Ok(bound) => bound,
-                Err(e) => return err(bind_errno(e)),
+                Err(e) => return err(e.errno()),
             }
         };
         // A wildcard bind also receives the subnet and limited broadcast, as on Linux.
@@ -2055,18 +2046,6 @@ fn handed_over_connection(
     Ok(conn)
 }
 
-/// A sealed-size memfd holding `image` (an accepted connection on its way to the process).
-fn image_memfd(image: &[u8]) -> io::Result<OwnedFd> {
-    use std::io::Write;
-    let fd = nix::sys::memfd::memfd_create(
-        c"msock-tcp-accept",
-        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-    )?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(image)?;
-    Ok(file.into())
-}
-
 /// The host's 128-bit secret for ISNs and SYN cookies.
 fn random_secret() -> io::Result<[u8; 16]> {
     use std::io::Read;
@@ -2126,10 +2105,6 @@ fn local_port_range() -> Option<(u16, u16)> {
         (low, high) if low >= 1 && low <= high => Some((low, high)),
         _ => None,
     }
-}
-
-fn bind_errno(e: BindError) -> i32 {
-    e.errno()
 }
 
 #[cfg(test)]

@@ -35,6 +35,17 @@ pub enum TcpHostError {
     BadImage(ImageError),
 }
 
+impl TcpHostError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            TcpHostError::AddressInUse => libc::EADDRINUSE,
+            TcpHostError::NotListening
+            | TcpHostError::BadConnection
+            | TcpHostError::BadImage(_) => libc::EINVAL,
+        }
+    }
+}
+
 /// Bounds on connections the netserver keeps for processes that let them go.
 pub const MAX_ORPHANS: usize = 16_384;
 pub const MAX_ORPHAN_BYTES: usize = 128 << 20;

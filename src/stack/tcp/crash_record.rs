@@ -291,7 +291,7 @@ impl CrashRecord {
             return Err(CrashRecordError::Torn);
         }
         let invalid = CrashRecordError::Invalid;
-        let state = State::from_linux_number(b[OFF_STATE]).ok_or(invalid("state"))?;
+        let state = State::from_code(b[OFF_STATE]).ok_or(invalid("state"))?;
         let flags = get_u32(b, OFF_FLAGS);
         if flags & !FLAG_ALL != 0 || b[OFF_STATE + 3] != 0 {
             return Err(invalid("flags"));

@@ -35,13 +35,6 @@ fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_micros() / 1000).unwrap_or(u32::MAX)
 }
 
-impl State {
-    /// The state of Linux's `TCP_*` number (see [`State::linux_number`]).
-    pub fn from_linux_number(n: u8) -> Option<State> {
-        State::from_code(n)
-    }
-}
-
 impl TcpConnection {
     /// Moves the send ring into `storage` (see [`SendBuffer::attach_shared`]); the storage is
     /// handed back if it cannot hold what is queued.

@@ -178,7 +178,7 @@ impl State {
         self.linux_number()
     }
 
-    fn from_code(code: u8) -> Option<State> {
+    pub(crate) fn from_code(code: u8) -> Option<State> {
         Some(match code {
             1 => State::Established,
             2 => State::SynSent,
@@ -1296,6 +1296,11 @@ impl TcpConnection {
 
     fn pacing_active(&self) -> bool {
         self.config.pacing || self.config.max_pacing_rate.is_some()
+    }
+
+    /// Whether the connection negotiated TCP timestamps (RFC 7323).
+    pub fn uses_timestamps(&self) -> bool {
+        self.ts_ok
     }
 
     /// TCP_INFO.
