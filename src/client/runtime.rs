@@ -416,7 +416,8 @@ impl Session {
                     Upcall::TcpIcmpError { .. }
                     | Upcall::Acceptable { .. }
                     | Upcall::TcpReady { .. }
-                    | Upcall::Recall { .. },
+                    | Upcall::Recall { .. }
+                    | Upcall::SoleHolder { .. },
                 ) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -724,6 +724,8 @@ impl TcpSession {
                 Ok(Upcall::Acceptable { .. } | Upcall::TcpReady { .. }) => {}
                 // The netserver wants this session's connection flushed (`take_recall`).
                 Ok(Upcall::Recall { id }) => self.recalled |= id == self.id,
+                // A session never shares its connection with another process.
+                Ok(Upcall::SoleHolder { .. }) => {}
                 // Late resolutions and UDP upcalls are not for a TCP session.
                 Ok(
                     Upcall::Resolved { .. } | Upcall::Datagram { .. } | Upcall::IcmpError { .. },

@@ -61,6 +61,7 @@ mod kind {
     pub const REQ_GET_OPTION: u16 = 0x0115;
     pub const REQ_NAMES: u16 = 0x0116;
     pub const REQ_RECALL: u16 = 0x0117;
+    pub const REQ_FORK: u16 = 0x0118;
 
     pub const REP_HELLO: u16 = 0x0201;
     pub const REP_SOCKET: u16 = 0x0202;
@@ -75,6 +76,8 @@ mod kind {
     pub const REP_CACHED: u16 = 0x020b;
     pub const REP_OPTION: u16 = 0x020c;
     pub const REP_NAMES: u16 = 0x020d;
+    pub const REP_FORKED: u16 = 0x020e;
+    pub const REP_ACCEPTED_DEFERRED: u16 = 0x020f;
 
     pub const UP_DATAGRAM: u16 = 0x0301;
     pub const UP_RESOLVED: u16 = 0x0302;
@@ -83,6 +86,7 @@ mod kind {
     pub const UP_ACCEPTABLE: u16 = 0x0305;
     pub const UP_TCP_READY: u16 = 0x0306;
     pub const UP_RECALL: u16 = 0x0307;
+    pub const UP_SOLE_HOLDER: u16 = 0x0308;
 }
 
 /// Why a byte string is not a valid message.
@@ -304,6 +308,12 @@ pub fn encode_request(msg: &Request, out: &mut Vec<u8>) {
         }),
         Request::Names { id } => frame(out, kind::REQ_NAMES, |w| w.u64(id)),
         Request::Recall { id } => frame(out, kind::REQ_RECALL, |w| w.u64(id)),
+        Request::Fork { ref ids } => frame(out, kind::REQ_FORK, |w| {
+            w.u32(ids.len() as u32);
+            for &id in ids {
+                w.u64(id);
+            }
+        }),
     }
 }
 
@@ -355,6 +365,11 @@ pub fn encode_reply(msg: &Reply, out: &mut Vec<u8>) {
             w.bytes(data);
             w.bool(*fin);
         }),
+        Reply::Forked => frame(out, kind::REP_FORKED, |_| {}),
+        Reply::AcceptedDeferred { id, remote } => frame(out, kind::REP_ACCEPTED_DEFERRED, |w| {
+            w.u64(*id);
+            w.sockaddr(*remote);
+        }),
         Reply::Cached { ring, len } => frame(out, kind::REP_CACHED, |w| {
             w.u8(ring.version);
             w.u32(ring.block_size);
@@ -390,6 +405,7 @@ pub fn encode_upcall(msg: &Upcall, out: &mut Vec<u8>) {
             w.u8(*events);
         }),
         Upcall::Recall { id } => frame(out, kind::UP_RECALL, |w| w.u64(*id)),
+        Upcall::SoleHolder { id } => frame(out, kind::UP_SOLE_HOLDER, |w| w.u64(*id)),
         Upcall::IcmpError { id, remote, errno } => frame(out, kind::UP_ICMP_ERROR, |w| {
             w.u64(*id);
             w.sockaddr(*remote);
@@ -659,6 +675,14 @@ pub fn decode_request(data: &[u8]) -> Result<Request> {
         }),
         kind::REQ_NAMES => Ok(Request::Names { id: r.u64()? }),
         kind::REQ_RECALL => Ok(Request::Recall { id: r.u64()? }),
+        kind::REQ_FORK => {
+            let count = r.u32()? as usize;
+            if count > crate::control::MAX_FORK_ENDPOINTS {
+                return Err(DecodeError::BadValue("more than MAX_FORK_ENDPOINTS ids"));
+            }
+            let ids = (0..count).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+            Ok(Request::Fork { ids })
+        }
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -700,6 +724,11 @@ pub fn decode_reply(data: &[u8]) -> Result<Reply> {
             data: r.bytes()?.to_vec(),
             fin: r.bool()?,
         }),
+        kind::REP_FORKED => Ok(Reply::Forked),
+        kind::REP_ACCEPTED_DEFERRED => Ok(Reply::AcceptedDeferred {
+            id: r.u64()?,
+            remote: r.sockaddr()?,
+        }),
         kind::REP_CACHED => Ok(Reply::Cached {
             ring: r.ring()?,
             len: r.u64()?,
@@ -732,6 +761,7 @@ pub fn decode_upcall(data: &[u8]) -> Result<Upcall> {
             events: r.u8()?,
         }),
         kind::UP_RECALL => Ok(Upcall::Recall { id: r.u64()? }),
+        kind::UP_SOLE_HOLDER => Ok(Upcall::SoleHolder { id: r.u64()? }),
         kind::UP_ICMP_ERROR => Ok(Upcall::IcmpError {
             id: r.u64()?,
             remote: r.sockaddr()?,
@@ -893,6 +923,10 @@ mod tests {
             },
             Request::Names { id: 11 },
             Request::Recall { id: 12 },
+            Request::Fork { ids: vec![] },
+            Request::Fork {
+                ids: vec![11, 12, u64::MAX],
+            },
         ]
     }
 
@@ -960,6 +994,11 @@ mod tests {
                 local: sa("0.0.0.0:0"),
                 remote: None,
             },
+            Reply::Forked,
+            Reply::AcceptedDeferred {
+                id: 13,
+                remote: sa("198.18.0.1:5002"),
+            },
         ]
     }
 
@@ -1004,6 +1043,7 @@ mod tests {
                 events: crate::control::TcpReady::READABLE | crate::control::TcpReady::READ_HUP,
             },
             Upcall::Recall { id: 9 },
+            Upcall::SoleHolder { id: 10 },
         ]
     }
 
@@ -1067,14 +1107,14 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 0x05, 0x00, 0x03, 0x01, 16, 0, 0, 0,
+            0x53, 0x4d, 0x06, 0x00, 0x03, 0x01, 16, 0, 0, 0,
             0x02, 0x01, 0, 0, 0, 0, 0, 0,
             198, 18, 0, 2, 53, 0,
             1, 0,
         ];
         assert_eq!(b, expected);
         encode_reply(&Reply::Resolve { mac: None }, &mut b);
-        assert_eq!(b, [0x53, 0x4d, 5, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
+        assert_eq!(b, [0x53, 0x4d, 6, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
         encode_request(
             &Request::RouteAdd {
                 dest: Ipv4Addr::new(198, 18, 0, 128),
@@ -1085,7 +1125,7 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 5, 0, 0x0b, 0x01, 10, 0, 0, 0,
+            0x53, 0x4d, 6, 0, 0x0b, 0x01, 10, 0, 0, 0,
             198, 18, 0, 128, 25,
             1, 198, 18, 0, 1,
         ];
@@ -1152,7 +1192,7 @@ mod tests {
             Err(DecodeError::BadValue(_))
         ));
         // A field running past the declared body: header length exact, body short.
-        let short = [0x53, 0x4d, 5, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
+        let short = [0x53, 0x4d, 6, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
         assert_eq!(decode_reply(&short), Err(DecodeError::Truncated));
 
         // Bad tags.

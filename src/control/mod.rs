@@ -33,7 +33,7 @@ use crate::wire::EthernetAddress;
 ///    [`Reply::Cached`], [`Upcall::TcpReady`]; [`Request::SetOption`], [`Request::GetOption`],
 ///    [`Request::Names`], [`Reply::Option`], [`Reply::Names`]; [`Request::Recall`],
 ///    [`Upcall::Recall`].
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 
 /// Most bytes one [`Request::Send`] carries or one [`Request::Recv`] returns (a message must
 /// stay under [`MAX_MESSAGE`]).
@@ -219,11 +219,38 @@ pub enum Request {
     /// endpoint, `EINVAL` for one that is not a cached TCP connection. Reply: [`Reply::Ok`]
     /// once the holder has been asked (it flushes asynchronously).
     Recall { id: EndpointId },
+    /// The caller is about to `fork` (paper §3.1, sharing): the netserver makes a new client
+    /// session for the child, already holding every endpoint in `ids` (each held by the
+    /// caller) beside the caller, so neither process's later close can end a connection the
+    /// other still holds. Reply: [`Reply::Forked`] with fds `[control]`: the child's end of
+    /// its new control connection, on which the child sends its own `Hello` (its pid, its
+    /// stats page) and gets its own upcall socket. The caller closes its copy after `fork`.
+    /// A connection cached in the caller must be flushed first, except one accepted through
+    /// a `SO_CONCURRENT_SERVER` listener and not yet cached anywhere, which the child may
+    /// [`Request::Cache`] although the parent still holds it (delayed caching, §4.2).
+    /// Errors: `EBADF` (an id the caller does not hold), `EINVAL` (more than
+    /// [`MAX_FORK_ENDPOINTS`], or a connection still cached in the caller).
+    Fork { ids: Vec<EndpointId> },
 }
 
 /// Largest option value [`Request::SetOption`] carries (TCP_INFO, 280 bytes, is the largest
 /// Linux TCP option read; nothing set is near this).
 pub const MAX_OPTION: usize = 1024;
+
+/// Option level of msock's own socket options (`include/msock.h`: `SOL_MSOCK`, "MS").
+pub const SOL_MSOCK: i32 = 0x4d53;
+/// `SO_CONCURRENT_SERVER` (paper §4.2, delayed caching): set to 1 on a listening socket,
+/// connections accepted through it stay in the netserver until a `fork`, which caches them
+/// straight into the child instead of into the accepting parent.
+pub const SO_CONCURRENT_SERVER: i32 = 1;
+
+/// Most endpoints one [`Request::Fork`] may name.
+pub const MAX_FORK_ENDPOINTS: usize = 4096;
+
+/// The errno a holder of a shared endpoint gets when another holder has it cached: the
+/// netserver has sent that holder a [`Upcall::Recall`]; the request is to be retried once the
+/// connection is flushed (a [`Upcall::TcpReady`] with every bit set tells the waiting holder).
+pub const ERR_RECALLING: i32 = libc::ESTALE;
 
 /// Which side(s) [`Request::Shutdown`] shuts (`SHUT_RD`, `SHUT_WR`, `SHUT_RDWR`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +319,16 @@ pub enum Reply {
         local: SocketAddrV4,
         remote: Option<SocketAddrV4>,
     },
+    /// A new client session for a child about to be forked ([`Request::Fork`]); fds
+    /// `[control]`.
+    Forked,
+    /// A connection accepted through a `SO_CONCURRENT_SERVER` listener: endpoint `id` stays in
+    /// the netserver (flushed state, no fds) until a holder caches it; after a `fork` the
+    /// child does ([`Request::Fork`]).
+    AcceptedDeferred {
+        id: EndpointId,
+        remote: SocketAddrV4,
+    },
     /// A Linux errno value.
     Error {
         errno: i32,
@@ -342,6 +379,10 @@ pub enum Upcall {
     /// The netserver wants cached connection `id` back: the holder flushes it
     /// ([`Request::Flush`]) and serves it through the netserver from then on.
     Recall { id: EndpointId },
+    /// The other holders of shared connection `id` closed it: this client is its only holder
+    /// and may cache it again ([`Request::Cache`], paper §3.1: "cached again when a close
+    /// leaves a single holder").
+    SoleHolder { id: EndpointId },
 }
 
 /// Bits of [`Upcall::TcpReady`] (the engine's `Readiness`).

@@ -930,6 +930,7 @@ impl Server {
             Request::Recv { id, max, peek } => self.flushed_recv(client, id, max, peek),
             Request::Shutdown { id, how } => self.flushed_shutdown(client, id, how),
             Request::Cache { id } => self.cache(client, id),
+            Request::Fork { .. } => err(libc::ENOSYS),
             Request::SetOption {
                 id,
                 level,
