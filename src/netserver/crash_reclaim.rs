@@ -5,6 +5,11 @@
 //! sockets of a process that exits (`tcp_close`): unread received data (or SO_LINGER 0) → RST;
 //! otherwise the queued data is still delivered, then FIN, FIN_WAIT/TIME_WAIT held here.
 //!
+//! A connection whose socket other processes still hold (shared after a `fork`) does not end
+//! when the process it was cached in dies: [`resume`] rebuilds it live from the record, to be
+//! run flushed in the netserver for the other holders — possible only when nothing received
+//! was left unread in the dead process (that data is gone; the peer is reset instead).
+//!
 //! Everything read is untrusted: the file must be a regular file no larger than a record
 //! file, the block must decode ([`CrashRecord::read`]), name the endpoint's own 4-tuple and
 //! rebuild ([`TcpConnection::from_crash_record`]); anything else is [`Reclaim::Fallback`]
@@ -58,17 +63,36 @@ fn pread_exact(fd: BorrowedFd<'_>, buf: &mut [u8], at: usize) -> Result<(), &'st
 /// Decides, from the record file `fd`, how the connection `local`–`remote` of a dead process
 /// ends; `now` is the netserver's engine clock.
 pub fn reclaim(fd: impl AsFd, local: SocketAddrV4, remote: SocketAddrV4, now: Instant) -> Reclaim {
-    match read_record(fd.as_fd(), local, remote, now) {
+    match read_record(fd.as_fd(), local, remote, now, true) {
         Ok(r) => r,
         Err(why) => Reclaim::Fallback(why),
     }
 }
 
+/// The connection `local`–`remote` of a dead process, rebuilt from the record file `fd` still
+/// open (not closed), for the processes that share its socket; `None` when it cannot go on
+/// exactly (no usable record, not established yet, or received data left unread).
+pub fn resume(
+    fd: impl AsFd,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    now: Instant,
+) -> Option<TcpConnection> {
+    match read_record(fd.as_fd(), local, remote, now, false) {
+        Ok(Reclaim::Close(conn)) => Some(*conn),
+        _ => None,
+    }
+}
+
+/// The record as a [`Reclaim`]; `close`: the connection is closed as the dead process's
+/// socket (`Close` holds it closed), else it is rebuilt open (`Close` holds it open, and
+/// `Reset` also stands for unread data).
 fn read_record(
     fd: BorrowedFd<'_>,
     local: SocketAddrV4,
     remote: SocketAddrV4,
     now: Instant,
+    close: bool,
 ) -> Result<Reclaim, &'static str> {
     let meta = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(|_| "fstat")?;
     if meta.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -87,7 +111,7 @@ fn read_record(
     if matches!(record.state, State::Closed | State::Listen | State::SynSent) {
         return Ok(Reclaim::Nothing);
     }
-    if record.unread > 0 || record.linger_zero {
+    if record.unread > 0 || (close && record.linger_zero) {
         return Ok(Reclaim::Reset);
     }
     let mut queue = vec![0u8; record.send_len as usize];
@@ -105,6 +129,9 @@ fn read_record(
         TcpConnection::from_crash_record(&record, &queue, TcpConfig::default(), now, since)
             .map_err(|_| "record does not rebuild")?;
     conn.apply_limits(&crate::stack::tcp::connection::ConfigLimits::default(), now);
+    if !close {
+        return Ok(Reclaim::Close(Box::new(conn)));
+    }
     conn.close(now);
     if conn.state() == State::Closed {
         return Ok(Reclaim::Nothing);
@@ -174,5 +201,10 @@ mod tests {
             reclaim(file.fd(), local, other, now),
             Reclaim::Fallback("another connection's record")
         ));
+        // Nor is one resumed for the other holders of a shared socket.
+        assert!(resume(file.fd(), local, remote, now).is_none());
+        assert!(resume(file.fd(), local, other, now).is_none());
+        let never_written = CrashFile::create().unwrap();
+        assert!(resume(never_written.fd(), local, remote, now).is_none());
     }
 }

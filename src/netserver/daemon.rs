@@ -80,6 +80,9 @@ pub(crate) struct Client {
     pub upcalls_dropped: u64,
     /// Control requests this client made (the proof that cached sockets make none).
     pub requests: u64,
+    /// A session made by `Request::Fork` of the client of this pid: its `Hello` may name that
+    /// pid's child (or that pid itself); `cred` is the forking client's until then.
+    pub forked_from: Option<u32>,
 }
 
 /// Control-plane counters for `msock stat`.
@@ -98,8 +101,18 @@ pub(crate) struct ControlCounters {
     pub route_denied: u64,
     /// Host routes from redirects the region could not take (full).
     pub redirects_unstored: u64,
-    /// Cached connections whose holders were asked to flush them (`msock recall`).
+    /// Cached connections whose holders were asked to flush them (`msock recall`, or another
+    /// holder's access: recall-on-access, paper §4.2).
     pub recalls: u64,
+    /// TCP connections cached in a process (accepted into it, or `Cache`) and flushed back
+    /// (`Flush`, or a shared connection handed over by one of its holders), paper §3.1.
+    pub caches: u64,
+    pub flushes: u64,
+    /// Child sessions made by `Fork`; connections accepted through a `SO_CONCURRENT_SERVER`
+    /// listener (delayed caching, §4.2); `SoleHolder` upcalls sent.
+    pub forks: u64,
+    pub deferred_accepts: u64,
+    pub sole_holder_upcalls: u64,
 }
 
 struct Ports<'a> {
@@ -175,10 +188,12 @@ pub(crate) struct Server {
     tcp_connections: HashMap<(u16, SocketAddrV4), EndpointId>,
     /// Flushed connections (run by `host.tcp`, held by a process) by (local port, remote).
     flushed: HashMap<(u16, SocketAddrV4), EndpointId>,
-    /// Readiness bits last reported per flushed endpoint (`Upcall::TcpReady` on a rise).
-    flushed_events: HashMap<EndpointId, u8>,
-    /// Listening endpoints already told (`Upcall::Acceptable`) that connections are waiting.
-    acceptable_sent: std::collections::HashSet<EndpointId>,
+    /// Readiness bits last reported per flushed endpoint and holder (`Upcall::TcpReady` on a
+    /// rise).
+    flushed_events: HashMap<(EndpointId, ClientId), u8>,
+    /// Holders of listening endpoints told (`Upcall::Acceptable`) that connections are
+    /// waiting and not re-armed since (each `Accept` of theirs re-arms them).
+    acceptable_sent: std::collections::HashSet<(EndpointId, ClientId)>,
     /// Crash-record files of cached TCP connections, by endpoint (read if the process dies).
     crash_records: HashMap<EndpointId, OwnedFd>,
     next_held: EndpointId,
@@ -468,7 +483,7 @@ impl Server {
                     payload,
                 } => match self.endpoints.get(id) {
                     Some(ep) => {
-                        let owner = ep.owner;
+                        let owner = ep.owner();
                         self.upcall(
                             owner,
                             &Upcall::Datagram {
@@ -483,7 +498,7 @@ impl Server {
                 },
                 Event::IcmpError { id, remote, errno } => {
                     if let Some(ep) = self.endpoints.get(id) {
-                        let owner = ep.owner;
+                        let owner = ep.owner();
                         self.upcall(owner, &Upcall::IcmpError { id, remote, errno });
                     }
                 }
@@ -496,7 +511,7 @@ impl Server {
                     quoted_seq,
                 } => {
                     if let Some(ep) = self.endpoints.get(id) {
-                        let owner = ep.owner;
+                        let owner = ep.owner();
                         self.upcall(
                             owner,
                             &Upcall::TcpIcmpError {
@@ -572,33 +587,9 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((conn, cred)) => {
-                    // Ids wrap after 2^32 clients: skip one still in use.
-                    let mut id = self.next_client;
-                    while self.clients.contains_key(&id) {
-                        id = id.wrapping_add(1).max(1);
-                    }
-                    self.next_client = id.wrapping_add(1).max(1);
-                    let token = TOKEN_CLIENT_BASE + u64::from(id);
-                    if let Err(e) = self
-                        .epoll
-                        .add(conn.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
-                    {
+                    if let Err(e) = self.register_client(conn, cred, None) {
                         eprintln!("msock netserver: epoll: {e}");
-                        continue;
                     }
-                    self.control.clients_accepted += 1;
-                    self.clients.insert(
-                        id,
-                        Client {
-                            conn,
-                            upcall: None,
-                            cred,
-                            registered: false,
-                            stats: None,
-                            upcalls_dropped: 0,
-                            requests: 0,
-                        },
-                    );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -637,6 +628,41 @@ impl Server {
                 self.clients.len()
             );
         }
+    }
+
+    /// Adds a control connection to the client table and the epoll set (a client that
+    /// connected, or a child session made by `Fork`).
+    fn register_client(
+        &mut self,
+        conn: Connection,
+        cred: PeerCred,
+        forked_from: Option<u32>,
+    ) -> io::Result<ClientId> {
+        // Ids wrap after 2^32 clients: skip one still in use.
+        let mut id = self.next_client;
+        while self.clients.contains_key(&id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        self.next_client = id.wrapping_add(1).max(1);
+        let token = TOKEN_CLIENT_BASE + u64::from(id);
+        self.epoll
+            .add(conn.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .map_err(io::Error::from)?;
+        self.control.clients_accepted += 1;
+        self.clients.insert(
+            id,
+            Client {
+                conn,
+                upcall: None,
+                cred,
+                registered: false,
+                stats: None,
+                upcalls_dropped: 0,
+                requests: 0,
+                forked_from,
+            },
+        );
+        Ok(id)
     }
 
     fn serve_client(&mut self, id: ClientId) {
@@ -712,14 +738,20 @@ impl Server {
     }
 
     /// The client's control socket closed (exit, crash or kill): reclaim everything it held,
-    /// as the kernel does on process exit.
+    /// as the kernel does on process exit. An endpoint other processes still hold (shared by
+    /// a fork) only loses this holder.
     fn drop_client(&mut self, id: ClientId) {
         if let Some(client) = self.clients.remove(&id) {
             let _ = self.epoll.delete(client.conn.as_fd());
         }
-        let ids: Vec<EndpointId> = self.endpoints.owned_by(id).map(|ep| ep.id).collect();
+        self.flushed_events.retain(|&(_, c), _| c != id);
+        self.acceptable_sent.retain(|&(_, c)| c != id);
+        let ids: Vec<EndpointId> = self.endpoints.held_by(id).map(|ep| ep.id).collect();
         let now = self.now();
         for ep in ids {
+            if self.release_shared(ep, id) {
+                continue;
+            }
             // A flushed connection is closed as the kernel closes the sockets of a process
             // that exits.
             if self
@@ -743,6 +775,220 @@ impl Server {
         }
         for waiters in self.resolve_waiters.values_mut() {
             waiters.retain(|&c| c != id);
+        }
+    }
+
+    /// `client` lets go of endpoint `id` (close or death) while other holders keep it: true if
+    /// so (the endpoint lives on for them), false if `client` is its last holder (the caller
+    /// ends it). A connection cached in `client` goes on flushed for the others
+    /// ([`Server::cacher_gone`]); a flushed one left with a single holder is offered to it
+    /// (`Upcall::SoleHolder`, paper §3.1: "cached again when a close leaves a single holder").
+    fn release_shared(&mut self, id: EndpointId, client: ClientId) -> bool {
+        let cached_here = self.endpoints.get(id).is_some_and(|ep| {
+            ep.cached_in == Some(client)
+                && ep.is_tcp_connection()
+                && matches!(ep.state, EndpointState::Cached { .. })
+        });
+        let Some(left) = self.endpoints.release_holder(id, client) else {
+            return false;
+        };
+        self.flushed_events.remove(&(id, client));
+        self.acceptable_sent.remove(&(id, client));
+        if cached_here {
+            self.cacher_gone(id);
+        }
+        if left == 1 {
+            self.notify_sole_holder(id);
+        }
+        true
+    }
+
+    /// The process a shared TCP connection was cached in died, or closed it without flushing
+    /// it: the other holders reach it in the netserver from now on, rebuilt from its crash
+    /// record ([`super::crash_reclaim::resume`]). When it cannot go on exactly (no usable
+    /// record, or data it had received left unread) the peer is reset, as that process's
+    /// exit would have done, and the others' requests fail with ECONNRESET.
+    fn cacher_gone(&mut self, id: EndpointId) {
+        let Some(ep) = self.endpoints.get(id) else {
+            return;
+        };
+        let (EndpointState::Cached { local }, Some(remote)) = (ep.state, ep.remote) else {
+            return;
+        };
+        let key = (local.port(), remote);
+        let ours = SocketAddrV4::new(self.config.addr, local.port());
+        let now = self.now();
+        // The record was the dead process's view; nobody keeps it up to date from here.
+        let resumed = self
+            .crash_records
+            .remove(&id)
+            .and_then(|file| super::crash_reclaim::resume(&file, ours, remote, now));
+        self.tcp_connections.remove(&key);
+        self.filter_dirty = true;
+        let adopted = resumed.is_some_and(|conn| self.host.tcp.adopt_flushed(conn).is_ok());
+        if adopted {
+            self.flushed.insert(key, id);
+        } else {
+            self.host.tcp.reset_orphan(key.0, key.1, now);
+        }
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.state = EndpointState::Flushed { local };
+            ep.cached_in = None;
+            ep.lost = !adopted;
+        }
+        self.wake_recall_waiters(id);
+    }
+
+    /// Tells the single holder left of flushed TCP connection `id` that it may cache it
+    /// again (`Upcall::SoleHolder`).
+    fn notify_sole_holder(&mut self, id: EndpointId) {
+        let Some(ep) = self.endpoints.get(id) else {
+            return;
+        };
+        let [holder] = ep.holders[..] else {
+            return;
+        };
+        if !ep.is_tcp_connection() || ep.lost || !matches!(ep.state, EndpointState::Flushed { .. })
+        {
+            return;
+        }
+        self.control.sole_holder_upcalls += 1;
+        self.upcall(holder, &Upcall::SoleHolder { id });
+    }
+
+    /// The recall of connection `id` is over (flushed, or its cacher gone): the holders told
+    /// `ERR_RECALLING` meanwhile get a `TcpReady` with every bit set, to retry.
+    fn wake_recall_waiters(&mut self, id: EndpointId) {
+        let waiters = match self.endpoints.get_mut(id) {
+            Some(ep) => {
+                ep.recall_sent = false;
+                std::mem::take(&mut ep.recall_waiters)
+            }
+            None => return,
+        };
+        for client in waiters {
+            self.upcall(
+                client,
+                &Upcall::TcpReady {
+                    id,
+                    events: RECALL_OVER,
+                },
+            );
+        }
+    }
+
+    /// Recall-on-access (paper §4.2): `client` names TCP connection `id` that another holder
+    /// has cached. That holder is asked to flush it (once per recall) and `client` gets
+    /// `ERR_RECALLING`, to retry when told (`wake_recall_waiters`). `Ok` when there is nothing
+    /// to recall (the request goes on; an endpoint `client` does not hold fails there).
+    fn recall_on_access(&mut self, client: ClientId, id: EndpointId) -> Result<(), i32> {
+        let Some(ep) = self.endpoints.get_mut(id) else {
+            return Ok(());
+        };
+        if !ep.is_held_by(client)
+            || !ep.is_tcp_connection()
+            || !matches!(ep.state, EndpointState::Cached { .. })
+        {
+            return Ok(());
+        }
+        let Some(cacher) = ep.cached_in.filter(|&c| c != client) else {
+            return Ok(());
+        };
+        ep.requests += 1;
+        if !ep.recall_waiters.contains(&client) {
+            ep.recall_waiters.push(client);
+        }
+        if !std::mem::replace(&mut ep.recall_sent, true) {
+            self.control.recalls += 1;
+            self.upcall(cacher, &Upcall::Recall { id });
+        }
+        Err(crate::control::ERR_RECALLING)
+    }
+
+    /// `Request::Fork`: a new client session for the caller's child, holding every endpoint in
+    /// `ids` beside the caller; its control connection (one end of a socketpair) is the reply's
+    /// descriptor. The child registers on it with its own `Hello`.
+    fn fork(&mut self, client: ClientId, mut ids: Vec<EndpointId>) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        ids.sort_unstable();
+        ids.dedup();
+        // All checked before anything changes.
+        for &id in &ids {
+            let ep = match self.endpoints.request(client, id) {
+                Ok(ep) => ep,
+                Err(e) => return err(e.errno()),
+            };
+            // Datagram sockets are cached whole in their process; a connection cached in the
+            // caller is flushed first (a deferred one was never cached: it is flushed).
+            let cached_connection = ep.is_tcp_connection()
+                && matches!(ep.state, EndpointState::Cached { .. })
+                && ep.cached_in == Some(client);
+            if ep.kind == SockKind::Datagram || cached_connection {
+                return err(libc::EINVAL);
+            }
+        }
+        let Some(cred) = self.clients.get(&client).map(|c| c.cred) else {
+            return err(libc::EPROTO);
+        };
+        let (ours, theirs) = match Connection::pair() {
+            Ok(pair) => pair,
+            Err(e) => return err(e.raw_os_error().unwrap_or(libc::ENOMEM)),
+        };
+        if let Err(e) = ours.set_nonblocking(true) {
+            return err(e.raw_os_error().unwrap_or(libc::EIO));
+        }
+        let child = match self.register_client(ours, cred, Some(cred.pid)) {
+            Ok(child) => child,
+            Err(e) => return err(e.raw_os_error().unwrap_or(libc::ENOMEM)),
+        };
+        for (done, &id) in ids.iter().enumerate() {
+            if !self.endpoints.add_holder(id, child) {
+                // Cannot happen for checked ids and a fresh session; undone if it does.
+                for &added in &ids[..done] {
+                    let _ = self.endpoints.release_holder(added, child);
+                }
+                if let Some(c) = self.clients.remove(&child) {
+                    let _ = self.epoll.delete(c.conn.as_fd());
+                }
+                return err(libc::EMFILE);
+            }
+        }
+        self.control.forks += 1;
+        (Reply::Forked, vec![theirs.into()])
+    }
+
+    /// `SOL_MSOCK` options of TCP endpoint `id` (any state): `SO_CONCURRENT_SERVER` set from a
+    /// native `int` (`value`) or read as one (`None`).
+    fn msock_option(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        name: i32,
+        value: Option<&[u8]>,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let ep = match self.endpoints.request(client, id) {
+            Ok(ep) => ep,
+            Err(e) => return err(e.errno()),
+        };
+        if ep.kind != SockKind::Stream || name != crate::control::SO_CONCURRENT_SERVER {
+            return err(libc::ENOPROTOOPT);
+        }
+        match value {
+            Some(value) => {
+                // As Linux's int options: shorter than an int is EINVAL, the rest is ignored.
+                let Some(int) = value.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+                    return err(libc::EINVAL);
+                };
+                ep.concurrent_server = i32::from_ne_bytes(int) != 0;
+                (Reply::Ok, Vec::new())
+            }
+            None => (
+                Reply::Option {
+                    value: i32::from(ep.concurrent_server).to_ne_bytes().to_vec(),
+                },
+                Vec::new(),
+            ),
         }
     }
 
@@ -841,8 +1087,7 @@ impl Server {
                 if kind == SockKind::Stream && family != Family::Inet {
                     return err(libc::EAFNOSUPPORT);
                 }
-                let pid = self.clients.get(&client).map_or(0, |c| c.cred.pid);
-                match self.endpoints.create(client, pid, family, kind) {
+                match self.endpoints.create(client, family, kind) {
                     Ok(id) => (Reply::Socket { id }, Vec::new()),
                     Err(e) => err(e.errno()),
                 }
@@ -900,6 +1145,7 @@ impl Server {
                         }
                         if let Some(ep) = self.endpoints.get_mut(id) {
                             ep.remote = Some(remote);
+                            ep.cached_in = Some(client);
                         }
                         self.tcp_connections.insert((local.port(), remote), id);
                         self.filter_dirty = true;
@@ -910,17 +1156,21 @@ impl Server {
                 }
                 Err(e) => err(e.errno()),
             },
-            Request::Close { id } => match self.endpoints.request(client, id) {
-                Ok(ep) if matches!(ep.state, EndpointState::Flushed { .. }) => {
-                    self.close_flushed(id);
-                    (Reply::Ok, Vec::new())
+            Request::Close { id } => {
+                let flushed = match self.endpoints.request(client, id) {
+                    Ok(ep) => matches!(ep.state, EndpointState::Flushed { .. }),
+                    Err(e) => return err(e.errno()),
+                };
+                // Only the last holder's close ends the endpoint (no recall for the others).
+                if !self.release_shared(id, client) {
+                    if flushed {
+                        self.close_flushed(id);
+                    } else {
+                        self.forget_endpoint(id);
+                    }
                 }
-                Ok(_) => {
-                    self.forget_endpoint(id);
-                    (Reply::Ok, Vec::new())
-                }
-                Err(e) => err(e.errno()),
-            },
+                (Reply::Ok, Vec::new())
+            }
             Request::Listen { id, backlog } => self.listen(client, id, backlog),
             Request::Accept { id } => self.accept(client, id),
             Request::Resolve { addr } => self.resolve(client, addr),
@@ -930,13 +1180,16 @@ impl Server {
             Request::Recv { id, max, peek } => self.flushed_recv(client, id, max, peek),
             Request::Shutdown { id, how } => self.flushed_shutdown(client, id, how),
             Request::Cache { id } => self.cache(client, id),
-            Request::Fork { .. } => err(libc::ENOSYS),
+            Request::Fork { ids } => self.fork(client, ids),
             Request::SetOption {
                 id,
                 level,
                 name,
                 value,
             } => {
+                if level == crate::control::SOL_MSOCK {
+                    return self.msock_option(client, id, name, Some(&value));
+                }
                 let now = self.now();
                 match self.flushed_connection(client, id).and_then(|conn| {
                     crate::stack::tcp::sockopt::set(
@@ -953,6 +1206,9 @@ impl Server {
                 }
             }
             Request::GetOption { id, level, name } => {
+                if level == crate::control::SOL_MSOCK {
+                    return self.msock_option(client, id, name, None);
+                }
                 let now = self.now();
                 match self
                     .flushed_connection(client, id)
@@ -994,6 +1250,8 @@ impl Server {
         let err = |errno: i32| (Reply::Error { errno }, Vec::new());
         let (local, remote) = match self.endpoints.request(client, id) {
             Ok(ep) if ep.kind != SockKind::Stream => return err(libc::EOPNOTSUPP),
+            // Only the holder it is cached in has the connection to flush.
+            Ok(ep) if ep.cached_in.is_some_and(|c| c != client) => return err(libc::EPERM),
             Ok(ep) => match (ep.state, ep.remote) {
                 (EndpointState::Cached { local }, Some(remote)) => (local, remote),
                 (EndpointState::Flushed { .. }, _) => return err(libc::EALREADY),
@@ -1040,7 +1298,10 @@ impl Server {
         self.flushed.insert(key, id);
         if let Some(ep) = self.endpoints.get_mut(id) {
             ep.state = EndpointState::Flushed { local };
+            ep.cached_in = None;
+            ep.flushes += 1;
         }
+        self.control.flushes += 1;
         // Take the connection's frames on our channel now, then read what reached the
         // client's channel since its export: nothing is lost in the move (a frame arriving
         // in between reaches both and is a harmless duplicate).
@@ -1048,6 +1309,8 @@ impl Server {
         if let Some(mut channel) = channel {
             self.receive_leftovers(&mut channel, key);
         }
+        // Holders that found it cached elsewhere (recall-on-access) may retry now.
+        self.wake_recall_waiters(id);
         (Reply::Ok, Vec::new())
     }
 
@@ -1084,13 +1347,16 @@ impl Server {
         self.events = events;
     }
 
-    /// The flushed connection of the caller's endpoint `id`, with its 4-tuple key.
+    /// The flushed connection of the caller's endpoint `id`; `ERR_RECALLING` (and a recall)
+    /// when another holder has it cached, ECONNRESET when it was lost with its cacher.
     fn flushed_connection(
         &mut self,
         client: ClientId,
         id: EndpointId,
     ) -> Result<&mut crate::stack::tcp::connection::TcpConnection, i32> {
+        self.recall_on_access(client, id)?;
         let key = match self.endpoints.request(client, id) {
+            Ok(ep) if ep.lost => return Err(libc::ECONNRESET),
             Ok(ep) => match (ep.state, ep.remote) {
                 (EndpointState::Flushed { local }, Some(remote)) => (local.port(), remote),
                 _ if ep.kind != SockKind::Stream => return Err(libc::EOPNOTSUPP),
@@ -1121,7 +1387,7 @@ impl Server {
                 // Would block: the next rise of writability must be told (the bit may never
                 // have dropped between two loop passes).
                 if e == SendError::WouldBlock {
-                    self.rearm_flushed(id, crate::control::TcpReady::WRITABLE);
+                    self.rearm_flushed(id, client, crate::control::TcpReady::WRITABLE);
                 }
                 (Reply::Error { errno: e.errno() }, Vec::new())
             }
@@ -1162,7 +1428,7 @@ impl Server {
             }
             Err(e) => {
                 if e == RecvError::WouldBlock {
-                    self.rearm_flushed(id, crate::control::TcpReady::READABLE);
+                    self.rearm_flushed(id, client, crate::control::TcpReady::READABLE);
                 }
                 (Reply::Error { errno: e.errno() }, Vec::new())
             }
@@ -1191,11 +1457,22 @@ impl Server {
     }
 
     /// Moves flushed connection `id` back into the caller (paper §3.1 "cache"): a channel for
-    /// its 4-tuple and the engine image, as `accept` hands a new connection out.
+    /// its 4-tuple and the engine image, as `accept` hands a new connection out. Only a sole
+    /// holder may, or any holder of a connection accepted through a `SO_CONCURRENT_SERVER`
+    /// listener that was never cached since (delayed caching, §4.2); EBUSY otherwise.
     fn cache(&mut self, client: ClientId, id: EndpointId) -> (Reply, Vec<OwnedFd>) {
         let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        if let Err(errno) = self.recall_on_access(client, id) {
+            return err(errno);
+        }
         let (local, remote) = match self.endpoints.request(client, id) {
+            Ok(ep) if ep.lost => return err(libc::ECONNRESET),
             Ok(ep) => match (ep.state, ep.remote) {
+                (EndpointState::Flushed { .. }, Some(_))
+                    if ep.holders.len() > 1 && !ep.deferred =>
+                {
+                    return err(libc::EBUSY);
+                }
                 (EndpointState::Flushed { local }, Some(remote)) => (local, remote),
                 (EndpointState::Cached { .. }, Some(_)) => return err(libc::EALREADY),
                 _ if ep.kind != SockKind::Stream => return err(libc::EOPNOTSUPP),
@@ -1230,11 +1507,15 @@ impl Server {
         };
         let key = (local.port(), remote);
         self.flushed.remove(&key);
-        self.flushed_events.remove(&id);
+        self.flushed_events.retain(|&(ep, _), _| ep != id);
         self.tcp_connections.insert(key, id);
         if let Some(ep) = self.endpoints.get_mut(id) {
             ep.state = EndpointState::Cached { local };
+            ep.cached_in = Some(client);
+            ep.deferred = false;
+            ep.caches += 1;
         }
+        self.control.caches += 1;
         self.filter_dirty = true;
         (
             Reply::Cached {
@@ -1249,7 +1530,7 @@ impl Server {
     /// requester of uid `uid` (root, ours, or the holder's).
     fn recall(&mut self, uid: Option<u32>, id: EndpointId) -> Result<(), i32> {
         let ep = self.endpoints.get(id).ok_or(libc::ESRCH)?;
-        let holder_uid = self.clients.get(&ep.owner).map(|c| c.cred.uid);
+        let holder_uid = self.clients.get(&ep.owner()).map(|c| c.cred.uid);
         if !(may_change_routes(uid) || (uid.is_some() && uid == holder_uid)) {
             return Err(libc::EPERM);
         }
@@ -1257,7 +1538,7 @@ impl Server {
             (SockKind::Stream, EndpointState::Cached { .. }, Some(_)) => {}
             _ => return Err(libc::EINVAL),
         }
-        let owner = ep.owner;
+        let owner = ep.owner();
         self.control.recalls += 1;
         self.upcall(owner, &Upcall::Recall { id });
         Ok(())
@@ -1277,7 +1558,7 @@ impl Server {
         let now = self.now();
         self.host.tcp.close_flushed(key.0, key.1, now);
         self.flushed.remove(&key);
-        self.flushed_events.remove(&id);
+        self.flushed_events.retain(|&(ep, _), _| ep != id);
         // The socket's port entry stays with the closing connection, timestamps noted (a
         // later connect may take its TIME_WAIT over, as Linux's `tcp_twsk_unique`).
         if let Some(conn) = self.host.tcp.connection(key.0, key.1) {
@@ -1378,6 +1659,7 @@ impl Server {
         if let Some(ep) = self.endpoints.get_mut(id) {
             ep.state = EndpointState::Cached { local };
             ep.remote = Some(remote);
+            ep.cached_in = Some(client);
         }
         self.tcp_connections.insert((local.port(), remote), id);
         self.filter_dirty = true;
@@ -1399,16 +1681,18 @@ impl Server {
         self.filter_dirty = true;
     }
 
-    /// Forgets that `bit` was reported for flushed endpoint `id`, so it is reported again as
-    /// soon as it is set (the owner just found it clear: EAGAIN).
-    fn rearm_flushed(&mut self, id: EndpointId, bit: u8) {
-        if let Some(bits) = self.flushed_events.get_mut(&id) {
+    /// Forgets that `bit` was reported to `client` for flushed endpoint `id`, so it is
+    /// reported again as soon as it is set (that holder just found it clear: EAGAIN).
+    fn rearm_flushed(&mut self, id: EndpointId, client: ClientId, bit: u8) {
+        if let Some(bits) = self.flushed_events.get_mut(&(id, client)) {
             *bits &= !bit;
         }
     }
 
-    /// Tells owners of flushed connections when readiness bits rise (`Upcall::TcpReady`), so a
-    /// client waiting to read or write knows when to ask again.
+    /// Tells each holder of a flushed connection when readiness bits rise for it
+    /// (`Upcall::TcpReady`), so a client waiting to read or write knows when to ask again.
+    /// Holders without an upcall socket yet (a forked child before its `Hello`) are told once
+    /// they have one.
     fn notify_flushed(&mut self) {
         if self.flushed.is_empty() {
             return;
@@ -1418,16 +1702,25 @@ impl Server {
             let Some(&id) = self.flushed.get(&key) else {
                 continue;
             };
+            let Some(ep) = self.endpoints.get(id) else {
+                continue;
+            };
             let events = readiness_bits(r);
-            let last = self.flushed_events.insert(id, events).unwrap_or(0);
-            if events & !last != 0 {
-                rising.push((id, events));
+            for &holder in &ep.holders {
+                if self.clients.get(&holder).is_none_or(|c| c.upcall.is_none()) {
+                    continue;
+                }
+                let last = self
+                    .flushed_events
+                    .insert((id, holder), events)
+                    .unwrap_or(0);
+                if events & !last != 0 {
+                    rising.push((holder, id, events));
+                }
             }
         }
-        for (id, events) in rising {
-            if let Some(owner) = self.endpoints.get(id).map(|ep| ep.owner) {
-                self.upcall(owner, &Upcall::TcpReady { id, events });
-            }
+        for (holder, id, events) in rising {
+            self.upcall(holder, &Upcall::TcpReady { id, events });
         }
     }
 
@@ -1442,9 +1735,11 @@ impl Server {
         fds: Vec<OwnedFd>,
     ) -> (Reply, Vec<OwnedFd>) {
         let err = |errno: i32| (Reply::Error { errno }, Vec::new());
-        let port = match self.endpoints.request(client, id) {
+        let (port, shared) = match self.endpoints.request(client, id) {
+            // Only the holder it is cached in has the connection to give.
+            Ok(ep) if ep.cached_in.is_some_and(|c| c != client) => return err(libc::EPERM),
             Ok(ep) if ep.kind == SockKind::Stream => match ep.state {
-                EndpointState::Cached { local } => local.port(),
+                EndpointState::Cached { local } => (local.port(), ep.holders.len() > 1),
                 _ => return err(libc::ENOTCONN),
             },
             Ok(_) => return err(libc::EOPNOTSUPP),
@@ -1464,6 +1759,9 @@ impl Server {
             Ok(conn) => conn,
             Err(errno) => return err(errno),
         };
+        if shared {
+            return self.hand_over_shared(client, id, conn);
+        }
         // Too many connections kept for processes already: the process closes it itself.
         if !self.host.tcp.has_room_for_orphan(conn.send_queue_len()) {
             return err(libc::ENOBUFS);
@@ -1478,6 +1776,43 @@ impl Server {
         self.hold_tcp_entry(id, key, timestamps);
         self.forget_endpoint(id);
         self.reserve_held_port(key);
+        (Reply::Ok, Vec::new())
+    }
+
+    /// A holder lets go of the shared connection `id` it has cached, giving its image (its
+    /// close while other processes still hold the socket): the connection is flushed for them
+    /// (paper §3.1) and the caller holds it no longer.
+    fn hand_over_shared(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        conn: crate::stack::tcp::connection::TcpConnection,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let Some(ep) = self.endpoints.get(id) else {
+            return err(libc::EBADF);
+        };
+        let (EndpointState::Cached { local }, Some(remote)) = (ep.state, ep.remote) else {
+            return err(libc::ENOTCONN);
+        };
+        if conn.remote() != remote {
+            return err(libc::EPERM);
+        }
+        if let Err(e) = self.host.tcp.adopt_flushed(conn) {
+            return err(e.errno());
+        }
+        let key = (local.port(), remote);
+        self.tcp_connections.remove(&key);
+        self.flushed.insert(key, id);
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.state = EndpointState::Flushed { local };
+            ep.cached_in = None;
+            ep.flushes += 1;
+        }
+        self.control.flushes += 1;
+        self.update_filter();
+        self.wake_recall_waiters(id);
+        self.release_shared(id, client);
         (Reply::Ok, Vec::new())
     }
 
@@ -1509,7 +1844,8 @@ impl Server {
         {
             self.tcp_connections.remove(&(local.port(), remote));
         }
-        self.acceptable_sent.remove(&id);
+        self.acceptable_sent.retain(|&(ep, _)| ep != id);
+        self.flushed_events.retain(|&(ep, _), _| ep != id);
         self.crash_records.remove(&id);
         self.ports.release(id);
         self.filter_dirty = true;
@@ -1576,33 +1912,44 @@ impl Server {
         }
         if let Some(ep) = self.endpoints.get_mut(id) {
             ep.state = EndpointState::Listening { local };
+            ep.cached_in = None;
         }
         self.filter_dirty = true;
         (Reply::Ok, Vec::new())
     }
 
-    /// Hands the oldest established connection of listener `id` to its owner: a new endpoint,
-    /// a channel matching the connection's 4-tuple and the engine image (memfd).
+    /// Hands the oldest established connection of listener `id` to the calling holder: a new
+    /// endpoint, a channel matching the connection's 4-tuple and the engine image (memfd). A
+    /// `SO_CONCURRENT_SERVER` listener's connection stays here instead ([`Server::accept_deferred`]).
+    /// Each call re-arms the caller's `Acceptable` upcall; one is sent at once if connections
+    /// are still waiting after this one.
     fn accept(&mut self, client: ClientId, id: EndpointId) -> (Reply, Vec<OwnedFd>) {
         let err = |errno: i32| (Reply::Error { errno }, Vec::new());
-        let (local, pid) = match self.endpoints.request(client, id) {
+        let (local, concurrent) = match self.endpoints.request(client, id) {
             Ok(ep) => match ep.state {
-                EndpointState::Listening { local } => (local, ep.owner_pid),
+                EndpointState::Listening { local } => (local, ep.concurrent_server),
                 _ => return err(libc::EINVAL),
             },
             Err(e) => return err(e.errno()),
         };
+        self.acceptable_sent.remove(&(id, client));
         let port = local.port();
         let conn = match self.host.tcp.accept(port) {
             Ok(Some(conn)) => conn,
-            Ok(None) => {
-                self.acceptable_sent.remove(&id);
-                return err(libc::EAGAIN);
-            }
+            Ok(None) => return err(libc::EAGAIN),
             Err(_) => return err(libc::EINVAL),
         };
-        if self.host.tcp.pending(port) == 0 {
-            self.acceptable_sent.remove(&id);
+        if self.host.tcp.pending(port) > 0
+            && self
+                .clients
+                .get(&client)
+                .is_some_and(|c| c.upcall.is_some())
+        {
+            self.acceptable_sent.insert((id, client));
+            self.upcall(client, &Upcall::Acceptable { id });
+        }
+        if concurrent {
+            return self.accept_deferred(client, id, conn);
         }
         let remote = conn.remote();
         let our = SocketAddrV4::new(self.config.addr, port);
@@ -1617,7 +1964,7 @@ impl Server {
         };
         let new_id = match self
             .endpoints
-            .create(client, pid, Family::Inet, SockKind::Stream)
+            .create(client, Family::Inet, SockKind::Stream)
         {
             Ok(new_id) => new_id,
             Err(e) => return refuse(self, conn, e.errno()),
@@ -1641,7 +1988,10 @@ impl Server {
         if let Some(ep) = self.endpoints.get_mut(new_id) {
             ep.state = EndpointState::Cached { local: our };
             ep.remote = Some(remote);
+            ep.cached_in = Some(client);
+            ep.caches = 1;
         }
+        self.control.caches += 1;
         // The connection shares the listener's port with its options while it lives.
         let _ = self.tcp_ports.inherit(id, new_id, remote);
         self.tcp_connections.insert((port, remote), new_id);
@@ -1665,6 +2015,51 @@ impl Server {
         )
     }
 
+    /// Accepts `conn` from `SO_CONCURRENT_SERVER` listener `id` without caching it (delayed
+    /// caching, paper §4.2): it runs here as a flushed connection of a new endpoint the caller
+    /// holds, marked deferred so that the child the caller forks may cache it while the caller
+    /// still holds it. Reply: `AcceptedDeferred`, no descriptors.
+    fn accept_deferred(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        mut conn: crate::stack::tcp::connection::TcpConnection,
+    ) -> (Reply, Vec<OwnedFd>) {
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let remote = conn.remote();
+        let port = conn.local().port();
+        let our = SocketAddrV4::new(self.config.addr, port);
+        let new_id = match self
+            .endpoints
+            .create(client, Family::Inet, SockKind::Stream)
+        {
+            Ok(new_id) => new_id,
+            Err(e) => {
+                // Reset from here, as Linux does when accept fails for lack of resources.
+                conn.abort(self.now());
+                let _ = self.host.tcp.adopt_aborted(conn);
+                return err(e.errno());
+            }
+        };
+        if let Err(e) = self.host.tcp.adopt_flushed(conn) {
+            // Already ended (reset while queued) or its 4-tuple taken: nothing to hand out.
+            self.endpoints.remove(new_id);
+            return err(match e.errno() {
+                libc::EINVAL => libc::ECONNABORTED,
+                errno => errno,
+            });
+        }
+        if let Some(ep) = self.endpoints.get_mut(new_id) {
+            ep.state = EndpointState::Flushed { local: our };
+            ep.remote = Some(remote);
+            ep.deferred = true;
+        }
+        let _ = self.tcp_ports.inherit(id, new_id, remote);
+        self.flushed.insert((port, remote), new_id);
+        self.control.deferred_accepts += 1;
+        (Reply::AcceptedDeferred { id: new_id, remote }, Vec::new())
+    }
+
     /// A channel for a cached endpoint: `filter` set and locked here, rings as configured
     /// (an errno on failure).
     fn endpoint_channel(&self, filter: &bpf::BpfProgram) -> Result<OwnedFd, i32> {
@@ -1673,27 +2068,35 @@ impl Server {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOBUFS))
     }
 
-    /// Tells each listener's owner once when its accept queue has connections.
+    /// Tells each armed holder of a listener (one not told since its last `Accept`) when its
+    /// accept queue has connections; holders without an upcall socket yet (a forked child
+    /// before its `Hello`) are told once they have one.
     fn notify_acceptable(&mut self) {
         if self.host.tcp.listening_ports().next().is_none() {
             return;
         }
-        let waiting: Vec<(EndpointId, ClientId)> = self
-            .endpoints
-            .iter()
-            .filter_map(|ep| match ep.state {
-                EndpointState::Listening { local }
-                    if !self.acceptable_sent.contains(&ep.id)
-                        && self.host.tcp.pending(local.port()) > 0 =>
+        let mut waiting: Vec<(EndpointId, ClientId)> = Vec::new();
+        for ep in self.endpoints.iter() {
+            let EndpointState::Listening { local } = ep.state else {
+                continue;
+            };
+            if self.host.tcp.pending(local.port()) == 0 {
+                continue;
+            }
+            for &holder in &ep.holders {
+                if !self.acceptable_sent.contains(&(ep.id, holder))
+                    && self
+                        .clients
+                        .get(&holder)
+                        .is_some_and(|c| c.upcall.is_some())
                 {
-                    Some((ep.id, ep.owner))
+                    waiting.push((ep.id, holder));
                 }
-                _ => None,
-            })
-            .collect();
-        for (id, owner) in waiting {
-            self.acceptable_sent.insert(id);
-            self.upcall(owner, &Upcall::Acceptable { id });
+            }
+        }
+        for (id, holder) in waiting {
+            self.acceptable_sent.insert((id, holder));
+            self.upcall(holder, &Upcall::Acceptable { id });
         }
     }
 
@@ -1713,8 +2116,14 @@ impl Server {
         let Some(c) = self.clients.get_mut(&client) else {
             return err(libc::EPROTO);
         };
-        // The kernel's word on the pid counts, not the message's.
-        if pid != c.cred.pid {
+        // The kernel's word on the pid counts, not the message's. A session made by `Fork` has
+        // no peer of its own (a socketpair end): its Hello may name a child of the forking
+        // process (or that process itself, which may hand the session to a thread).
+        let allowed = match c.forked_from {
+            None => pid == c.cred.pid,
+            Some(parent) => pid == parent || parent_pid_of(pid) == Some(parent),
+        };
+        if !allowed {
             return err(libc::EPERM);
         }
         if fds.len() > 1 {
@@ -1742,6 +2151,19 @@ impl Server {
         c.stats = stats;
         c.upcall = Some(ours);
         c.registered = true;
+        c.cred.pid = pid;
+        // A child whose parent let go before it said Hello may cache what it alone holds.
+        if c.forked_from.is_some() {
+            let sole: Vec<EndpointId> = self
+                .endpoints
+                .held_by(client)
+                .filter(|ep| ep.holders.len() == 1)
+                .map(|ep| ep.id)
+                .collect();
+            for id in sole {
+                self.notify_sole_holder(id);
+            }
+        }
         (
             Reply::Hello {
                 client_id: client,
@@ -1827,6 +2249,7 @@ impl Server {
         };
         if let Some(ep) = self.endpoints.get_mut(id) {
             ep.state = EndpointState::Cached { local: bound };
+            ep.cached_in = Some(client);
         }
         self.filter_dirty = true;
         (
@@ -1987,6 +2410,19 @@ const STAT_TEXT_LIMIT: usize = crate::control::MAX_MESSAGE - 1024;
 /// note; a JSON report that does not fit is replaced by an error object (cut JSON is useless).
 /// Who may change routes and neighbours: root, or the uid the netserver runs as (peer
 /// credentials of the control connection, taken by the kernel at connect time).
+/// The `Upcall::TcpReady` events telling a holder that the recall it waited for is over
+/// (every bit set, `control::ERR_RECALLING`): it retries its request.
+const RECALL_OVER: u8 = u8::MAX;
+
+/// The parent pid of process `pid` (`PPid:` in `/proc/<pid>/status`), if it exists.
+fn parent_pid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `Upcall::TcpReady` bits of an engine readiness.
 fn readiness_bits(r: crate::stack::tcp::connection::Readiness) -> u8 {
     use crate::control::TcpReady;

@@ -1,8 +1,11 @@
 //! The netserver's global endpoint table (paper §3.1: "the network server knows about all the
 //! sockets in an end system").
 //!
-//! Every endpoint has an owner client, a lifecycle state and a count of the control requests that
-//! named it, so `msock stat` can prove that a cached socket's data path makes none.
+//! Every endpoint has its holders (the clients with a descriptor for it, the creator first: a
+//! `fork` adds the child, paper §3.1 "sharing"), the holder it is cached in if any, a lifecycle
+//! state and a count of the control requests that named it, so `msock stat` can prove that a
+//! cached socket's data path makes none. Any holder may name the endpoint in a request; the
+//! endpoint ends when its last holder lets go.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -17,31 +20,69 @@ pub type ClientId = u32;
 pub enum EndpointState {
     /// Created by `socket()`, no local address yet.
     Unbound,
-    /// Bound and cached in the owning client: it sends and receives on its own channel (a
-    /// TCP endpoint with a `remote` is an accepted connection, on a 4-tuple channel).
+    /// Bound and cached in a client ([`Endpoint::cached_in`]): it sends and receives on its own
+    /// channel (a TCP endpoint with a `remote` is a connection, on a 4-tuple channel).
     Cached { local: SocketAddrV4 },
-    /// A TCP listener held by the netserver for the owning client (handshakes, SYN cookies and
-    /// the accept queue live in `host.tcp`).
+    /// A TCP listener held by the netserver for its holders (handshakes, SYN cookies and the
+    /// accept queue live in `host.tcp`); any holder may accept.
     Listening { local: SocketAddrV4 },
-    /// A TCP connection flushed into the netserver (paper §3.1): `host.tcp` runs it, the owner
-    /// keeps the socket and reaches it with send/recv requests until it caches it again.
+    /// A TCP connection flushed into the netserver (paper §3.1): `host.tcp` runs it, the holders
+    /// keep the socket and reach it with send/recv requests until one caches it again.
     Flushed { local: SocketAddrV4 },
 }
 
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub id: EndpointId,
-    pub owner: ClientId,
-    pub owner_pid: u32,
+    /// The clients holding the endpoint, the creator first; never empty while it is in the
+    /// table (the last holder's close or death removes it).
+    pub holders: Vec<ClientId>,
+    /// The holder the endpoint is cached in (its channel, its engine) while `state` is
+    /// [`EndpointState::Cached`].
+    pub cached_in: Option<ClientId>,
     pub family: Family,
     pub kind: SockKind,
     pub state: EndpointState,
     pub remote: Option<SocketAddrV4>,
     /// Control requests that named this endpoint, `Socket` included.
     pub requests: u64,
+    /// `SO_CONCURRENT_SERVER` (paper §4.2): connections accepted through this listener stay in
+    /// the netserver ([`Endpoint::deferred`]).
+    pub concurrent_server: bool,
+    /// Accepted through a `SO_CONCURRENT_SERVER` listener and not cached since: the first
+    /// holder to ask may cache it even while others hold it (delayed caching, §4.2).
+    pub deferred: bool,
+    /// The caching holder has been sent `Upcall::Recall` for this connection (once per recall).
+    pub recall_sent: bool,
+    /// Holders told `ERR_RECALLING` while the connection was being recalled: each gets a
+    /// `TcpReady` with every bit set once it is flushed.
+    pub recall_waiters: Vec<ClientId>,
+    /// The caching holder died or closed without its connection and it could not be rebuilt:
+    /// the peer was reset and the other holders' requests fail with ECONNRESET.
+    pub lost: bool,
+    /// Times the connection was cached in a process (accepted into one, or `Cache`) and
+    /// flushed back (`Flush`, or a shared connection's holder handing it over).
+    pub caches: u64,
+    pub flushes: u64,
 }
 
 impl Endpoint {
+    /// The client acting for the endpoint: the one it is cached in, else its first holder.
+    pub fn owner(&self) -> ClientId {
+        self.cached_in
+            .or_else(|| self.holders.first().copied())
+            .unwrap_or(0)
+    }
+
+    pub fn is_held_by(&self, client: ClientId) -> bool {
+        self.holders.contains(&client)
+    }
+
+    /// A TCP connection (an accepted or connected stream endpoint).
+    pub fn is_tcp_connection(&self) -> bool {
+        self.kind == SockKind::Stream && self.remote.is_some()
+    }
+
     pub fn local(&self) -> Option<SocketAddrV4> {
         match self.state {
             EndpointState::Unbound => None,
@@ -55,7 +96,7 @@ impl Endpoint {
 /// Why an endpoint operation was refused (mapped to errno at the control edge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointError {
-    /// No such endpoint, or it belongs to another client.
+    /// No such endpoint, or the client does not hold it.
     NotFound,
     /// The operation does not fit the endpoint's state (e.g. bind twice).
     InvalidState,
@@ -93,11 +134,10 @@ impl EndpointTable {
     pub fn create(
         &mut self,
         owner: ClientId,
-        owner_pid: u32,
         family: Family,
         kind: SockKind,
     ) -> Result<EndpointId, EndpointError> {
-        if self.owned_by(owner).count() >= MAX_ENDPOINTS_PER_CLIENT {
+        if self.held_by(owner).count() >= MAX_ENDPOINTS_PER_CLIENT {
             return Err(EndpointError::TooMany);
         }
         let id = self.next_id;
@@ -106,31 +146,43 @@ impl EndpointTable {
             id,
             Endpoint {
                 id,
-                owner,
-                owner_pid,
+                holders: vec![owner],
+                cached_in: None,
                 family,
                 kind,
                 state: EndpointState::Unbound,
                 remote: None,
                 requests: 1,
+                concurrent_server: false,
+                deferred: false,
+                recall_sent: false,
+                recall_waiters: Vec::new(),
+                lost: false,
+                caches: 0,
+                flushes: 0,
             },
         );
         Ok(id)
     }
 
-    /// The endpoint `id` if `client` owns it; counts the request.
+    /// The endpoint `id` if `client` holds it; counts the request.
     pub fn request(
         &mut self,
         client: ClientId,
         id: EndpointId,
     ) -> Result<&mut Endpoint, EndpointError> {
         match self.endpoints.get_mut(&id) {
-            Some(ep) if ep.owner == client => {
+            Some(ep) if ep.is_held_by(client) => {
                 ep.requests += 1;
                 Ok(ep)
             }
             _ => Err(EndpointError::NotFound),
         }
+    }
+
+    /// [`Endpoint::owner`] of endpoint `id`.
+    pub fn owner_of(&self, id: EndpointId) -> Option<ClientId> {
+        self.endpoints.get(&id).map(Endpoint::owner)
     }
 
     pub fn get(&self, id: EndpointId) -> Option<&Endpoint> {
@@ -145,16 +197,44 @@ impl EndpointTable {
         self.endpoints.remove(&id)
     }
 
-    pub fn owned_by(&self, client: ClientId) -> impl Iterator<Item = &Endpoint> {
-        self.endpoints.values().filter(move |ep| ep.owner == client)
+    /// The endpoints `client` holds.
+    pub fn held_by(&self, client: ClientId) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints
+            .values()
+            .filter(move |ep| ep.is_held_by(client))
     }
 
-    /// Removes and returns every endpoint of `client` (its control socket closed).
-    pub fn remove_client(&mut self, client: ClientId) -> Vec<Endpoint> {
-        let ids: Vec<EndpointId> = self.owned_by(client).map(|ep| ep.id).collect();
-        ids.iter()
-            .filter_map(|id| self.endpoints.remove(id))
-            .collect()
+    /// Adds `client` as a holder of endpoint `id` (a forked child); false if there is no such
+    /// endpoint or `client` holds too many.
+    pub fn add_holder(&mut self, id: EndpointId, client: ClientId) -> bool {
+        if self.held_by(client).count() >= MAX_ENDPOINTS_PER_CLIENT {
+            return false;
+        }
+        match self.endpoints.get_mut(&id) {
+            Some(ep) => {
+                if !ep.holders.contains(&client) {
+                    ep.holders.push(client);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes holder `client` from endpoint `id` when others remain: the holders left, or
+    /// `None` if `client` was the last one (or not a holder; the endpoint is left as it is:
+    /// the caller ends it).
+    pub fn release_holder(&mut self, id: EndpointId, client: ClientId) -> Option<usize> {
+        let ep = self.endpoints.get_mut(&id)?;
+        if !ep.is_held_by(client) || ep.holders.len() == 1 {
+            return None;
+        }
+        ep.holders.retain(|&c| c != client);
+        ep.recall_waiters.retain(|&c| c != client);
+        if ep.cached_in == Some(client) {
+            ep.cached_in = None;
+        }
+        Some(ep.holders.len())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
@@ -205,7 +285,7 @@ mod tests {
 
     fn udp(table: &mut EndpointTable, owner: ClientId) -> EndpointId {
         table
-            .create(owner, 100 + owner, Family::Inet, SockKind::Datagram)
+            .create(owner, Family::Inet, SockKind::Datagram)
             .unwrap()
     }
 
@@ -221,14 +301,39 @@ mod tests {
     }
 
     #[test]
-    fn remove_client_takes_only_its_endpoints() {
+    fn held_by_lists_only_the_clients_endpoints() {
         let mut t = EndpointTable::new();
         udp(&mut t, 1);
         udp(&mut t, 1);
-        let keep = udp(&mut t, 2);
-        assert_eq!(t.remove_client(1).len(), 2);
-        assert_eq!(t.len(), 1);
-        assert!(t.get(keep).is_some());
+        let other = udp(&mut t, 2);
+        assert_eq!(t.held_by(1).count(), 2);
+        assert_eq!(t.held_by(2).map(|ep| ep.id).collect::<Vec<_>>(), [other]);
+    }
+
+    #[test]
+    fn any_holder_may_name_a_shared_endpoint_and_the_last_one_ends_it() {
+        let mut t = EndpointTable::new();
+        let id = t.create(1, Family::Inet, SockKind::Stream).unwrap();
+        assert!(t.add_holder(id, 2));
+        assert!(t.add_holder(id, 2), "adding twice is harmless");
+        assert!(!t.add_holder(id + 100, 2), "no such endpoint");
+        assert_eq!(t.get(id).unwrap().holders, [1, 2]);
+        assert!(t.request(2, id).is_ok());
+        assert_eq!(t.request(3, id).unwrap_err(), EndpointError::NotFound);
+        t.get_mut(id).unwrap().cached_in = Some(1);
+        t.get_mut(id).unwrap().recall_waiters = vec![2];
+        assert_eq!(t.owner_of(id), Some(1));
+        // The creator lets go: the child is left, the cache mark goes with its holder.
+        assert_eq!(t.release_holder(id, 1), Some(1));
+        let ep = t.get(id).unwrap();
+        assert_eq!(
+            (ep.holders.as_slice(), ep.cached_in),
+            ([2].as_slice(), None)
+        );
+        assert_eq!(ep.owner(), 2);
+        assert_eq!(t.release_holder(id, 3), None, "not a holder");
+        assert_eq!(t.release_holder(id, 2), None, "the last holder ends it");
+        assert!(t.get(id).is_some(), "ending it is the caller's");
     }
 
     #[test]

@@ -52,6 +52,11 @@ fn state(server: &Server, ep: &Endpoint) -> (&'static str, String) {
 }
 
 fn state_name(ep: &Endpoint) -> (&'static str, String) {
+    if ep.lost
+        && let Some(local) = ep.local()
+    {
+        return ("RESET", local.to_string());
+    }
     match ep.state {
         EndpointState::Unbound => ("UNBOUND", "-".into()),
         EndpointState::Cached { local } => ("CACHED", local.to_string()),
@@ -69,8 +74,24 @@ struct SocketRow {
     drops: u64,
 }
 
+/// The pid of the process acting for the endpoint (the one it is cached in, else its first
+/// holder), 0 if unknown.
+fn owner_pid(server: &Server, ep: &Endpoint) -> u32 {
+    server.clients.get(&ep.owner()).map_or(0, |c| c.cred.pid)
+}
+
+/// The pids of the endpoint's holders, in order, comma-separated.
+fn holder_pids(server: &Server, ep: &Endpoint) -> String {
+    let pids: Vec<String> = ep
+        .holders
+        .iter()
+        .map(|h| server.clients.get(h).map_or(0, |c| c.cred.pid).to_string())
+        .collect();
+    pids.join(",")
+}
+
 fn socket_row(server: &Server, ep: &Endpoint) -> Option<SocketRow> {
-    let view = server.clients.get(&ep.owner)?.stats.as_ref()?;
+    let view = server.clients.get(&ep.owner())?.stats.as_ref()?;
     let s = view.sockets().into_iter().find(|s| s.endpoint == ep.id)?;
     Some(SocketRow {
         datagrams_in: s.datagrams_in,
@@ -141,7 +162,7 @@ fn render_text(server: &Server) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}",
+        "\n{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6} {:>6} {:>7} holders",
         "proto",
         "id",
         "local",
@@ -153,7 +174,9 @@ fn render_text(server: &Server) -> String {
         "dgr-out",
         "bytes-in",
         "bytes-out",
-        "drops"
+        "drops",
+        "caches",
+        "flushes"
     );
     for ep in server.endpoints.iter() {
         let (st, local) = state(server, ep);
@@ -163,19 +186,22 @@ fn render_text(server: &Server) -> String {
             |f: fn(&SocketRow) -> u64| row.as_ref().map_or("-".to_string(), |r| f(r).to_string());
         let _ = writeln!(
             out,
-            "{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}",
+            "{:<5} {:>5} {:<21} {:<21} {:<8} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6} {:>6} {:>7} {}",
             proto(ep),
             ep.id,
             local,
             remote,
             st,
-            ep.owner_pid,
+            owner_pid(server, ep),
             ep.requests,
             num(|r| r.datagrams_in),
             num(|r| r.datagrams_out),
             num(|r| r.bytes_in),
             num(|r| r.bytes_out),
-            num(|r| r.drops)
+            num(|r| r.drops),
+            ep.caches,
+            ep.flushes,
+            holder_pids(server, ep)
         );
     }
     // Connections the netserver runs itself: handed over by processes that closed them
@@ -253,6 +279,11 @@ fn render_text(server: &Server) -> String {
         c.redirects_unstored,
         c.recalls
     );
+    let _ = writeln!(
+        out,
+        "sharing: caches {} flushes {} recalls {} forks {} deferred-accepts {} sole-holder-upcalls {}",
+        c.caches, c.flushes, c.recalls, c.forks, c.deferred_accepts, c.sole_holder_upcalls
+    );
     let pool = server.channel_pool.stats();
     let _ = writeln!(
         out,
@@ -307,16 +338,22 @@ fn render_json(server: &Server) -> String {
     let mut eps = Vec::new();
     for ep in server.endpoints.iter() {
         let (st, local) = state(server, ep);
+        // Holder pids as a string: the endpoint objects stay flat (no nested array).
         let mut o = format!(
-            "{{\"id\":{},\"proto\":{},\"local\":{},\"remote\":{},\"state\":{},\"pid\":{},\"requests\":{}",
+            "{{\"id\":{},\"proto\":{},\"local\":{},\"remote\":{},\"state\":{},\"pid\":{},\"requests\":{},\
+             \"caches\":{},\"flushes\":{},\"holders\":{},\"holder_pids\":{}",
             ep.id,
             json_str(proto(ep)),
             json_str(&local),
             ep.remote
                 .map_or("null".to_string(), |r| json_str(&r.to_string())),
             json_str(st),
-            ep.owner_pid,
-            ep.requests
+            owner_pid(server, ep),
+            ep.requests,
+            ep.caches,
+            ep.flushes,
+            ep.holders.len(),
+            json_str(&holder_pids(server, ep))
         );
         if let Some(r) = socket_row(server, ep) {
             let _ = write!(
@@ -389,6 +426,7 @@ fn render_json(server: &Server) -> String {
          \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{},\"icmp_errors_applied\":{},\"redirects_accepted\":{},\"redirects_ignored\":{}}},\
          \"channel\":{{\"frames_in\":{},\"frames_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"kernel_drops\":{}}},\
          \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{},\"route_changes\":{},\"route_denied\":{},\"redirects_unstored\":{},\"recalls\":{}}},\
+         \"sharing\":{{\"caches\":{},\"flushes\":{},\"recalls\":{},\"forks\":{},\"deferred_accepts\":{},\"sole_holder_upcalls\":{}}},\
          \"drops\":{{{}}},\"neighbors\":[{}]}}",
         json_str(&server.config.addr.to_string()),
         server.config.prefix_len,
@@ -435,6 +473,12 @@ fn render_json(server: &Server) -> String {
         c.route_denied,
         c.redirects_unstored,
         c.recalls,
+        c.caches,
+        c.flushes,
+        c.recalls,
+        c.forks,
+        c.deferred_accepts,
+        c.sole_holder_upcalls,
         drops.join(","),
         neighbors.join(",")
     )
