@@ -22,6 +22,7 @@
 //! differ) and nothing else on the host.
 #![allow(dead_code, unused_imports)]
 
+pub mod programs;
 pub mod streams;
 
 use std::fs::File;
