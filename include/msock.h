@@ -11,9 +11,33 @@
 #include <stdlib.h>
 
 /**
- * Version of the msock C interface.
+ * Version of the msock C interface. 2: adds `SOL_MSOCK` and `SO_CONCURRENT_SERVER`.
  */
-#define MSOCK_VERSION 1
+#define MSOCK_VERSION 2
+
+/**
+ * Option level of msock's own socket options (`setsockopt(fd, SOL_MSOCK, ...)`); the value
+ * is "MS" in ASCII, far from every level Linux defines. The kernel rejects it with
+ * `ENOPROTOOPT`.
+ */
+#define SOL_MSOCK 19795
+
+/**
+ * Delayed caching for the concurrent (inetd-style) server model, paper §4.2. Level
+ * `SOL_MSOCK`, value an `int`: set it to 1 on a listening socket.
+ * A connection accepted through that listener is then only marked cacheable instead of being
+ * cached into the accepting process: if the process forks before touching it, the fork
+ * caches it straight into the child (one cache, no flush, instead of cache + flush + cache);
+ * if the parent later touches it, the netserver recalls it from the child
+ * (recall-on-access); the parent's `close` clears that.
+ *
+ * ```c
+ * int one = 1;
+ * if (setsockopt(listen_fd, SOL_MSOCK, SO_CONCURRENT_SERVER, &one, sizeof one) < 0)
+ *     perror("SO_CONCURRENT_SERVER (not running under msock?)");
+ * ```
+ */
+#define SO_CONCURRENT_SERVER 1
 
 #ifdef __cplusplus
 extern "C" {
