@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use core_stack::client::api::{self, Handle, OptValue, Outcome, Received, SockAddrIn};
+use core_stack::client::api::{self, Handle, Outcome, Received, SockAddrIn};
 use core_stack::client::guard;
 use core_stack::msock_debug;
 use libc::{c_int, c_uint, c_ulong, msghdr, size_t, sockaddr, socklen_t, ssize_t};
@@ -23,8 +23,19 @@ fn init() {
     // SAFETY: registering a child handler that only stores to an atomic (async-signal-safe).
     unsafe {
         libc::pthread_atfork(None, None, Some(guard::atfork_child));
+        // Normal exit hands cached TCP connections to the netserver (no data lost).
+        libc::atexit(at_exit);
     }
     guard::set_ready();
+}
+
+/// `atexit` handler: releases every msock socket as the kernel closes a process's sockets.
+extern "C" fn at_exit() {
+    let Some(_g) = guard::enter() else { return };
+    if !api::active() {
+        return;
+    }
+    let _ = catch_unwind(api::at_exit);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -854,14 +865,14 @@ pub unsafe extern "C" fn getsockopt(
         if cap < 0 {
             return Outcome::Error(libc::EINVAL);
         }
-        run("getsockopt", fd, || api::getsockopt(h, fd, level, name)).and_then(|v: OptValue| {
-            let n = v.len.min(cap as usize);
+        run("getsockopt", fd, || api::getsockopt(h, fd, level, name)).and_then(|v: Vec<u8>| {
+            let n = v.len().min(cap as usize);
             if n > 0 && val.is_null() {
                 return Outcome::Error(libc::EFAULT);
             }
             // SAFETY: `val` holds `cap` ≥ n bytes per the C contract.
             unsafe {
-                std::ptr::copy_nonoverlapping(v.bytes.as_ptr(), val.cast::<u8>(), n);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), val.cast::<u8>(), n);
                 *len = n as socklen_t;
             }
             Outcome::Done(())
@@ -1013,6 +1024,242 @@ fn on_pair(
         return real_call();
     }
     to_c(op(ho.as_ref()), real_call)
+}
+
+/// `listen(2)`: a msock TCP socket listens at the netserver.
+///
+/// # Safety
+/// C contract of `listen`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::listen(fd, backlog) };
+    on_fd(fd, real_call, |h| {
+        run("listen", fd, || api::listen(h, fd, backlog))
+    })
+}
+
+/// Shared body of accept/accept4.
+///
+/// # Safety
+/// `addr`/`len` per the C contract of `accept4` (either may be null).
+unsafe fn accept_common(
+    h: &Handle,
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> Outcome<c_int> {
+    run("accept", fd, || api::accept(h, fd, flags)).and_then(|(new, peer)| {
+        // SAFETY: `addr`/`len` per the caller's contract (null allowed).
+        match unsafe { write_addr(&peer, addr, len) } {
+            Ok(()) => Outcome::Done(new),
+            Err(e) => Outcome::Error(e),
+        }
+    })
+}
+
+/// `accept(2)`.
+///
+/// # Safety
+/// C contract of `accept`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::accept(fd, addr, len) };
+    // SAFETY: `addr`/`len` per the C contract.
+    on_fd(fd, real_call, |h| unsafe {
+        accept_common(h, fd, addr, len, 0)
+    })
+}
+
+/// `accept4(2)`: SOCK_NONBLOCK / SOCK_CLOEXEC on the new descriptor.
+///
+/// # Safety
+/// C contract of `accept4`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::accept4(fd, addr, len, flags) };
+    // SAFETY: `addr`/`len` per the C contract.
+    on_fd(fd, real_call, |h| unsafe {
+        accept_common(h, fd, addr, len, flags)
+    })
+}
+
+/// `shutdown(2)`.
+///
+/// # Safety
+/// C contract of `shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::shutdown(fd, how) };
+    on_fd(fd, real_call, |h| {
+        run("shutdown", fd, || api::shutdown(h, fd, how))
+    })
+}
+
+/// Copies up to `count` bytes from file `in_fd` (at `*offset`, or at its file position when
+/// `offset` is null, which then advances by what was sent) to msock stream socket `h`.
+/// Returns the bytes sent.
+///
+/// # Safety
+/// `offset` null or valid for reads and writes.
+unsafe fn file_to_socket(
+    h: &Handle,
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut libc::off64_t,
+    count: usize,
+) -> Outcome<usize> {
+    const CHUNK: usize = 256 * 1024;
+    // SAFETY: `offset` per the caller.
+    let explicit = (!offset.is_null()).then(|| unsafe { *offset });
+    // SAFETY: plain syscall on the caller's descriptor.
+    let start = match explicit {
+        Some(o) => o,
+        None => unsafe { libc::lseek64(in_fd, 0, libc::SEEK_CUR) },
+    };
+    // Not seekable (a pipe): bytes are consumed as read and sent whole, blocking.
+    let seekable = start >= 0;
+    let mut buf = vec![0u8; CHUNK.min(count.max(1))];
+    let mut sent = 0usize;
+    while sent < count {
+        let want = buf.len().min(count - sent);
+        // SAFETY: `buf` is valid for `want` bytes; the descriptors are the caller's.
+        let n = unsafe {
+            if seekable {
+                libc::pread64(in_fd, buf.as_mut_ptr().cast(), want, start + sent as i64)
+            } else {
+                libc::read(in_fd, buf.as_mut_ptr().cast(), want)
+            }
+        };
+        if n < 0 {
+            // SAFETY: reading this thread's errno.
+            let e = unsafe { *libc::__errno_location() };
+            if sent > 0 {
+                break;
+            }
+            return Outcome::Error(e);
+        }
+        if n == 0 {
+            break;
+        }
+        let n = n as usize;
+        let mut off = 0usize;
+        let mut short = false;
+        while off < n {
+            let flags = if seekable { 0 } else { libc::MSG_NOSIGNAL };
+            match run("sendfile", out_fd, || {
+                api::send(h, out_fd, &[&buf[off..n]], flags, None)
+            }) {
+                Outcome::Done(m) => {
+                    off += m;
+                    if seekable && m < n - off + m {
+                        short = true;
+                        break;
+                    }
+                }
+                Outcome::Error(libc::EAGAIN) if !seekable => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Outcome::Error(e) if sent + off == 0 => return Outcome::Error(e),
+                _ => {
+                    short = true;
+                    break;
+                }
+            }
+        }
+        sent += off;
+        if short {
+            break;
+        }
+    }
+    match explicit {
+        // SAFETY: `offset` non-null per the check above.
+        Some(o) => unsafe { *offset = o + sent as i64 },
+        None if seekable => {
+            // SAFETY: plain syscall on the caller's descriptor.
+            unsafe { libc::lseek64(in_fd, start + sent as i64, libc::SEEK_SET) };
+        }
+        None => {}
+    }
+    Outcome::Done(sent)
+}
+
+/// `sendfile(2)` to a msock TCP socket: the file is read and the bytes sent.
+///
+/// # Safety
+/// C contract of `sendfile`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut libc::off_t,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::sendfile(out_fd, in_fd, offset, count) };
+    on_fd(out_fd, real_call, |h| {
+        if !api::is_stream(h) {
+            return Outcome::Bypass;
+        }
+        // SAFETY: off_t is off64_t on the supported 64-bit targets.
+        unsafe { file_to_socket(h, out_fd, in_fd, offset.cast(), count) }
+    })
+}
+
+/// `sendfile64`: as [`sendfile`].
+///
+/// # Safety
+/// C contract of `sendfile64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut libc::off64_t,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::sendfile64(out_fd, in_fd, offset, count) };
+    on_fd(out_fd, real_call, |h| {
+        if !api::is_stream(h) {
+            return Outcome::Bypass;
+        }
+        // SAFETY: `offset` per the C contract.
+        unsafe { file_to_socket(h, out_fd, in_fd, offset, count) }
+    })
+}
+
+/// `splice(2)` from a file or pipe to a msock TCP socket (read, then sent). Other directions
+/// pass through (the kernel refuses a placeholder it cannot splice into meaningfully).
+///
+/// # Safety
+/// C contract of `splice`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn splice(
+    fd_in: c_int,
+    off_in: *mut libc::loff_t,
+    fd_out: c_int,
+    off_out: *mut libc::loff_t,
+    len: size_t,
+    flags: c_uint,
+) -> ssize_t {
+    // SAFETY: forwarded under the caller's C contract.
+    let real_call = || unsafe { real::splice(fd_in, off_in, fd_out, off_out, len, flags) };
+    on_fd(fd_out, real_call, |h| {
+        if !api::is_stream(h) || api::lookup(fd_in).is_some() {
+            return Outcome::Bypass;
+        }
+        // SAFETY: `off_in` per the C contract.
+        unsafe { file_to_socket(h, fd_out, fd_in, off_in, len) }
+    })
 }
 
 /// Busy-poll budget (`MSOCK_BUSY_POLL=<microseconds>`, default 0 = off): before sleeping in

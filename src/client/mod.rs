@@ -1,10 +1,13 @@
-//! The in-process runtime behind libmsock (paper §3.2): cached UDP sockets that send and
+//! The in-process runtime behind libmsock (paper §3.2): cached UDP and TCP sockets that send and
 //! receive on their own packet channel with no netserver hop, the fd table, the session with
 //! the netserver, the receive thread, and the per-process stats page.
 //!
 //! - [`api`]: the operations the C edge (`preload/`) calls, in safe types, with a three-way
 //!   [`Outcome`].
 //! - [`udp`]: one UDP socket (lifecycle, options, blocking and readiness).
+//! - [`tcp`]: one TCP socket (lifecycle, cached/flushed connection, readiness mirror,
+//!   blocking, the lock model of paper §3.2); [`tcp_session`] its data path (frames, next
+//!   hop, crash record), shared with `msock tcp`; [`timer`] the per-process timer thread.
 //! - [`datapath`]: its sans-I/O data path (frame validation, receive queue, header building,
 //!   fragmentation) over any [`crate::channel::Channel`].
 //! - [`runtime`]: process-wide state (fd table, session, receive thread, neighbour queues).
@@ -22,7 +25,9 @@ pub mod log;
 pub mod runtime;
 pub mod stats;
 pub mod sys;
+pub mod tcp;
 pub mod tcp_session;
+pub mod timer;
 pub mod udp;
 
 /// The outcome of an interposed operation.

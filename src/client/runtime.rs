@@ -1,7 +1,7 @@
 //! Process-wide state of the client runtime (paper §3.2): the fd table, the session with the
 //! netserver, and the receive thread.
 //!
-//! - **Fd table**: descriptor number → `Arc<UdpSocket>`. Several numbers may map to one socket
+//! - **Fd table**: descriptor number → [`Socket`] (UDP or TCP). Several numbers may map to one socket
 //!   (dup); a socket's identity is its placeholder's inode. Lookups take a read lock only after
 //!   an atomic "any entry?" check, so programs with no msock socket pay one atomic load per
 //!   interposed call.
@@ -48,7 +48,12 @@ use crate::wire::EthernetAddress;
 use super::guard;
 use super::stats::StatsPage;
 use super::sys;
+use super::tcp::{OfflineSocket, TcpSocket};
+use super::tcp_session::{ControlLink, IcmpReport};
+use super::timer::Timer;
 use super::udp::UdpSocket;
+use crate::stack::tcp::isn::IsnGenerator;
+use crate::wire::tcp::TcpSeqNumber;
 
 /// How long datagrams wait for an unresolved neighbour (design.md "Send path").
 pub const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(3);
@@ -96,9 +101,91 @@ impl BufferLimits {
 // ---------------------------------------------------------------------------------------------
 // Fd table
 
+/// A socket the fd table knows.
+#[derive(Clone)]
+pub enum Socket {
+    Udp(Arc<UdpSocket>),
+    Tcp(Arc<TcpSocket>),
+    /// A TCP socket made while no netserver answered (see `tcp::OfflineSocket`).
+    Offline(Arc<OfflineSocket>),
+}
+
+impl Socket {
+    /// Same socket object.
+    pub fn same(&self, other: &Socket) -> bool {
+        match (self, other) {
+            (Socket::Udp(a), Socket::Udp(b)) => Arc::ptr_eq(a, b),
+            (Socket::Tcp(a), Socket::Tcp(b)) => Arc::ptr_eq(a, b),
+            (Socket::Offline(a), Socket::Offline(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    pub fn add_fd(&self, fd: RawFd) {
+        match self {
+            Socket::Udp(s) => s.add_fd(fd),
+            Socket::Tcp(s) => s.add_fd(fd),
+            Socket::Offline(s) => s.add_fd(fd),
+        }
+    }
+
+    /// Removes a descriptor number; true if it was the last one.
+    pub fn remove_fd(&self, fd: RawFd) -> bool {
+        match self {
+            Socket::Udp(s) => s.remove_fd(fd),
+            Socket::Tcp(s) => s.remove_fd(fd),
+            Socket::Offline(s) => s.remove_fd(fd),
+        }
+    }
+
+    pub fn fds(&self) -> Vec<RawFd> {
+        match self {
+            Socket::Udp(s) => s.fds(),
+            Socket::Tcp(s) => s.fds(),
+            Socket::Offline(s) => s.fds(),
+        }
+    }
+
+    /// Releases the endpoint after its last descriptor went away.
+    pub fn release(&self) {
+        match self {
+            Socket::Udp(s) => s.release(),
+            Socket::Tcp(s) => s.release(),
+            Socket::Offline(_) => {}
+        }
+    }
+
+    /// Handed to the kernel (drop it from the table).
+    pub fn is_kernel(&self) -> bool {
+        match self {
+            Socket::Udp(s) => s.is_kernel(),
+            Socket::Tcp(s) => s.is_kernel(),
+            Socket::Offline(s) => s.is_kernel(),
+        }
+    }
+
+    /// Served by msock's data path in this process right now.
+    pub fn is_cached(&self) -> bool {
+        match self {
+            Socket::Udp(s) => s.is_cached(),
+            Socket::Tcp(s) => s.is_msock(),
+            Socket::Offline(_) => false,
+        }
+    }
+
+    /// Processes the socket's channel (busy poll, receive thread).
+    pub fn drive(&self) {
+        match self {
+            Socket::Udp(s) => s.drive(),
+            Socket::Tcp(s) => s.drive(),
+            Socket::Offline(_) => {}
+        }
+    }
+}
+
 /// Descriptor number → socket.
 pub struct FdTable {
-    slots: RwLock<Vec<Option<Arc<UdpSocket>>>>,
+    slots: RwLock<Vec<Option<Socket>>>,
     count: AtomicUsize,
 }
 
@@ -115,7 +202,7 @@ impl FdTable {
         self.count.load(Ordering::Acquire) != 0
     }
 
-    pub fn get(&self, fd: RawFd) -> Option<Arc<UdpSocket>> {
+    pub fn get(&self, fd: RawFd) -> Option<Socket> {
         if !self.active() || fd < 0 {
             return None;
         }
@@ -124,7 +211,7 @@ impl FdTable {
 
     /// Registers `fd`; returns what it replaced (a stale entry of a descriptor closed behind
     /// our back, e.g. by `close_range`).
-    pub fn insert(&self, fd: RawFd, sock: Arc<UdpSocket>) -> Option<Arc<UdpSocket>> {
+    pub fn insert(&self, fd: RawFd, sock: Socket) -> Option<Socket> {
         let idx = usize::try_from(fd).ok()?;
         let mut slots = self.slots.write();
         if slots.len() <= idx {
@@ -137,7 +224,7 @@ impl FdTable {
         old
     }
 
-    pub fn remove(&self, fd: RawFd) -> Option<Arc<UdpSocket>> {
+    pub fn remove(&self, fd: RawFd) -> Option<Socket> {
         let idx = usize::try_from(fd).ok()?;
         let mut slots = self.slots.write();
         let old = slots.get_mut(idx)?.take();
@@ -145,6 +232,36 @@ impl FdTable {
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
         old
+    }
+
+    /// Every TCP socket in the table, once each (fork/exec preparation: flush, cache).
+    pub fn tcp_sockets(&self) -> Vec<Arc<TcpSocket>> {
+        let mut out: Vec<Arc<TcpSocket>> = Vec::new();
+        if !self.active() {
+            return out;
+        }
+        for s in self.slots.read().iter().flatten() {
+            if let Socket::Tcp(t) = s
+                && !out.iter().any(|o| Arc::ptr_eq(o, t))
+            {
+                out.push(Arc::clone(t));
+            }
+        }
+        out
+    }
+
+    /// Every socket in the table, once each.
+    pub fn sockets(&self) -> Vec<Socket> {
+        let mut out: Vec<Socket> = Vec::new();
+        if !self.active() {
+            return out;
+        }
+        for s in self.slots.read().iter().flatten() {
+            if !out.iter().any(|o| o.same(s)) {
+                out.push(s.clone());
+            }
+        }
+        out
     }
 }
 
@@ -187,8 +304,30 @@ pub struct Session {
     pub stats: Arc<StatsPage>,
     pub limits: BufferLimits,
     epoll: OwnedFd,
-    sockets: Mutex<HashMap<EndpointId, Weak<UdpSocket>>>,
+    sockets: Mutex<HashMap<EndpointId, Entry>>,
     neighbours: Mutex<HashMap<Ipv4Addr, PendingNeighbour>>,
+    /// The process's timer thread (TCP engines' deadlines).
+    pub timer: Timer,
+}
+
+/// A socket the receive thread dispatches to, by endpoint id.
+#[derive(Clone)]
+enum Entry {
+    Udp(Weak<UdpSocket>),
+    Tcp(Weak<TcpSocket>),
+}
+
+impl ControlLink for Session {
+    fn call_control(
+        &self,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<(Reply, Vec<OwnedFd>)> {
+        match self.request(request, fds) {
+            Ok(r) => Ok(r),
+            Err(errno) => Ok((Reply::Error { errno }, Vec::new())),
+        }
+    }
 }
 
 /// Why the netserver could not be used.
@@ -235,6 +374,7 @@ impl Session {
             epoll,
             sockets: Mutex::new(HashMap::new()),
             neighbours: Mutex::new(HashMap::new()),
+            timer: Timer::new(),
         })
     }
 
@@ -290,8 +430,32 @@ impl Session {
 
     /// Starts receiving for a newly cached socket.
     pub fn add_socket(&self, id: EndpointId, sock: &Arc<UdpSocket>, wake: RawFd) -> io::Result<()> {
-        self.sockets.lock().insert(id, Arc::downgrade(sock));
+        self.sockets
+            .lock()
+            .insert(id, Entry::Udp(Arc::downgrade(sock)));
         sys::epoll_add(self.epoll.as_fd(), wake, id)
+    }
+
+    /// Registers a TCP socket for its upcalls and, with `wake`, its channel's frames (the
+    /// receive thread drives it). Registering again replaces the entry.
+    pub fn add_tcp_socket(
+        &self,
+        id: EndpointId,
+        sock: &Arc<TcpSocket>,
+        wake: Option<RawFd>,
+    ) -> io::Result<()> {
+        self.sockets
+            .lock()
+            .insert(id, Entry::Tcp(Arc::downgrade(sock)));
+        match wake {
+            Some(fd) => sys::epoll_add(self.epoll.as_fd(), fd, id),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops watching a channel (its socket stays registered for upcalls).
+    pub fn unwatch(&self, wake: RawFd) {
+        let _ = sys::epoll_del(self.epoll.as_fd(), wake);
     }
 
     /// A reader is about to sleep on the socket's channel and will process it inline: the
@@ -315,7 +479,29 @@ impl Session {
     }
 
     fn socket_by_id(&self, id: EndpointId) -> Option<Arc<UdpSocket>> {
-        self.sockets.lock().get(&id).and_then(Weak::upgrade)
+        match self.sockets.lock().get(&id) {
+            Some(Entry::Udp(w)) => w.upgrade(),
+            _ => None,
+        }
+    }
+
+    fn tcp_by_id(&self, id: EndpointId) -> Option<Arc<TcpSocket>> {
+        match self.sockets.lock().get(&id) {
+            Some(Entry::Tcp(w)) => w.upgrade(),
+            _ => None,
+        }
+    }
+
+    /// The netserver has gone (upcall socket at EOF): every TCP socket learns it.
+    fn netserver_gone(&self) {
+        let all: Vec<Entry> = self.sockets.lock().values().cloned().collect();
+        for e in all {
+            if let Entry::Tcp(w) = e
+                && let Some(s) = w.upgrade()
+            {
+                s.netserver_gone();
+            }
+        }
     }
 
     /// Queues a datagram for an unresolved neighbour; returns true if the caller must send the
@@ -410,15 +596,44 @@ impl Session {
                         sock.icmp_error(remote, errno);
                     }
                 }
-                // Only a process running a TCP engine holds TCP ports (`client::tcp_session`);
-                // this runtime's sockets are UDP, so such an upcall is not for it.
-                Ok(
-                    Upcall::TcpIcmpError { .. }
-                    | Upcall::Acceptable { .. }
-                    | Upcall::TcpReady { .. }
-                    | Upcall::Recall { .. }
-                    | Upcall::SoleHolder { .. },
-                ) => {}
+                Ok(Upcall::TcpIcmpError {
+                    id,
+                    local,
+                    remote,
+                    errno,
+                    next_hop_mtu,
+                    quoted_seq,
+                }) => {
+                    if let Some(sock) = self.tcp_by_id(id) {
+                        sock.on_icmp(&IcmpReport {
+                            local,
+                            remote,
+                            errno,
+                            next_hop_mtu,
+                            quoted_seq: TcpSeqNumber(quoted_seq),
+                        });
+                    }
+                }
+                Ok(Upcall::Acceptable { id }) => {
+                    if let Some(sock) = self.tcp_by_id(id) {
+                        sock.on_acceptable();
+                    }
+                }
+                Ok(Upcall::TcpReady { id, events }) => {
+                    if let Some(sock) = self.tcp_by_id(id) {
+                        sock.on_ready(events);
+                    }
+                }
+                Ok(Upcall::Recall { id }) => {
+                    if let Some(sock) = self.tcp_by_id(id) {
+                        sock.on_recall();
+                    }
+                }
+                Ok(Upcall::SoleHolder { id }) => {
+                    if let Some(sock) = self.tcp_by_id(id) {
+                        sock.on_sole_holder();
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
@@ -458,11 +673,23 @@ impl Session {
                         if !self.drain_upcalls() {
                             let _ =
                                 sys::epoll_del(self.epoll.as_fd(), self.upcall.as_fd().as_raw_fd());
+                            self.netserver_gone();
                         }
                     }
                     id => {
-                        if let Some(sock) = self.socket_by_id(id) {
-                            sock.drive();
+                        let entry = self.sockets.lock().get(&id).cloned();
+                        match entry {
+                            Some(Entry::Udp(w)) => {
+                                if let Some(sock) = w.upgrade() {
+                                    sock.drive();
+                                }
+                            }
+                            Some(Entry::Tcp(w)) => {
+                                if let Some(sock) = w.upgrade() {
+                                    sock.drive();
+                                }
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -510,6 +737,31 @@ pub fn session() -> Result<&'static Session, i32> {
         .spawn(move || session.receive_loop())
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
     Ok(session)
+}
+
+/// The runtime's clock for TCP engines (µs since the library's first use, plus one second so
+/// that no deadline is at zero).
+pub fn now() -> crate::stack::Instant {
+    static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
+    crate::stack::Instant::from_micros(EPOCH.elapsed().as_micros() as u64 + 1_000_000)
+}
+
+/// The process's ISN and timestamp-offset generator (RFC 6528), keyed once from
+/// /dev/urandom (a clock-derived key if that cannot be read).
+pub fn isn() -> &'static IsnGenerator {
+    static ISN: Lazy<IsnGenerator> = Lazy::new(|| {
+        use std::io::Read;
+        let mut key = [0u8; 16];
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
+        if read.is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            key = (t ^ (u128::from(std::process::id()) << 64)).to_ne_bytes();
+        }
+        IsnGenerator::new(key)
+    });
+    &ISN
 }
 
 /// `MSOCK_FALLBACK=kernel`: sockets go to the kernel when no netserver answers.

@@ -200,6 +200,51 @@ impl StatsPage {
         Ok(StatsPage { fd, map })
     }
 
+    /// Maps again the page a previous program image of this process created (its memfd kept
+    /// open across `execve`, `client::inherit`): the netserver still reads this memfd. Every
+    /// slot is freed (the previous image's sockets are gone or flushed) and the header
+    /// rewritten; the memfd must be one [`StatsPage::create`] made (size and seals checked).
+    pub fn adopt(fd: OwnedFd) -> io::Result<StatsPage> {
+        let invalid =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("stats page: {what}"));
+        // SAFETY: F_GET_SEALS on a descriptor we own; fails harmlessly on non-memfds.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        let wanted = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if seals < 0 || seals & wanted != wanted {
+            return Err(invalid("not a sealed memfd"));
+        }
+        // SAFETY: fstat into a zeroed, properly sized stat buffer.
+        let size = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            st.st_size
+        };
+        if size != PAGE_LEN as libc::off_t {
+            return Err(invalid("wrong size"));
+        }
+        let map = Mapping::map(fd.as_fd(), true)?;
+        let h = map.header();
+        h.magic.store(0, Ordering::Release);
+        for index in 0..SLOT_COUNT {
+            if let Some(slot) = map.slot(index) {
+                slot.endpoint.store(0, Ordering::Relaxed);
+                for c in slot_counters(slot) {
+                    c.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.slot_count.store(SLOT_COUNT as u64, Ordering::Relaxed);
+        h.slot_size
+            .store(size_of::<SocketSlot>() as u64, Ordering::Relaxed);
+        h.pid
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(StatsPage { fd, map })
+    }
+
     /// The memfd, to pass with `Hello`.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -401,6 +446,25 @@ mod tests {
         assert_eq!(size_of::<SocketSlot>(), 8 * (8 + DROP_SLOTS));
         assert_eq!(std::mem::offset_of!(SocketSlot, drops), 64);
         assert_eq!(PAGE_LEN, 64 + SLOT_COUNT * size_of::<SocketSlot>());
+    }
+
+    #[test]
+    fn adopted_page_is_the_same_memfd_with_every_slot_free() {
+        let page = Arc::new(StatsPage::create().unwrap());
+        let view = StatsPage::map_readonly(dup(page.fd())).unwrap();
+        let slot = page.allocate(7).unwrap();
+        slot.datagram_in(100);
+        std::mem::forget(slot);
+        assert_eq!(view.sockets().len(), 1);
+        let again = Arc::new(StatsPage::adopt(dup(page.fd())).unwrap());
+        assert!(view.sockets().is_empty(), "slots freed");
+        assert_eq!(view.pid(), u64::from(std::process::id()));
+        let kept = again.allocate(8).expect("a free slot");
+        assert_eq!(view.sockets().len(), 1);
+        drop(kept);
+        // Not a stats page: refused.
+        let other = crate::control::image_memfd(&[0u8; 16], c"not-stats").unwrap();
+        assert!(StatsPage::adopt(other).is_err());
     }
 
     #[test]

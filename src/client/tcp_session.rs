@@ -62,12 +62,32 @@ const MAX_PENDING_RESOLUTIONS: usize = 1024;
 /// A destination without a MAC is asked for again after this long.
 const RESOLVE_RETRY: StdDuration = StdDuration::from_secs(1);
 
-/// One held TCP port and its channel.
-pub struct TcpSession {
-    control: Connection,
-    /// The netserver's name for the held port's endpoint.
-    id: crate::control::EndpointId,
-    upcall: Connection,
+/// The request path a [`TcpLink`] uses for its one request, `Resolve` (an unknown next hop):
+/// the CLI's own control connection, or libmsock's shared per-process session.
+pub trait ControlLink {
+    /// One request/reply exchange (an error reply is returned as `Reply::Error`).
+    fn call_control(
+        &self,
+        request: &Request,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<(Reply, Vec<std::os::fd::OwnedFd>)>;
+}
+
+impl ControlLink for Connection {
+    fn call_control(
+        &self,
+        request: &Request,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<(Reply, Vec<std::os::fd::OwnedFd>)> {
+        self.call(request, fds)
+    }
+}
+
+/// The data path of one TCP connection in a process (no netserver hop): its channel, the
+/// frames built for what the engine emits, the next hop from the routing region, and the
+/// connection's crash record. [`TcpSession`] wraps one for `msock tcp`; libmsock's TCP
+/// sockets (`client::tcp`) own one per cached connection.
+pub struct TcpLink {
     region: RegionReader,
     /// The endpoint's channel: the held port's, then (after `accept`) the connection's; none
     /// while the netserver listens for us (the port's frames are the netserver's then).
@@ -78,17 +98,42 @@ pub struct TcpSession {
     /// When a resolution was last asked for, per next hop without a MAC.
     resolving: std::collections::HashMap<Ipv4Addr, std::time::Instant>,
     ident: u16,
-    epoch: std::time::Instant,
     pub stats: SessionStats,
-    /// The crash record of the connection this session runs (and its remote): the netserver
+    /// The crash record of the connection this link runs (and its remote): the netserver
     /// reads it if this process is killed ([`crate::client::crash_file`]).
     crash: Option<(CrashFile, SocketAddrV4)>,
+}
+
+/// A channel handed over with its read position (a `Flush` request's second fd).
+pub type ChannelAt = (PacketChannel, u32);
+
+/// One held TCP port and its channel.
+pub struct TcpSession {
+    control: Connection,
+    /// The netserver's name for the held port's endpoint.
+    id: crate::control::EndpointId,
+    upcall: Connection,
+    link: TcpLink,
+    epoch: std::time::Instant,
     /// The netserver recalled the connection ([`TcpSession::take_recall`]).
     recalled: bool,
 }
 
+impl std::ops::Deref for TcpSession {
+    type Target = TcpLink;
+    fn deref(&self) -> &TcpLink {
+        &self.link
+    }
+}
+
+impl std::ops::DerefMut for TcpSession {
+    fn deref_mut(&mut self) -> &mut TcpLink {
+        &mut self.link
+    }
+}
+
 /// The connection in an image memfd the netserver passed (`len` bytes from offset 0).
-fn import_image(fd: std::os::fd::OwnedFd, len: u64, now: Instant) -> io::Result<TcpConnection> {
+pub fn import_image(fd: std::os::fd::OwnedFd, len: u64, now: Instant) -> io::Result<TcpConnection> {
     use std::os::unix::fs::FileExt;
     let len = usize::try_from(len)
         .ok()
@@ -173,23 +218,13 @@ impl TcpSession {
             (other, _) => return Err(proto(format!("unexpected reply {other:?}"))),
         };
         let channel = PacketChannel::from_fd(fd, ring)?;
-        let iface = region
-            .interface()
-            .ok_or_else(|| proto("routing region has no interface"))?;
+        let link = TcpLink::new(region, Some(channel), local.port())?;
         Ok(TcpSession {
             control,
             id,
             upcall,
-            local: SocketAddrV4::new(iface.addr, local.port()),
-            src_mac: iface.mac,
-            region,
-            channel: Some(channel),
-            next_hop: None,
-            resolving: std::collections::HashMap::new(),
-            ident: (std::process::id() as u16).wrapping_mul(7919),
+            link,
             epoch: std::time::Instant::now(),
-            stats: SessionStats::default(),
-            crash: None,
             recalled: false,
         })
     }
@@ -227,7 +262,7 @@ impl TcpSession {
             &fds,
         )? {
             (Reply::Ok, _) => {
-                self.crash = record.map(|f| (f, remote));
+                self.link.set_crash_record(record, remote);
                 Ok(())
             }
             (Reply::Error { errno: e }, _) => Err(errno(e)),
@@ -242,36 +277,23 @@ impl TcpSession {
     /// frames are the netserver's now).
     pub fn flush(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
         // Everything that arrived goes into the image; what arrives after, the netserver
-        // reads from this channel (passed along with its read position).
-        let remote = conn.remote();
-        self.receive(|src, seg| {
-            if src == remote {
-                conn.process(now, seg);
-            }
-        })?;
-        let image = conn.export(now);
+        // reads from this channel (passed along with its read position). From here the
+        // netserver runs the connection: the crash record would describe a past state (after
+        // a later cache, one the peer is beyond). It is invalid until the connection is
+        // cached again and republished; a crash meanwhile resets the peer.
+        let (image, channel) = self.link.prepare_flush(conn, now)?;
         let file = crate::control::image_memfd(&image, c"msock-tcp-flush")?;
-        // From here the netserver runs the connection: the record would describe a past
-        // state (after a later cache, one the peer is beyond). It is invalid until the
-        // connection is cached again and republished; a crash meanwhile resets the peer.
-        if let Some((record, _)) = self.crash.as_mut() {
-            record.invalidate();
-        }
-        let cursor = self.channel.as_ref().and_then(|c| c.rx_cursor());
         let request = Request::Flush {
             id: self.id,
             len: image.len() as u64,
-            rx_cursor: cursor.unwrap_or(0),
+            rx_cursor: channel.as_ref().map_or(0, |(_, cursor)| *cursor),
         };
         let mut fds = vec![file.as_fd()];
-        if let (Some(channel), Some(_)) = (self.channel.as_ref(), cursor) {
+        if let Some((channel, _)) = channel.as_ref() {
             fds.push(channel.as_fd());
         }
         match self.control.call(&request, &fds)? {
-            (Reply::Ok, _) => {
-                self.channel = None;
-                Ok(())
-            }
+            (Reply::Ok, _) => Ok(()),
             (Reply::Error { errno: e }, _) => Err(errno(e)),
             (other, _) => Err(proto(format!("unexpected reply {other:?}"))),
         }
@@ -427,13 +449,14 @@ impl TcpSession {
         };
         let mut conn = import_image(image_fd, len, now)?;
         // The third descriptor is the connection's crash-record file (made by the netserver).
-        self.crash = fds
+        let crash = fds
             .next()
             .and_then(|fd| CrashFile::from_fd(fd).ok())
             .map(|mut file| {
                 file.publish(&mut conn, now);
-                (file, conn.remote())
+                file
             });
+        self.link.set_crash_record(crash, conn.remote());
         let channel = PacketChannel::from_fd(channel_fd, ring)?;
         let listener = std::mem::replace(&mut self.id, id);
         self.channel = Some(channel);
@@ -441,23 +464,8 @@ impl TcpSession {
         Ok(Some(conn))
     }
 
-    /// msock's address and the held port.
-    pub fn local(&self) -> SocketAddrV4 {
-        self.local
-    }
-
     pub fn now(&self) -> Instant {
         Instant::from_micros(self.epoch.elapsed().as_micros() as u64 + 1_000_000)
-    }
-
-    /// The channel's counters (frames, bytes, frames the kernel dropped on a full ring).
-    pub fn channel_stats(&self) -> crate::channel::ChannelStats {
-        self.channel.as_ref().map(|c| c.stats()).unwrap_or_default()
-    }
-
-    /// The channel, to poll for arriving frames (`None` while the netserver listens for us).
-    pub fn wake(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.channel.as_ref().map(|c| c.as_fd())
     }
 
     /// Finds the MAC of the next hop towards `remote` (routing region first, then an ARP
@@ -506,6 +514,161 @@ impl TcpSession {
         Err(errno(libc::EHOSTUNREACH))
     }
 
+    /// [`TcpLink::transmit`] with this session's control connection.
+    pub fn transmit(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
+        self.link.transmit(&self.control, conn, now)
+    }
+
+    /// [`TcpLink::send_segment`] with this session's control connection.
+    pub fn send_segment(&mut self, remote: SocketAddrV4, repr: &TcpRepr<'_>) -> io::Result<()> {
+        self.link.send_segment(&self.control, remote, repr)
+    }
+
+    pub fn upcall_fd(&self) -> RawFd {
+        self.upcall.as_fd().as_raw_fd()
+    }
+
+    /// The upcall socket, to poll for netserver notifications ([`TcpSession::upcalls`]).
+    pub fn upcall(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.upcall.as_fd()
+    }
+
+    /// Drains the upcall socket without blocking, handing each forwarded ICMP error to
+    /// `on_icmp`. Fails with ENETDOWN when the netserver has gone (the socket reached EOF):
+    /// the held port and its filter went with it.
+    pub fn upcalls(&mut self, mut on_icmp: impl FnMut(IcmpReport)) -> io::Result<()> {
+        loop {
+            match self.upcall.recv_upcall() {
+                Ok(Upcall::TcpIcmpError {
+                    local,
+                    remote,
+                    errno,
+                    next_hop_mtu,
+                    quoted_seq,
+                    ..
+                }) => {
+                    self.stats.icmp_errors += 1;
+                    on_icmp(IcmpReport {
+                        local,
+                        remote,
+                        errno,
+                        next_hop_mtu,
+                        quoted_seq: TcpSeqNumber(quoted_seq),
+                    });
+                }
+                // The listener's queue has connections, or a flushed connection became ready:
+                // `accept` / the flushed requests are tried on every wake-up.
+                Ok(Upcall::Acceptable { .. } | Upcall::TcpReady { .. }) => {}
+                // The netserver wants this session's connection flushed (`take_recall`).
+                Ok(Upcall::Recall { id }) => self.recalled |= id == self.id,
+                // A session never shares its connection with another process.
+                Ok(Upcall::SoleHolder { .. }) => {}
+                // Late resolutions and UDP upcalls are not for a TCP session.
+                Ok(
+                    Upcall::Resolved { .. } | Upcall::Datagram { .. } | Upcall::IcmpError { .. },
+                ) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        || matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) =>
+                {
+                    return Err(errno(libc::ENETDOWN));
+                }
+                // A malformed upcall was consumed: skip it.
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl TcpLink {
+    /// A link over `channel` (none yet: the netserver listens, or the connection is flushed)
+    /// for msock's address and `port`, next hops from `region`.
+    pub fn new(
+        region: RegionReader,
+        channel: Option<PacketChannel>,
+        port: u16,
+    ) -> io::Result<TcpLink> {
+        let iface = region
+            .interface()
+            .ok_or_else(|| proto("routing region has no interface"))?;
+        Ok(TcpLink {
+            local: SocketAddrV4::new(iface.addr, port),
+            src_mac: iface.mac,
+            region,
+            channel,
+            next_hop: None,
+            resolving: std::collections::HashMap::new(),
+            ident: (std::process::id() as u16).wrapping_mul(7919),
+            stats: SessionStats::default(),
+            crash: None,
+        })
+    }
+
+    /// The channel (`None` while the connection is not cached here).
+    pub fn channel(&self) -> Option<&PacketChannel> {
+        self.channel.as_ref()
+    }
+
+    /// Replaces the channel (a cache), returning the old one.
+    pub fn set_channel(&mut self, channel: Option<PacketChannel>) -> Option<PacketChannel> {
+        std::mem::replace(&mut self.channel, channel)
+    }
+
+    /// Sets the crash record of the connection to `remote` (published on every transmit).
+    pub fn set_crash_record(&mut self, file: Option<CrashFile>, remote: SocketAddrV4) {
+        self.crash = file.map(|f| (f, remote));
+    }
+
+    /// Invalidates the crash record: the connection leaves this process (flush, hand-over).
+    pub fn invalidate_crash_record(&mut self) {
+        if let Some((record, _)) = self.crash.as_mut() {
+            record.invalidate();
+        }
+    }
+
+    /// The routing region.
+    pub fn region(&self) -> &RegionReader {
+        &self.region
+    }
+
+    /// Drains every frame into `conn` (what arrived for it; others are dropped), exports it
+    /// and gives back the image with the channel and its read position, for a `Flush`
+    /// request (paper §3.1). The crash record is invalidated: the netserver runs it now.
+    pub fn prepare_flush(
+        &mut self,
+        conn: &mut TcpConnection,
+        now: Instant,
+    ) -> io::Result<(Vec<u8>, Option<ChannelAt>)> {
+        let remote = conn.remote();
+        self.receive(|src, seg| {
+            if src == remote {
+                conn.process(now, seg);
+            }
+        })?;
+        let image = conn.export(now);
+        self.invalidate_crash_record();
+        let channel = self.channel.take();
+        let with_cursor = channel.and_then(|c| c.rx_cursor().map(|cur| (c, cur)));
+        Ok((image, with_cursor))
+    }
+
+    /// msock's address and the held port.
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// The channel's counters (frames, bytes, frames the kernel dropped on a full ring).
+    pub fn channel_stats(&self) -> crate::channel::ChannelStats {
+        self.channel.as_ref().map(|c| c.stats()).unwrap_or_default()
+    }
+
+    /// The channel, to poll for arriving frames (`None` while the netserver listens for us).
+    pub fn wake(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.channel.as_ref().map(|c| c.as_fd())
+    }
+
     fn remember(&mut self, remote: Ipv4Addr, mac: EthernetAddress) {
         self.next_hop = Some(NextHopCache {
             remote,
@@ -517,7 +680,7 @@ impl TcpSession {
     /// The next hop's MAC towards `remote` from the routing region, without waiting: the last
     /// answer while the region is unchanged, else a fresh lookup. A miss asks the netserver
     /// to resolve it (at most once per [`RESOLVE_RETRY`] per next hop) and returns `None`.
-    fn next_hop_mac(&mut self, remote: Ipv4Addr) -> Option<EthernetAddress> {
+    fn next_hop_mac(&mut self, ctl: &dyn ControlLink, remote: Ipv4Addr) -> Option<EthernetAddress> {
         let generation = self.region.generation();
         if let Some(c) = self.next_hop
             && c.remote == remote
@@ -540,13 +703,13 @@ impl TcpSession {
         {
             return Some(c.mac);
         }
-        self.ask_resolution(hop.ip);
+        self.ask_resolution(ctl, hop.ip);
         None
     }
 
     /// Asks the netserver to resolve `hop` unless it was asked recently; its answer lands in
     /// the routing region (or, failing, nowhere: the engine's retransmissions ask again).
-    fn ask_resolution(&mut self, hop: Ipv4Addr) {
+    fn ask_resolution(&mut self, ctl: &dyn ControlLink, hop: Ipv4Addr) {
         let now = std::time::Instant::now();
         if let Some(at) = self.resolving.get(&hop)
             && now.duration_since(*at) < RESOLVE_RETRY
@@ -562,7 +725,7 @@ impl TcpSession {
         }
         self.resolving.insert(hop, now);
         // The reply is immediate (known MAC or "asked"); a known one is in the region already.
-        let _ = self.control.call(&Request::Resolve { addr: hop }, &[]);
+        let _ = ctl.call_control(&Request::Resolve { addr: hop }, &[]);
     }
 
     /// Runs the engine's output: every segment becomes a frame on the channel. Without the
@@ -571,10 +734,15 @@ impl TcpSession {
     ///
     /// The crash record is published before (the bytes queued since the last step are then
     /// covered by it before any of them can leave) and after the engine's output.
-    pub fn transmit(&mut self, conn: &mut TcpConnection, now: Instant) -> io::Result<()> {
+    pub fn transmit(
+        &mut self,
+        ctl: &dyn ControlLink,
+        conn: &mut TcpConnection,
+        now: Instant,
+    ) -> io::Result<()> {
         self.publish_crash_record(conn, now);
         let mut failure = None;
-        let mut frames = self.frames_to(conn.remote());
+        let mut frames = self.frames_to(ctl, conn.remote());
         conn.dispatch(now, &mut |seg: Outgoing<'_>| {
             frames.write(seg, &mut failure)
         });
@@ -595,9 +763,14 @@ impl TcpSession {
     }
 
     /// Sends one segment that belongs to no connection (a reset answering a stray segment).
-    pub fn send_segment(&mut self, remote: SocketAddrV4, repr: &TcpRepr<'_>) -> io::Result<()> {
+    pub fn send_segment(
+        &mut self,
+        ctl: &dyn ControlLink,
+        remote: SocketAddrV4,
+        repr: &TcpRepr<'_>,
+    ) -> io::Result<()> {
         let mut failure = None;
-        let mut frames = self.frames_to(remote);
+        let mut frames = self.frames_to(ctl, remote);
         let seg = Outgoing {
             repr: TcpRepr {
                 payload: &[],
@@ -611,8 +784,8 @@ impl TcpSession {
     }
 
     /// A frame writer towards `remote`, its next hop's MAC looked up (or asked for) first.
-    fn frames_to(&mut self, remote: SocketAddrV4) -> FrameWriter<'_> {
-        let dst_mac = self.next_hop_mac(*remote.ip());
+    fn frames_to(&mut self, ctl: &dyn ControlLink, remote: SocketAddrV4) -> FrameWriter<'_> {
+        let dst_mac = self.next_hop_mac(ctl, *remote.ip());
         FrameWriter {
             channel: self.channel.as_mut(),
             ident: &mut self.ident,
@@ -685,63 +858,6 @@ impl TcpSession {
                 Err(_) => stats.bad_tcp_checksum += 1,
             }
         })
-    }
-
-    pub fn upcall_fd(&self) -> RawFd {
-        self.upcall.as_fd().as_raw_fd()
-    }
-
-    /// The upcall socket, to poll for netserver notifications ([`TcpSession::upcalls`]).
-    pub fn upcall(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.upcall.as_fd()
-    }
-
-    /// Drains the upcall socket without blocking, handing each forwarded ICMP error to
-    /// `on_icmp`. Fails with ENETDOWN when the netserver has gone (the socket reached EOF):
-    /// the held port and its filter went with it.
-    pub fn upcalls(&mut self, mut on_icmp: impl FnMut(IcmpReport)) -> io::Result<()> {
-        loop {
-            match self.upcall.recv_upcall() {
-                Ok(Upcall::TcpIcmpError {
-                    local,
-                    remote,
-                    errno,
-                    next_hop_mtu,
-                    quoted_seq,
-                    ..
-                }) => {
-                    self.stats.icmp_errors += 1;
-                    on_icmp(IcmpReport {
-                        local,
-                        remote,
-                        errno,
-                        next_hop_mtu,
-                        quoted_seq: TcpSeqNumber(quoted_seq),
-                    });
-                }
-                // The listener's queue has connections, or a flushed connection became ready:
-                // `accept` / the flushed requests are tried on every wake-up.
-                Ok(Upcall::Acceptable { .. } | Upcall::TcpReady { .. }) => {}
-                // The netserver wants this session's connection flushed (`take_recall`).
-                Ok(Upcall::Recall { id }) => self.recalled |= id == self.id,
-                // A session never shares its connection with another process.
-                Ok(Upcall::SoleHolder { .. }) => {}
-                // Late resolutions and UDP upcalls are not for a TCP session.
-                Ok(
-                    Upcall::Resolved { .. } | Upcall::Datagram { .. } | Upcall::IcmpError { .. },
-                ) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if e.kind() == io::ErrorKind::UnexpectedEof
-                        || matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) =>
-                {
-                    return Err(errno(libc::ENETDOWN));
-                }
-                // A malformed upcall was consumed: skip it.
-                Err(_) => {}
-            }
-        }
     }
 }
 
