@@ -19,6 +19,25 @@ fn main() {
         map.display()
     );
 
+    // execl/execlp/execle are C-variadic, which stable Rust cannot define: a C file collects
+    // their arguments and calls our execv/execvp/execve. The object goes straight to the
+    // linker (an archive member nothing references would be dropped).
+    let execl = dir.join("src/execl.c");
+    println!("cargo:rerun-if-changed={}", execl.display());
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let object = out_dir.join("execl.o");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+    let status = std::process::Command::new(&cc)
+        .args([
+            "-c", "-O2", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror", "-o",
+        ])
+        .arg(&object)
+        .arg(&execl)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc} for src/execl.c: {e}"));
+    assert!(status.success(), "{cc} failed on src/execl.c");
+    println!("cargo:rustc-cdylib-link-arg={}", object.display());
+
     let config = cbindgen::Config {
         language: cbindgen::Language::C,
         header: Some(BANNER.to_string()),
@@ -30,7 +49,6 @@ fn main() {
     // cbindgen 0.27 does not recognise edition 2024's `#[unsafe(no_mangle)]`: feed it a copy
     // with the older spelling (parsing only; the crate itself is compiled from the original).
     let source = std::fs::read_to_string(dir.join("src/capi.rs")).expect("read src/capi.rs");
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let parsed = out_dir.join("capi_for_cbindgen.rs");
     std::fs::write(
         &parsed,

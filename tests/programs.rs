@@ -122,7 +122,6 @@ fn nc_server_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn nc_server_msock() {
     nc_server(Mode::msock_unless_env());
 }
@@ -133,7 +132,6 @@ fn nc_client_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn nc_client_msock() {
     nc_client(Mode::msock_unless_env());
 }
@@ -223,7 +221,6 @@ fn socat_server_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn socat_server_msock() {
     socat_server(Mode::msock_unless_env());
 }
@@ -234,7 +231,6 @@ fn socat_client_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn socat_client_msock() {
     socat_client(Mode::msock_unless_env());
 }
@@ -320,7 +316,6 @@ fn http_server_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn http_server_msock() {
     http_server(Mode::msock_unless_env());
 }
@@ -331,7 +326,6 @@ fn curl_client_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn curl_client_msock() {
     curl_client(Mode::msock_unless_env());
 }
@@ -413,7 +407,6 @@ fn inetd_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn inetd_msock() {
     inetd(Mode::msock_unless_env());
 }
@@ -424,7 +417,6 @@ fn tcpserver_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn tcpserver_msock() {
     tcpserver(Mode::msock_unless_env());
 }
@@ -583,7 +575,6 @@ fn nginx_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn nginx_msock() {
     nginx(Mode::msock_unless_env(), 1, 10);
 }
@@ -594,7 +585,6 @@ fn nginx_two_workers_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn nginx_two_workers_msock() {
     nginx(Mode::msock_unless_env(), 2, 5);
 }
@@ -605,7 +595,6 @@ fn wrk_client_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn wrk_client_msock() {
     wrk_client(Mode::msock_unless_env());
 }
@@ -745,7 +734,6 @@ fn redis_server_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn redis_server_msock() {
     redis_server(Mode::msock_unless_env());
 }
@@ -756,7 +744,6 @@ fn redis_client_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn redis_client_msock() {
     redis_client(Mode::msock_unless_env());
 }
@@ -873,7 +860,6 @@ fn iperf3_server_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn iperf3_server_msock() {
     iperf3_server(Mode::msock_unless_env());
 }
@@ -884,7 +870,6 @@ fn iperf3_client_kernel() {
 }
 
 #[test]
-#[ignore = "issue 5: TCP preload in progress"]
 fn iperf3_client_msock() {
     iperf3_client(Mode::msock_unless_env());
 }

@@ -963,7 +963,7 @@ fn control_seeds() -> Seeds {
                 errno: 111,
             },
         ),
-        ("up-acceptable", Upcall::Acceptable { id: 7 }),
+        ("up-acceptable", Upcall::Acceptable { id: 7, seq: 3 }),
         ("up-tcp-ready", Upcall::TcpReady { id: 7, events: 3 }),
         ("up-recall", Upcall::Recall { id: 7 }),
         (

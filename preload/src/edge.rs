@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use core_stack::client::api::{self, Handle, Outcome, Received, SockAddrIn};
-use core_stack::client::guard;
+use core_stack::client::{fdguard, guard};
 use core_stack::msock_debug;
 use libc::{c_int, c_uint, c_ulong, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
@@ -27,6 +27,13 @@ fn init() {
         libc::atexit(at_exit);
     }
     guard::set_ready();
+    // A previous program image of this process may have handed its sockets over (execve).
+    if std::env::var_os(core_stack::client::process::INHERIT_ENV).is_some() {
+        let _g = guard::enter();
+        if catch_unwind(core_stack::client::process::adopt_inherited).is_err() {
+            msock_debug!("adopting inherited sockets panicked; they are ignored");
+        }
+    }
 }
 
 /// `atexit` handler: releases every msock socket as the kernel closes a process's sockets.
@@ -41,7 +48,7 @@ extern "C" fn at_exit() {
 // ---------------------------------------------------------------------------------------------
 // Helpers: errno, panics, argument conversion.
 
-fn set_errno(e: c_int) {
+pub(crate) fn set_errno(e: c_int) {
     // SAFETY: __errno_location always returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };
 }
@@ -612,10 +619,54 @@ pub unsafe extern "C" fn recvfrom(
 /// C contract of `recvmsg`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    if guard::inside() {
+        // msock's own control traffic: descriptors it receives are its own.
+        // SAFETY: forwarded under the caller's C contract.
+        let n = unsafe { real::recvmsg(fd, msg, flags) };
+        if n >= 0 {
+            // SAFETY: `msg` was just filled by the kernel.
+            unsafe { protect_passed_fds(msg) };
+        }
+        return n;
+    }
     // SAFETY: forwarded under the caller's C contract.
     let real_call = || unsafe { real::recvmsg(fd, msg, flags) };
     // SAFETY: `msg` per the C contract.
     on_fd(fd, real_call, |h| unsafe { recv_msg(h, fd, msg, flags) })
+}
+
+/// Makes every descriptor an SCM_RIGHTS message in `msg` carried msock's own: moved to a
+/// high number (the message is rewritten) and protected (`client::fdguard`).
+///
+/// # Safety
+/// `msg` must be a msghdr the kernel just filled (valid control buffer).
+unsafe fn protect_passed_fds(msg: *const msghdr) {
+    if msg.is_null() {
+        return;
+    }
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+                let header = libc::CMSG_LEN(0) as usize;
+                let count = ((*cmsg).cmsg_len as usize).saturating_sub(header) / size_of::<c_int>();
+                for i in 0..count {
+                    let slot = data.add(i);
+                    let fd = slot.read_unaligned();
+                    // Moved high and protected; the message now names the new number.
+                    let moved = core_stack::client::sys::own_raw(fd);
+                    if moved != fd {
+                        real::close(fd);
+                        slot.write_unaligned(moved);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
 }
 
 /// `recvmmsg(2)`. Like Linux, the timeout is checked only after each datagram; with
@@ -809,9 +860,67 @@ pub unsafe extern "C" fn __recvfrom_chk(
 /// C contract of `close`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if guard::inside() {
+        // msock closing one of its own descriptors: the number is free for the program.
+        fdguard::release(fd);
+        // SAFETY: plain forward.
+        return unsafe { real::close(fd) };
+    }
+    if fdguard::is_protected(fd) {
+        // msock's own (control connection, channel...): not open as far as the program knows.
+        msock_debug!("close(fd {fd}): msock's own descriptor, refused");
+        set_errno(libc::EBADF);
+        return -1;
+    }
     // SAFETY: forwarded under the caller's C contract.
     let real_call = || unsafe { real::close(fd) };
     on_fd(fd, real_call, |h| run("close", fd, || api::close(h, fd)))
+}
+
+/// `close_range(2)`: the program's descriptors in the range, never msock's own.
+///
+/// # Safety
+/// C contract of `close_range`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    if guard::inside() || !api::active() && !fdguard_any() {
+        // SAFETY: plain forward.
+        return unsafe { real::close_range(first, last, flags) };
+    }
+    if first > last {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    // msock sockets in the range are closed through msock (their endpoints released).
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        for sock_fd in api::fds_in(first, last) {
+            // SAFETY: an open descriptor of the program's.
+            unsafe { close(sock_fd) };
+        }
+    }
+    for (a, b) in fdguard::unprotected_runs(first, last) {
+        // SAFETY: forwarded range, msock's own descriptors excluded.
+        if unsafe { real::close_range(a, b, flags) } != 0 {
+            return -1;
+        }
+    }
+    0
+}
+
+/// `closefrom(3)`: `close_range(lowfd, ~0, 0)` without msock's own descriptors.
+///
+/// # Safety
+/// C contract of `closefrom`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    let first = c_uint::try_from(lowfd.max(0)).unwrap_or(0);
+    // SAFETY: same contract.
+    unsafe { close_range(first, c_uint::MAX, 0) };
+}
+
+/// Whether msock holds any descriptor of its own (a session exists).
+fn fdguard_any() -> bool {
+    api::has_session()
 }
 
 /// `getsockname(2)`.
@@ -1017,8 +1126,15 @@ fn on_pair(
     op: impl FnOnce(Option<&Handle>) -> Outcome<c_int>,
 ) -> c_int {
     let Some(_g) = guard::enter() else {
+        // msock's own dup3 lands on program numbers only; whatever `new` was is gone.
+        fdguard::release(new);
         return real_call();
     };
+    if fdguard::is_protected(new) {
+        // msock's own descriptor: the program never opened it, and msock cannot move it.
+        set_errno(libc::EBUSY);
+        return -1;
+    }
     let (ho, hn) = (api::lookup(old), api::lookup(new));
     if ho.is_none() && hn.is_none() {
         return real_call();

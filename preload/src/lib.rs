@@ -23,6 +23,7 @@
 
 pub mod capi;
 mod edge;
+mod process;
 mod real;
 
 pub use capi::*;

@@ -27,6 +27,17 @@ pub fn active() -> bool {
     table().active()
 }
 
+/// Whether this process has a session with the netserver (so msock holds descriptors of
+/// its own, `client::fdguard`).
+pub fn has_session() -> bool {
+    runtime::has_session()
+}
+
+/// Descriptor numbers in `first..=last` that are msock sockets (`close_range`).
+pub fn fds_in(first: u32, last: u32) -> Vec<RawFd> {
+    table().fds_in(first, last)
+}
+
 /// The socket behind `fd`, if msock tracks it.
 pub fn lookup(fd: RawFd) -> Option<Handle> {
     table().get(fd)

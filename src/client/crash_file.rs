@@ -176,6 +176,8 @@ impl CrashFile {
         if !seals.contains(SealFlag::F_SEAL_SHRINK) || (meta.st_size as u64) < FILE_LEN as u64 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        // msock's own descriptor from here on (moved high, protected from the program).
+        let fd = super::sys::own(fd);
         let map = Arc::new(Mapping::map(fd.as_fd())?);
         Ok(CrashFile { fd, map })
     }

@@ -1,6 +1,8 @@
 //! `MSOCK_DEBUG=1` logging that is safe inside interposed calls: formats into a fixed stack
 //! buffer and writes it with one raw `write(2, ...)`. No allocation, no Rust stdio, no locks.
-//! Long lines are truncated to [`LINE_MAX`] bytes.
+//! Long lines are truncated to [`LINE_MAX`] bytes. `MSOCK_DEBUG=/absolute/path` appends the
+//! lines to that file instead (a program whose stderr is a socket, e.g. an inetd service,
+//! would otherwise send them to its peer); the file is opened once per program image.
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -59,7 +61,27 @@ pub fn write_line(args: fmt::Arguments<'_>) {
     }
     let mut buf = [0u8; LINE_MAX];
     let n = format_line(&mut buf, args);
-    crate::client::sys::write_stderr(&buf[..n]);
+    match log_file() {
+        Some(fd) => crate::client::sys::write_fd(fd, &buf[..n]),
+        None => crate::client::sys::write_stderr(&buf[..n]),
+    }
+}
+
+/// The `MSOCK_DEBUG=/path` file's descriptor (-1: not opened yet, -2: stderr).
+static FILE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+fn log_file() -> Option<i32> {
+    match FILE.load(Ordering::Relaxed) {
+        -1 => {
+            let fd = std::env::var_os("MSOCK_DEBUG")
+                .filter(|v| v.as_encoded_bytes().starts_with(b"/"))
+                .and_then(|path| crate::client::sys::open_append(std::path::Path::new(&path)).ok())
+                .unwrap_or(-2);
+            FILE.store(fd, Ordering::Relaxed);
+            (fd >= 0).then_some(fd)
+        }
+        fd => (fd >= 0).then_some(fd),
+    }
 }
 
 /// `msock_debug!("fmt", args...)`: one line on stderr when `MSOCK_DEBUG=1`.

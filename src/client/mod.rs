@@ -20,8 +20,11 @@
 pub mod api;
 pub mod crash_file;
 pub mod datapath;
+pub mod fdguard;
 pub mod guard;
+pub mod inherit;
 pub mod log;
+pub mod process;
 pub mod runtime;
 pub mod stats;
 pub mod sys;

@@ -234,6 +234,34 @@ impl FdTable {
         old
     }
 
+    /// Takes the table's lock for a `fork` and keeps it held (see [`ForkLock`]).
+    pub fn lock_for_fork(&self) -> ForkLock {
+        std::mem::forget(self.slots.write());
+        ForkLock::of(&self.slots)
+    }
+
+    /// Releases what [`FdTable::lock_for_fork`] took (in the parent and in the child).
+    #[allow(unsafe_code)]
+    pub fn unlock_after_fork(&self, token: ForkLock) {
+        token.check(&self.slots);
+        // SAFETY: the token proves this thread write-locked this lock in `lock_for_fork`
+        // and forgot the guard; in a fork child this thread is the one that forked.
+        unsafe { self.slots.force_unlock_write() };
+    }
+
+    /// Registered descriptor numbers in `first..=last`.
+    pub fn fds_in(&self, first: u32, last: u32) -> Vec<RawFd> {
+        if !self.active() {
+            return Vec::new();
+        }
+        let slots = self.slots.read();
+        let end = (last as usize).min(slots.len().saturating_sub(1));
+        (first as usize..=end)
+            .filter(|&i| slots.get(i).is_some_and(Option::is_some))
+            .filter_map(|i| RawFd::try_from(i).ok())
+            .collect()
+    }
+
     /// Every TCP socket in the table, once each (fork/exec preparation: flush, cache).
     pub fn tcp_sockets(&self) -> Vec<Arc<TcpSocket>> {
         let mut out: Vec<Arc<TcpSocket>> = Vec::new();
@@ -271,6 +299,33 @@ impl Default for FdTable {
     }
 }
 
+/// Proof that a lock was taken for a `fork` and is still held: the forking thread takes the
+/// runtime's locks before the real `fork` (so no other thread is inside a structure the child
+/// copies), and releases them in both processes with this token. Not `Clone`: one token per
+/// lock taken.
+#[must_use]
+pub struct ForkLock {
+    lock: usize,
+}
+
+impl ForkLock {
+    pub fn of<T: ?Sized>(lock: &T) -> ForkLock {
+        ForkLock {
+            lock: std::ptr::from_ref(lock).cast::<()>() as usize,
+        }
+    }
+
+    /// Panics (caught at the C edge) if the token is not for `lock`: releasing a lock this
+    /// thread does not hold would be unsound.
+    pub fn check<T: ?Sized>(&self, lock: &T) {
+        assert_eq!(
+            self.lock,
+            std::ptr::from_ref(lock).cast::<()>() as usize,
+            "fork lock token for another lock"
+        );
+    }
+}
+
 /// The process's fd table.
 pub fn table() -> &'static FdTable {
     static TABLE: FdTable = FdTable::new();
@@ -301,6 +356,8 @@ pub struct Session {
     control: Mutex<Connection>,
     upcall: Connection,
     pub region: RegionReader,
+    /// The region's memfd, kept for an `execve` hand-off.
+    region_fd: OwnedFd,
     pub stats: Arc<StatsPage>,
     pub limits: BufferLimits,
     epoll: OwnedFd,
@@ -340,6 +397,13 @@ impl Session {
     fn connect(fork_gen: u64) -> Result<Session, i32> {
         let address = ControlAddress::from_env();
         let control = Connection::connect(&address).map_err(|e| netdown(&e))?;
+        let control = Connection::from_owned_fd(sys::own(control.into_owned_fd()));
+        Session::hello(control, fork_gen)
+    }
+
+    /// Registers this process on a control connection (`Hello` with our pid and a new stats
+    /// page): a fresh connection, or the one a fork parent obtained for us (`Fork`).
+    fn hello(control: Connection, fork_gen: u64) -> Result<Session, i32> {
         let stats =
             Arc::new(StatsPage::create().map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))?);
         let hello = Request::Hello {
@@ -355,20 +419,45 @@ impl Session {
             (Reply::Error { errno }, _, _) => return Err(errno),
             _ => return Err(libc::EPROTO),
         };
-        let region =
-            RegionReader::map(region_fd).map_err(|e| e.raw_os_error().unwrap_or(libc::EPROTO))?;
-        let upcall = Connection::from_fd(upcall_fd);
-        upcall
-            .set_nonblocking(true)
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        Session::assemble(
+            control,
+            Connection::from_fd(upcall_fd),
+            region_fd,
+            stats,
+            fork_gen,
+        )
+    }
+
+    /// A session from its parts (after `Hello`, or inherited across `execve`).
+    fn assemble(
+        control: Connection,
+        upcall: Connection,
+        region_fd: OwnedFd,
+        stats: Arc<StatsPage>,
+        fork_gen: u64,
+    ) -> Result<Session, i32> {
+        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EPROTO);
+        // Kept open (the mapping does not need it) so an `execve` can hand it on.
+        let region_keep = sys::own(region_fd.try_clone().map_err(errno)?);
+        let region = RegionReader::map(region_fd).map_err(errno)?;
+        upcall.set_nonblocking(true).map_err(errno)?;
         let epoll = sys::epoll_create().map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))?;
         sys::epoll_add(epoll.as_fd(), upcall.as_fd().as_raw_fd(), UPCALL_TOKEN)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+        for fd in [
+            control.as_fd().as_raw_fd(),
+            upcall.as_fd().as_raw_fd(),
+            region_keep.as_raw_fd(),
+            stats.fd().as_raw_fd(),
+        ] {
+            super::fdguard::protect(fd);
+        }
         Ok(Session {
             fork_gen,
             control: Mutex::new(control),
             upcall,
             region,
+            region_fd: region_keep,
             stats,
             limits: BufferLimits::read(),
             epoll,
@@ -376,6 +465,17 @@ impl Session {
             neighbours: Mutex::new(HashMap::new()),
             timer: Timer::new(),
         })
+    }
+
+    /// The descriptors a new program image needs to go on with this session (control,
+    /// upcall, routing region, stats page), for `client::inherit`.
+    pub fn inheritable_fds(&self) -> (RawFd, RawFd, RawFd, RawFd) {
+        (
+            self.control.lock().as_fd().as_raw_fd(),
+            self.upcall.as_fd().as_raw_fd(),
+            self.region_fd.as_raw_fd(),
+            self.stats.fd().as_raw_fd(),
+        )
     }
 
     /// The netserver's address (msock's address), from the routing region.
@@ -614,9 +714,9 @@ impl Session {
                         });
                     }
                 }
-                Ok(Upcall::Acceptable { id }) => {
+                Ok(Upcall::Acceptable { id, seq }) => {
                     if let Some(sock) = self.tcp_by_id(id) {
-                        sock.on_acceptable();
+                        sock.on_acceptable(seq);
                     }
                 }
                 Ok(Upcall::TcpReady { id, events }) => {
@@ -699,12 +799,39 @@ impl Session {
     }
 }
 
+/// A switchable `&'static Session` (a socket's session changes once, when a fork child adopts
+/// it): only `'static` references go in, so reading one back is always valid.
+pub struct SessionCell(AtomicPtr<Session>);
+
+impl SessionCell {
+    pub fn new(session: &'static Session) -> SessionCell {
+        SessionCell(AtomicPtr::new(std::ptr::from_ref(session).cast_mut()))
+    }
+
+    #[allow(unsafe_code)]
+    pub fn get(&self) -> &'static Session {
+        // SAFETY: only `&'static Session` values are ever stored (new/set), and sessions are
+        // leaked, never freed.
+        unsafe { &*self.0.load(Ordering::Acquire) }
+    }
+
+    pub fn set(&self, session: &'static Session) {
+        self.0
+            .store(std::ptr::from_ref(session).cast_mut(), Ordering::Release);
+    }
+}
+
 /// The current session (one per fork generation), leaked so sockets and the receive thread
 /// can hold `&'static` references; swapped without locks so a child of fork never waits on a
 /// lock held by a thread that did not survive the fork.
 static SESSION: AtomicPtr<Session> = AtomicPtr::new(std::ptr::null_mut());
 
 static CONNECT_LOCK: Lazy<Mutex<()>> = Lazy::new(|| Mutex::new(()));
+
+/// Whether a session exists (in this or a parent process image).
+pub fn has_session() -> bool {
+    !SESSION.load(Ordering::Acquire).is_null()
+}
 
 #[allow(unsafe_code)]
 fn load_session() -> Option<&'static Session> {
@@ -730,13 +857,62 @@ pub fn session() -> Result<&'static Session, i32> {
     {
         return Ok(s);
     }
-    let session: &'static Session = Box::leak(Box::new(Session::connect(gen_now)?));
+    install(Session::connect(gen_now)?)
+}
+
+/// Makes `session` this process's current session and starts its receive thread.
+fn install(session: Session) -> Result<&'static Session, i32> {
+    let session: &'static Session = Box::leak(Box::new(session));
     SESSION.store(std::ptr::from_ref(session).cast_mut(), Ordering::Release);
     std::thread::Builder::new()
         .name("msock-rx".into())
         .spawn(move || session.receive_loop())
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
     Ok(session)
+}
+
+/// In a fork child: registers on the control connection the parent obtained with `Fork`
+/// (the netserver already counts this session as a holder of every shared endpoint).
+pub fn adopt_forked_session(control: OwnedFd) -> Result<&'static Session, i32> {
+    let gen_now = guard::forked_generation();
+    install(Session::hello(Connection::from_owned_fd(control), gen_now)?)
+}
+
+/// In a new program image: goes on with the session the previous image of this process
+/// described (`client::inherit`); no `Hello` (the netserver sees the same connection).
+pub fn adopt_exec_session(
+    inheritance: &super::inherit::Inheritance,
+) -> Result<&'static Session, i32> {
+    use std::os::fd::FromRawFd;
+    let check = |fd: RawFd| sys::get_fd_flags(fd).map(|_| fd).map_err(|_| libc::EBADF);
+    let (control, upcall, region, stats) = (
+        check(inheritance.control)?,
+        check(inheritance.upcall)?,
+        check(inheritance.region)?,
+        check(inheritance.stats)?,
+    );
+    #[allow(unsafe_code)]
+    // SAFETY: these numbers were open above and were left open for this image by the
+    // previous one (`client::process::exec_prepare`), which owned them; nothing else in this
+    // fresh image owns them yet.
+    let (control, upcall, region, stats) = unsafe {
+        (
+            OwnedFd::from_raw_fd(control),
+            OwnedFd::from_raw_fd(upcall),
+            OwnedFd::from_raw_fd(region),
+            OwnedFd::from_raw_fd(stats),
+        )
+    };
+    let stats =
+        Arc::new(StatsPage::adopt(stats).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?);
+    let session = Session::assemble(
+        Connection::from_owned_fd(control),
+        Connection::from_owned_fd(upcall),
+        region,
+        stats,
+        guard::forked_generation(),
+    )?;
+    install(session)
 }
 
 /// The runtime's clock for TCP engines (µs since the library's first use, plus one second so

@@ -177,7 +177,7 @@ impl StatsPage {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = super::sys::own(unsafe { OwnedFd::from_raw_fd(raw) });
         // SAFETY: plain syscalls on our own descriptor.
         unsafe {
             if libc::ftruncate(fd.as_raw_fd(), PAGE_LEN as libc::off_t) != 0 {

@@ -25,6 +25,67 @@ pub fn write_stderr(bytes: &[u8]) {
     }
 }
 
+/// Writes `bytes` to `fd` with one raw write; errors are ignored (logging only).
+pub fn write_fd(fd: RawFd, bytes: &[u8]) {
+    // SAFETY: a valid buffer of `bytes.len()` bytes.
+    unsafe {
+        libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+    }
+}
+
+/// Opens `path` for appending (created 0600 if missing, close-on-exec); the raw number.
+pub fn open_append(path: &std::path::Path) -> io::Result<RawFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated path; plain syscall.
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            0o600,
+        )
+    })?;
+    let moved = own_raw(fd);
+    if moved != fd {
+        // SAFETY: our own fresh descriptor, replaced by `moved`.
+        unsafe { libc::close(fd) };
+    }
+    Ok(moved)
+}
+
+/// Marks `fd` as msock's own (`client::fdguard`).
+pub fn protect_fd(fd: RawFd) {
+    super::fdguard::protect(fd);
+}
+
+/// Moves a descriptor msock creates for itself to a high number (close-on-exec) and protects
+/// it (`client::fdguard`); kept where it is if no high number is free.
+pub fn own(fd: OwnedFd) -> OwnedFd {
+    let moved = own_raw(fd.as_raw_fd());
+    if moved == fd.as_raw_fd() {
+        return fd;
+    }
+    drop(fd);
+    // SAFETY: `own_raw` returned a fresh duplicate that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(moved) }
+}
+
+/// [`own`] for a raw descriptor: returns the number to use from now on; the old number is
+/// left open for the caller to close when it differs (it still owns it).
+pub fn own_raw(fd: RawFd) -> RawFd {
+    let base = super::fdguard::relocation_base();
+    let target = if fd >= base {
+        fd
+    } else {
+        // SAFETY: plain syscall on a descriptor the caller owns.
+        let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
+        if moved < 0 { fd } else { moved }
+    };
+    super::fdguard::protect(target);
+    target
+}
+
 /// `socket(2)` returning the raw number (the program will own it).
 pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<RawFd> {
     // SAFETY: plain syscall, no pointers.
@@ -44,7 +105,8 @@ pub fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         )
     })?;
     // SAFETY: both descriptors are fresh and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((own(a), own(b)))
 }
 
 /// `dup3(old, new, flags)`: replaces whatever `new` referred to.
@@ -98,6 +160,12 @@ pub fn set_status_flags(fd: RawFd, flags: i32) -> io::Result<()> {
 pub fn get_fd_flags(fd: RawFd) -> io::Result<i32> {
     // SAFETY: plain syscall.
     check(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+}
+
+/// Sets the descriptor flags (`F_SETFD`: FD_CLOEXEC or 0).
+pub fn set_fd_flags(fd: RawFd, flags: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) }).map(|_| ())
 }
 
 /// (device, inode) of an open descriptor: a placeholder's identity.
@@ -219,7 +287,7 @@ pub fn epoll_create() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall.
     let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
     // SAFETY: a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(own(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Adds `fd` to `epoll` for readability, level-triggered, with `token`.

@@ -399,7 +399,10 @@ pub fn encode_upcall(msg: &Upcall, out: &mut Vec<u8>) {
             w.ip(*addr);
             w.option(*mac, Writer::mac);
         }),
-        Upcall::Acceptable { id } => frame(out, kind::UP_ACCEPTABLE, |w| w.u64(*id)),
+        Upcall::Acceptable { id, seq } => frame(out, kind::UP_ACCEPTABLE, |w| {
+            w.u64(*id);
+            w.u32(*seq);
+        }),
         Upcall::TcpReady { id, events } => frame(out, kind::UP_TCP_READY, |w| {
             w.u64(*id);
             w.u8(*events);
@@ -755,7 +758,10 @@ pub fn decode_upcall(data: &[u8]) -> Result<Upcall> {
             addr: r.ip()?,
             mac: r.option(Reader::mac)?,
         }),
-        kind::UP_ACCEPTABLE => Ok(Upcall::Acceptable { id: r.u64()? }),
+        kind::UP_ACCEPTABLE => Ok(Upcall::Acceptable {
+            id: r.u64()?,
+            seq: r.u32()?,
+        }),
         kind::UP_TCP_READY => Ok(Upcall::TcpReady {
             id: r.u64()?,
             events: r.u8()?,
@@ -1037,7 +1043,7 @@ mod tests {
                 next_hop_mtu: 1280,
                 quoted_seq: 0xdead_beef,
             },
-            Upcall::Acceptable { id: 7 },
+            Upcall::Acceptable { id: 7, seq: 3 },
             Upcall::TcpReady {
                 id: 8,
                 events: crate::control::TcpReady::READABLE | crate::control::TcpReady::READ_HUP,

@@ -371,8 +371,11 @@ pub enum Upcall {
         quoted_seq: u32,
     },
     /// Listening endpoint `id` has established connections waiting for [`Request::Accept`]
-    /// (sent when its accept queue becomes non-empty).
-    Acceptable { id: EndpointId },
+    /// (sent when its accept queue becomes non-empty). `seq` is how many `Accept` requests of
+    /// this client on `id` the netserver had answered when it sent this: a client that has
+    /// sent more since knows the news is stale (a later `Accept` already saw the queue), so a
+    /// listener is never shown readable when nothing waits.
+    Acceptable { id: EndpointId, seq: u32 },
     /// Flushed connection `id` gained readiness: `events` are [`TcpReady`] bits (sent on each
     /// rise of a bit, so a client blocked in a read or poll knows when to ask again).
     TcpReady { id: EndpointId, events: u8 },
@@ -397,4 +400,7 @@ impl TcpReady {
     pub const ERROR: u8 = 16;
     /// An urgent byte is waiting (POLLPRI).
     pub const PRIORITY: u8 = 32;
+    /// Every bit: not readiness but "the recall you waited for is over, retry"
+    /// ([`ERR_RECALLING`]).
+    pub const RETRY: u8 = 0xff;
 }

@@ -236,6 +236,11 @@ impl Connection {
         Connection { fd }
     }
 
+    /// The socket itself (e.g. to move it to another descriptor number).
+    pub fn into_owned_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Same as [`Connection::from_owned_fd`].
     pub fn from_fd(fd: OwnedFd) -> Connection {
         Connection { fd }

@@ -194,6 +194,8 @@ pub(crate) struct Server {
     /// Holders of listening endpoints told (`Upcall::Acceptable`) that connections are
     /// waiting and not re-armed since (each `Accept` of theirs re-arms them).
     acceptable_sent: std::collections::HashSet<(EndpointId, ClientId)>,
+    /// `Accept` requests answered per listener and holder (`Upcall::Acceptable::seq`).
+    accepts_answered: HashMap<(EndpointId, ClientId), u32>,
     /// Crash-record files of cached TCP connections, by endpoint (read if the process dies).
     crash_records: HashMap<EndpointId, OwnedFd>,
     next_held: EndpointId,
@@ -353,6 +355,7 @@ impl Server {
             held_tcp: HashMap::new(),
             tcp_connections: HashMap::new(),
             acceptable_sent: std::collections::HashSet::new(),
+            accepts_answered: HashMap::new(),
             crash_records: HashMap::new(),
             flushed: HashMap::new(),
             flushed_events: HashMap::new(),
@@ -746,6 +749,7 @@ impl Server {
         }
         self.flushed_events.retain(|&(_, c), _| c != id);
         self.acceptable_sent.retain(|&(_, c)| c != id);
+        self.accepts_answered.retain(|&(_, c), _| c != id);
         let ids: Vec<EndpointId> = self.endpoints.held_by(id).map(|ep| ep.id).collect();
         let now = self.now();
         for ep in ids {
@@ -794,6 +798,7 @@ impl Server {
         };
         self.flushed_events.remove(&(id, client));
         self.acceptable_sent.remove(&(id, client));
+        self.accepts_answered.remove(&(id, client));
         if cached_here {
             self.cacher_gone(id);
         }
@@ -1845,6 +1850,7 @@ impl Server {
             self.tcp_connections.remove(&(local.port(), remote));
         }
         self.acceptable_sent.retain(|&(ep, _)| ep != id);
+        self.accepts_answered.retain(|&(ep, _), _| ep != id);
         self.flushed_events.retain(|&(ep, _), _| ep != id);
         self.crash_records.remove(&id);
         self.ports.release(id);
@@ -1933,6 +1939,11 @@ impl Server {
             Err(e) => return err(e.errno()),
         };
         self.acceptable_sent.remove(&(id, client));
+        let seq = {
+            let n = self.accepts_answered.entry((id, client)).or_insert(0);
+            *n = n.wrapping_add(1);
+            *n
+        };
         let port = local.port();
         let conn = match self.host.tcp.accept(port) {
             Ok(Some(conn)) => conn,
@@ -1946,7 +1957,7 @@ impl Server {
                 .is_some_and(|c| c.upcall.is_some())
         {
             self.acceptable_sent.insert((id, client));
-            self.upcall(client, &Upcall::Acceptable { id });
+            self.upcall(client, &Upcall::Acceptable { id, seq });
         }
         if concurrent {
             return self.accept_deferred(client, id, conn);
@@ -2096,7 +2107,12 @@ impl Server {
         }
         for (id, holder) in waiting {
             self.acceptable_sent.insert((id, holder));
-            self.upcall(holder, &Upcall::Acceptable { id });
+            let seq = self
+                .accepts_answered
+                .get(&(id, holder))
+                .copied()
+                .unwrap_or(0);
+            self.upcall(holder, &Upcall::Acceptable { id, seq });
         }
     }
 
@@ -2412,7 +2428,7 @@ const STAT_TEXT_LIMIT: usize = crate::control::MAX_MESSAGE - 1024;
 /// credentials of the control connection, taken by the kernel at connect time).
 /// The `Upcall::TcpReady` events telling a holder that the recall it waited for is over
 /// (every bit set, `control::ERR_RECALLING`): it retries its request.
-const RECALL_OVER: u8 = u8::MAX;
+const RECALL_OVER: u8 = crate::control::TcpReady::RETRY;
 
 /// The parent pid of process `pid` (`PPid:` in `/proc/<pid>/status`), if it exists.
 fn parent_pid_of(pid: u32) -> Option<u32> {

@@ -49,7 +49,7 @@
 //! **Netserver gone** (upcall socket at EOF): every socket is marked dead: reads fail with
 //! ECONNRESET, writes with EPIPE, the placeholder shows HUP; a cached connection sends its
 //! peer a reset. The program's other descriptors are untouched.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod blocking;
 pub mod io;
@@ -65,7 +65,8 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::Outcome;
 use super::crash_file::CrashFile;
-use super::runtime::{self, Session};
+use super::inherit::{InheritedKind, InheritedSocket};
+use super::runtime::{self, ForkLock, Session, SessionCell};
 use super::sys;
 use super::tcp_session::{IcmpReport, TcpLink, import_image};
 use super::timer::Timed;
@@ -136,14 +137,20 @@ struct State {
     rcvtimeo: Option<Duration>,
     sndtimeo: Option<Duration>,
     connect: ConnectPhase,
-    /// Listener: connections are waiting (Acceptable upcall, or one was just accepted).
+    /// Listener: connections are waiting (an Acceptable upcall not older than our last
+    /// Accept request).
     acceptable: bool,
+    /// `Accept` requests sent (compared with `Upcall::Acceptable::seq`).
+    accepts_sent: u32,
     /// The earliest deadline armed with the timer thread.
     armed: Option<StdInstant>,
     /// The netserver has gone.
     dead: bool,
     /// The netserver said this process is the only holder again: cache at the next call.
     sole_holder: bool,
+    /// Accepted through a `SO_CONCURRENT_SERVER` listener and not cached anywhere yet
+    /// (delayed caching, paper §4.2): a fork child caches it at its first use.
+    deferred: bool,
     /// shutdown(SHUT_RD/SHUT_WR) done (flushed sockets keep it for readiness).
     shut_rd: bool,
     shut_wr: bool,
@@ -151,7 +158,9 @@ struct State {
 
 /// One TCP socket.
 pub struct TcpSocket {
-    session: &'static Session,
+    /// The session this socket's requests go through: the one that created it, or the
+    /// child's after a fork (`adopt_session`). Always a leaked `&'static Session`.
+    session: SessionCell,
     /// AF_INET or AF_INET6.
     pub domain: i32,
     id: AtomicU64,
@@ -346,7 +355,7 @@ impl TcpSocket {
         id: Option<EndpointId>,
     ) -> Arc<TcpSocket> {
         Arc::new_cyclic(|me| TcpSocket {
-            session,
+            session: SessionCell::new(session),
             domain,
             id: AtomicU64::new(id.unwrap_or(0)),
             nonblocking: AtomicBool::new(false),
@@ -369,9 +378,11 @@ impl TcpSocket {
                 sndtimeo: None,
                 connect: ConnectPhase::Idle,
                 acceptable: false,
+                accepts_sent: 0,
                 armed: None,
                 dead: false,
                 sole_holder: false,
+                deferred: false,
                 shut_rd: false,
                 shut_wr: false,
             }),
@@ -386,8 +397,12 @@ impl TcpSocket {
         }
     }
 
+    fn session(&self) -> &'static Session {
+        self.session.get()
+    }
+
     fn detached(&self) -> bool {
-        !self.session.is_current()
+        !self.session().is_current()
     }
 
     /// Served by msock right now (cached or flushed, listening, bound).
@@ -452,7 +467,7 @@ impl TcpSocket {
     ) -> Result<(Reply, Vec<OwnedFd>), i32> {
         let give_up = StdInstant::now() + RECALL_PATIENCE;
         loop {
-            match self.session.request(req, fds) {
+            match self.session().request(req, fds) {
                 Err(ERR_RECALLING) if StdInstant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -481,7 +496,7 @@ impl TcpSocket {
         }
         st.armed = Some(when);
         let me: Weak<dyn Timed> = self.me.clone();
-        self.session.timer.arm(when, me);
+        self.session().timer.arm(when, me);
     }
 
     /// After any change: readiness mirrored, timer armed.
@@ -498,16 +513,19 @@ impl TcpSocket {
         let mut st = self.state.lock();
         let now = self.now();
         let more = match st.cached_mut() {
-            Some(c) => c.pump(self.session, now),
+            Some(c) => c.pump(self.session(), now),
             None => return,
         };
         self.settle(&mut st, more);
     }
 
     /// `Acceptable` upcall: the listener has connections waiting.
-    pub fn on_acceptable(&self) {
+    pub fn on_acceptable(&self, seq: u32) {
         let mut st = self.state.lock();
-        if matches!(st.mode, Mode::Listening) {
+        // Older than our last Accept: that request saw the queue after this was sent. (An
+        // image that inherited the listener across execve starts counting at 0, so for it
+        // every upcall counts as fresh.)
+        if matches!(st.mode, Mode::Listening) && seq >= st.accepts_sent {
             st.acceptable = true;
             st.sync(true);
         }
@@ -516,6 +534,12 @@ impl TcpSocket {
     /// `TcpReady` upcall: bits rose on the flushed connection.
     pub fn on_ready(&self, events: u8) {
         let mut st = self.state.lock();
+        if events == TcpReady::RETRY {
+            // Not readiness: a recall this process waited for is over (`ERR_RECALLING`);
+            // waiters poll the placeholder, so show what we know again.
+            st.sync(false);
+            return;
+        }
         if let Mode::Flushed { ready } = &mut st.mode {
             *ready |= events;
             st.sync(events & TcpReady::READABLE != 0);
@@ -544,7 +568,7 @@ impl TcpSocket {
         let mut st = self.state.lock();
         let now = self.now();
         if let Some(c) = st.cached_mut() {
-            c.icmp(self.session, now, report);
+            c.icmp(self.session(), now, report);
             self.settle(&mut st, false);
         }
     }
@@ -559,10 +583,138 @@ impl TcpSocket {
         let now = self.now();
         if let Some(c) = st.cached_mut() {
             c.conn.abort(now);
-            c.transmit(self.session, now);
+            c.transmit(self.session(), now);
         }
         st.dead = true;
         st.sync(false);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // fork and exec (`client::process`)
+
+    /// The endpoint a fork child should hold too (`Request::Fork`): every msock endpoint this
+    /// process holds and has not cached (the caller flushed the cached ones first).
+    pub fn shareable_id(&self) -> Option<EndpointId> {
+        let st = self.state.lock();
+        match st.mode {
+            Mode::Bound { .. } | Mode::Listening | Mode::Flushed { .. } if !st.dead => st.id,
+            _ => None,
+        }
+    }
+
+    /// Takes the state lock for a `fork` and keeps it held (see `runtime::ForkLock`).
+    pub fn lock_for_fork(&self) -> ForkLock {
+        std::mem::forget(self.state.lock());
+        ForkLock::of(&self.state)
+    }
+
+    /// Releases what [`TcpSocket::lock_for_fork`] took.
+    #[allow(unsafe_code)]
+    pub fn unlock_after_fork(&self, token: ForkLock) {
+        token.check(&self.state);
+        // SAFETY: the token proves this thread locked this mutex in `lock_for_fork` and forgot
+        // the guard; in a fork child this thread is the one that forked.
+        unsafe { self.state.force_unlock() };
+    }
+
+    /// In a fork child: goes on through the child's session (a holder of this endpoint since
+    /// the parent's `Fork`). A deferred connection is cached into the child at its first use.
+    pub fn adopt_session(&self, session: &'static Session) {
+        self.session.set(session);
+        let mut st = self.state.lock();
+        let Some(id) = st.id else { return };
+        if matches!(st.mode, Mode::Cached(_)) {
+            // Its channel and engine are the parent's: not ours to run.
+            st.dead = true;
+            st.sync(false);
+            return;
+        }
+        st.armed = None;
+        // The netserver counts this session's Accept requests afresh.
+        st.accepts_sent = 0;
+        if st.deferred && matches!(st.mode, Mode::Flushed { .. }) {
+            st.sole_holder = true;
+        }
+        if let Some(me) = self.me.upgrade()
+            && let Err(e) = session.add_tcp_socket(id, &me, None)
+        {
+            crate::msock_debug!("fork child: endpoint {id} not registered: {e}");
+        }
+    }
+
+    /// What a new program image needs to go on with this socket (`client::inherit`); `None`
+    /// for a socket that is not msock's or is cached (the caller flushes first).
+    pub fn inherit_record(&self) -> Option<InheritedSocket> {
+        let st = self.state.lock();
+        let kind = match st.mode {
+            Mode::Flushed { .. } => InheritedKind::Connection,
+            Mode::Listening => InheritedKind::Listener,
+            Mode::Bound { .. } => InheritedKind::Unconnected,
+            _ => return None,
+        };
+        let mirror = st.mirror.as_ref()?;
+        let (_, ino) = sys::identity(mirror.prog_raw()).ok()?;
+        Some(InheritedSocket {
+            fds: st.fds.clone(),
+            lib: mirror.lib_raw(),
+            ino,
+            id: st.id?,
+            kind,
+            domain: self.domain,
+            local: st.local,
+            remote: st.remote,
+        })
+    }
+
+    /// A socket a previous program image of this process flushed and described
+    /// (`client::process::adopt_inherited`). A connection is cached again at its first use
+    /// if this process turns out to be its only holder.
+    #[allow(unsafe_code)]
+    pub fn from_inherited(
+        session: &'static Session,
+        rec: &InheritedSocket,
+    ) -> Result<Arc<TcpSocket>, i32> {
+        use std::os::fd::FromRawFd;
+        let first = *rec.fds.first().ok_or(libc::EBADF)?;
+        sys::get_fd_flags(rec.lib).map_err(|e| errno_of(&e))?;
+        let prog = sys::dupfd(first, 0, true).map_err(|e| errno_of(&e))?;
+        // SAFETY: `dupfd` just returned this new descriptor; nothing else owns it.
+        let prog = sys::own(unsafe { OwnedFd::from_raw_fd(prog) });
+        // SAFETY: the library end was left open for this image by the previous one, which
+        // owned it (checked open above); this image has no other owner of that number.
+        let lib = unsafe { OwnedFd::from_raw_fd(rec.lib) };
+        let _ = sys::set_fd_flags(lib.as_raw_fd(), libc::FD_CLOEXEC);
+        let mirror = Mirror::adopt(prog, lib).map_err(|e| errno_of(&e))?;
+        let mode = match rec.kind {
+            // What is pending is unknown here: report both until a request says otherwise
+            // (its EAGAIN re-arms the netserver's TcpReady).
+            InheritedKind::Connection => Mode::Flushed {
+                ready: TcpReady::READABLE | TcpReady::WRITABLE,
+            },
+            InheritedKind::Listener => Mode::Listening,
+            InheritedKind::Unconnected => Mode::Bound { channel: None },
+        };
+        let connection = rec.kind == InheritedKind::Connection;
+        let listener = rec.kind == InheritedKind::Listener;
+        let sock = TcpSocket::with_state(session, rec.domain, mode, rec.fds.clone(), Some(rec.id));
+        let nonblocking = sys::get_status_flags(first).is_ok_and(|f| f & libc::O_NONBLOCK != 0);
+        sock.nonblocking.store(nonblocking, Ordering::Relaxed);
+        {
+            let mut st = sock.state.lock();
+            st.mirror = Some(mirror);
+            st.local = rec.local;
+            st.remote = rec.remote;
+            st.sole_holder = connection;
+            st.acceptable = listener;
+            if connection {
+                st.connect = ConnectPhase::Reported;
+            }
+            session
+                .add_tcp_socket(rec.id, &sock, None)
+                .map_err(|e| errno_of(&e))?;
+            st.sync(false);
+        }
+        Ok(sock)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -617,9 +769,9 @@ impl TcpSocket {
             fds.push(ch.as_fd());
         }
         if let Some(fd) = wake {
-            self.session.unwatch(fd);
+            self.session().unwatch(fd);
         }
-        match self.session.request(&request, &fds) {
+        match self.session().request(&request, &fds) {
             Ok(_) => {
                 st.mode = Mode::Flushed { ready };
                 st.armed = None;
@@ -632,7 +784,7 @@ impl TcpSocket {
                     let fd = ch.as_fd().as_raw_fd();
                     c.link.set_channel(Some(ch));
                     if let Some(me) = self.me.upgrade() {
-                        let _ = self.session.add_tcp_socket(id, &me, Some(fd));
+                        let _ = self.session().add_tcp_socket(id, &me, Some(fd));
                     }
                 }
                 Err(e)
@@ -665,18 +817,18 @@ impl TcpSocket {
         let channel = PacketChannel::from_fd(channel_fd, ring).map_err(|e| errno_of(&e))?;
         let wake = channel.as_fd().as_raw_fd();
         let link = TcpLink::new(
-            self.session.region.clone(),
+            self.session().region.clone(),
             Some(channel),
             conn.local().port(),
         )
         .map_err(|e| errno_of(&e))?;
         st.mode = Mode::Cached(Box::new(Cached { conn, link }));
         if let Some(me) = self.me.upgrade() {
-            self.session
+            self.session()
                 .add_tcp_socket(id, &me, Some(wake))
                 .map_err(|e| errno_of(&e))?;
         }
-        let more = st.cached_mut().is_some_and(|c| c.pump(self.session, now));
+        let more = st.cached_mut().is_some_and(|c| c.pump(self.session(), now));
         self.settle(st, more);
         Ok(())
     }
@@ -704,12 +856,12 @@ impl TcpSocket {
             family: Family::Inet,
             kind: SockKind::Stream,
         };
-        match self.session.request(&req, &[])? {
+        match self.session().request(&req, &[])? {
             (Reply::Socket { id }, _) => {
                 st.id = Some(id);
                 self.id.store(id, Ordering::Release);
                 if let Some(me) = self.me.upgrade() {
-                    let _ = self.session.add_tcp_socket(id, &me, None);
+                    let _ = self.session().add_tcp_socket(id, &me, None);
                 }
                 Ok(id)
             }
@@ -752,7 +904,7 @@ impl TcpSocket {
     }
 
     fn routed_by_msock(&self, ip: Ipv4Addr) -> bool {
-        connect_is_ours(ip, self.session.region.lookup(ip).is_some())
+        connect_is_ours(ip, self.session().region.lookup(ip).is_some())
     }
 
     fn family_addr(&self, a: SocketAddrV4) -> SocketAddr {
@@ -777,7 +929,7 @@ impl TcpSocket {
             reuse_addr: st.reuse_addr,
             reuse_port: st.reuse_port,
         };
-        let (reply, fds) = self.session.request(&req, &[])?;
+        let (reply, fds) = self.session().request(&req, &[])?;
         let Reply::Bound { local: bound, ring } = reply else {
             return Err(libc::EPROTO);
         };
@@ -809,7 +961,7 @@ impl TcpSocket {
             _ => return Outcome::Error(libc::EINVAL),
         }
         let local = match target(self.domain, st.v6only, addr) {
-            Target::V4(a) if bind_is_ours(*a.ip(), self.session.local_addr()) => a,
+            Target::V4(a) if bind_is_ours(*a.ip(), self.session().local_addr()) => a,
             _ => return self.to_kernel(&mut st),
         };
         Outcome::from(self.bind_endpoint(&mut st, local))
@@ -838,7 +990,10 @@ impl TcpSocket {
             return Outcome::Error(libc::EBADF);
         };
         let backlog = backlog.clamp(1, 4096) as u32;
-        if let Err(e) = self.session.request(&Request::Listen { id, backlog }, &[]) {
+        if let Err(e) = self
+            .session()
+            .request(&Request::Listen { id, backlog }, &[])
+        {
             return Outcome::Error(e);
         }
         st.mode = Mode::Listening;
@@ -850,7 +1005,7 @@ impl TcpSocket {
                 name: crate::control::SO_CONCURRENT_SERVER,
                 value: 1i32.to_ne_bytes().to_vec(),
             };
-            if let Err(e) = self.session.request(&req, &[]) {
+            if let Err(e) = self.session().request(&req, &[]) {
                 crate::msock_debug!("SO_CONCURRENT_SERVER refused: errno {e}");
             }
         }
@@ -883,14 +1038,13 @@ impl TcpSocket {
                 let Some(id) = st.id else {
                     return Outcome::Error(libc::EINVAL);
                 };
-                // Not readable before asking: an Acceptable arriving after the reply is kept.
+                // Not readable before asking: an Acceptable answering this request (more
+                // connections wait) is kept, an older one is recognised by its `seq`.
                 st.acceptable = false;
+                st.accepts_sent = st.accepts_sent.wrapping_add(1);
                 st.sync(false);
                 match self.request(&Request::Accept { id }, &[]) {
                     Ok((reply, fds)) => {
-                        // There may be more waiting: readable until an Accept says EAGAIN.
-                        st.acceptable = true;
-                        st.sync(false);
                         let replay = st.replay.clone();
                         let (rcvtimeo, sndtimeo) = (st.rcvtimeo, st.sndtimeo);
                         drop(st);
@@ -941,11 +1095,11 @@ impl TcpSocket {
                 let mut conn = import_image(image_fd, len, now).map_err(|e| errno_of(&e))?;
                 for (level, name, value) in replay {
                     let _ =
-                        sockopt::set(&mut conn, *level, *name, value, limits(self.session), now);
+                        sockopt::set(&mut conn, *level, *name, value, limits(self.session()), now);
                 }
                 let channel = PacketChannel::from_fd(channel_fd, ring).map_err(|e| errno_of(&e))?;
                 let mut link = TcpLink::new(
-                    self.session.region.clone(),
+                    self.session().region.clone(),
                     Some(channel),
                     conn.local().port(),
                 )
@@ -964,7 +1118,7 @@ impl TcpSocket {
             ),
             _ => return Err(libc::EPROTO),
         };
-        let sock = TcpSocket::with_state(self.session, self.domain, mode, Vec::new(), Some(id));
+        let sock = TcpSocket::with_state(self.session(), self.domain, mode, Vec::new(), Some(id));
         let fd = {
             let mut guard = sock.state.lock();
             let st = &mut *guard;
@@ -981,6 +1135,7 @@ impl TcpSocket {
             st.rcvtimeo = rcvtimeo;
             st.sndtimeo = sndtimeo;
             st.replay = replay.to_vec();
+            st.deferred = matches!(st.mode, Mode::Flushed { .. });
             let wake = match &st.mode {
                 Mode::Cached(c) => {
                     st.local = Some(c.conn.local());
@@ -988,10 +1143,10 @@ impl TcpSocket {
                 }
                 _ => None,
             };
-            self.session
+            self.session()
                 .add_tcp_socket(id, &sock, wake)
                 .map_err(|e| errno_of(&e))?;
-            let more = st.cached_mut().is_some_and(|c| c.pump(self.session, now));
+            let more = st.cached_mut().is_some_and(|c| c.pump(self.session(), now));
             sock.settle(st, more);
             fd
         };
@@ -1005,13 +1160,13 @@ impl TcpSocket {
 
     /// Waits until the next hop towards `remote` has a MAC (asking the netserver once).
     fn resolve(&self, remote: Ipv4Addr) -> Result<(), i32> {
-        let region = &self.session.region;
+        let region = &self.session().region;
         let hop = region.lookup(remote).ok_or(libc::ENETUNREACH)?;
         if region.neighbor(hop.ip).is_some() {
             return Ok(());
         }
         match self
-            .session
+            .session()
             .request(&Request::Resolve { addr: hop.ip }, &[])?
         {
             (Reply::Resolve { mac: Some(_) }, _) => return Ok(()),
@@ -1097,7 +1252,7 @@ impl TcpSocket {
         self.resolve(*dst.ip())?;
         let record = CrashFile::create().ok();
         let fds: Vec<std::os::fd::BorrowedFd<'_>> = record.iter().map(|f| f.fd()).collect();
-        let (reply, rfds) = self.session.request(
+        let (reply, rfds) = self.session().request(
             &Request::Connect {
                 id,
                 remote: Some(dst),
@@ -1117,7 +1272,7 @@ impl TcpSocket {
             _ => return Err(libc::EPROTO),
         };
         let wake = channel.as_fd().as_raw_fd();
-        let mut link = TcpLink::new(self.session.region.clone(), Some(channel), port)
+        let mut link = TcpLink::new(self.session().region.clone(), Some(channel), port)
             .map_err(|e| errno_of(&e))?;
         let local = link.local();
         let now = self.now();
@@ -1133,12 +1288,12 @@ impl TcpSocket {
         st.remote = Some(dst);
         st.mode = Mode::Cached(Box::new(Cached { conn, link }));
         if let Some(me) = self.me.upgrade() {
-            self.session
+            self.session()
                 .add_tcp_socket(id, &me, Some(wake))
                 .map_err(|e| errno_of(&e))?;
         }
         if let Some(c) = st.cached_mut() {
-            c.transmit(self.session, now);
+            c.transmit(self.session(), now);
         }
         self.settle(st, false);
         Ok(())
@@ -1153,7 +1308,7 @@ impl TcpSocket {
                     return Outcome::Error(libc::ECONNRESET);
                 }
                 let now = self.now();
-                let more = st.cached_mut().is_some_and(|c| c.pump(self.session, now));
+                let more = st.cached_mut().is_some_and(|c| c.pump(self.session(), now));
                 self.settle(&mut st, more);
                 let Some(c) = st.cached_mut() else {
                     // Recalled meanwhile: the netserver finishes the handshake.
@@ -1203,7 +1358,7 @@ impl TcpSocket {
         if let Some(w) = wake {
             fds.push((w.as_raw_fd(), libc::POLLIN));
             if self.blocked.fetch_add(1, Ordering::AcqRel) == 0 {
-                self.session.mute_socket(id, w.as_raw_fd());
+                self.session().mute_socket(id, w.as_raw_fd());
             }
         }
         let r = blocking::wait(&fds, deadline, timed);
@@ -1215,7 +1370,7 @@ impl TcpSocket {
             if let Mode::Cached(c) = &st.mode
                 && let Some(ch) = c.link.channel()
             {
-                self.session.unmute_socket(id, ch.as_fd().as_raw_fd());
+                self.session().unmute_socket(id, ch.as_fd().as_raw_fd());
             }
             let _ = w;
         }
@@ -1285,7 +1440,7 @@ impl TcpSocket {
                                 }
                             }
                         }
-                        c.transmit(self.session, now);
+                        c.transmit(self.session(), now);
                         self.settle(&mut st, false);
                         match failed {
                             None | Some(SendError::WouldBlock) => {}
@@ -1406,10 +1561,10 @@ impl TcpSocket {
                     Mode::Bound { .. } | Mode::Listening => return Outcome::Error(libc::ENOTCONN),
                     Mode::Flushed { .. } => self.flushed_recv(&mut st, bufs, got, peek),
                     Mode::Cached(c) => {
-                        let more = c.pump(self.session, now);
+                        let more = c.pump(self.session(), now);
                         let r = Self::engine_read(&mut c.conn, bufs, got, peek);
                         if matches!(r, Ok(Some(n)) if n > 0) {
-                            c.transmit(self.session, now);
+                            c.transmit(self.session(), now);
                         }
                         self.settle(&mut st, more);
                         r
@@ -1608,7 +1763,7 @@ impl TcpSocket {
                 if wr {
                     c.conn.shutdown_write(now);
                 }
-                c.transmit(self.session, now);
+                c.transmit(self.session(), now);
             }
             Mode::Flushed { .. } => {
                 let Some(id) = st.id else {
@@ -1648,15 +1803,15 @@ impl TcpSocket {
         match mode {
             Mode::Cached(mut c) => {
                 let wake = c.link.channel().map(|ch| ch.as_fd().as_raw_fd());
-                self.session.remove_socket(id, wake);
+                self.session().remove_socket(id, wake);
                 if st.dead {
                     return;
                 }
-                let _ = c.pump(self.session, now);
+                let _ = c.pump(self.session(), now);
                 c.conn.close(now);
-                c.transmit(self.session, now);
+                c.transmit(self.session(), now);
                 if c.conn.state() == TcpState::Closed {
-                    let _ = self.session.request(&Request::Close { id }, &[]);
+                    let _ = self.session().request(&Request::Close { id }, &[]);
                     return;
                 }
                 let image = c.conn.export(now);
@@ -1668,20 +1823,20 @@ impl TcpSocket {
                             id,
                             len: image.len() as u64,
                         };
-                        self.session.request(&req, &[file.as_fd()])
+                        self.session().request(&req, &[file.as_fd()])
                     });
                 if let Err(e) = handed {
                     crate::msock_debug!("hand-over of endpoint {id} refused: errno {e}");
                     c.conn.abort(now);
-                    c.transmit(self.session, now);
-                    let _ = self.session.request(&Request::Close { id }, &[]);
+                    c.transmit(self.session(), now);
+                    let _ = self.session().request(&Request::Close { id }, &[]);
                 }
             }
             Mode::Undecided | Mode::Kernel | Mode::Closed => {
-                self.session.remove_socket(id, None);
+                self.session().remove_socket(id, None);
             }
             _ => {
-                self.session.remove_socket(id, None);
+                self.session().remove_socket(id, None);
                 if !st.dead {
                     let _ = self.request(&Request::Close { id }, &[]);
                 }
@@ -1828,7 +1983,7 @@ impl TcpSocket {
                             name,
                             value: value.to_vec(),
                         };
-                        self.session.request(&req, &[])?;
+                        self.session().request(&req, &[])?;
                     }
                 }
                 (SOL_MSOCK, _) => return Err(libc::ENOPROTOOPT),
@@ -1847,11 +2002,11 @@ impl TcpSocket {
             Err(e) => return Outcome::Error(e),
         }
         let now = self.now();
-        let lim = limits(self.session);
+        let lim = limits(self.session());
         let r = match &mut st.mode {
             Mode::Cached(c) => {
                 let r = sockopt::set(&mut c.conn, level, name, value, lim, now);
-                c.transmit(self.session, now);
+                c.transmit(self.session(), now);
                 r
             }
             Mode::Flushed { .. } => match st.id {
@@ -1892,7 +2047,7 @@ impl TcpSocket {
             Mode::Undecided | Mode::Kernel => Outcome::Bypass,
             Mode::Listening => Outcome::Error(libc::EINVAL),
             Mode::Cached(c) => {
-                let more = c.pump(self.session, now);
+                let more = c.pump(self.session(), now);
                 let n = c.conn.recv_queue_len().min(i32::MAX as usize) as i32;
                 self.settle(&mut st, more);
                 Outcome::Done(n)
@@ -2024,7 +2179,7 @@ impl Timed for TcpSocket {
         st.armed = None;
         let now = self.now();
         if let Some(c) = st.cached_mut() {
-            c.transmit(self.session, now);
+            c.transmit(self.session(), now);
             self.settle(&mut st, false);
         }
     }

@@ -72,6 +72,34 @@ impl Mirror {
         })
     }
 
+    /// A pair a previous program image of this process made (inherited across `execve`):
+    /// `prog` is our own handle on the program's end (a dup of one of its descriptors), `lib`
+    /// the library's end. What it shows is read back from the kernel.
+    pub fn adopt(prog: OwnedFd, lib: OwnedFd) -> io::Result<Mirror> {
+        let ev = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP | libc::POLLHUP;
+        let shown = sys::poll(&[(prog.as_raw_fd(), ev)], Some(std::time::Duration::ZERO))?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let hup = shown & libc::POLLHUP != 0;
+        sys::protect_fd(lib.as_raw_fd());
+        Ok(Mirror {
+            prog,
+            lib,
+            // After SHUT_WR the pair reads EOF, so POLLIN alone does not tell; a readable byte
+            // is what `sync` would drain, and draining an empty end is harmless.
+            readable: shown & libc::POLLIN != 0,
+            writable: shown & libc::POLLOUT != 0,
+            read_hup: shown & libc::POLLRDHUP != 0 || hup,
+            hup,
+        })
+    }
+
+    /// The library's end (kept open across `execve` for the next image).
+    pub fn lib_raw(&self) -> RawFd {
+        self.lib.as_raw_fd()
+    }
+
     /// The program's end (dup'ed over the program's descriptor numbers).
     pub fn prog(&self) -> BorrowedFd<'_> {
         self.prog.as_fd()

@@ -1,0 +1,299 @@
+//! Sockets across `fork` and `execve` (paper §3.1: "a socket shared by several processes is
+//! flushed back to the network server; it is cached again when a close leaves one holder";
+//! §4.2: `SO_CONCURRENT_SERVER`, delayed caching for inetd-style servers).
+//!
+//! **fork.** Before the real `fork`, [`fork_prepare`] flushes every TCP connection cached in
+//! this process (its state then lives in the netserver, reachable from both processes) except
+//! one accepted through a `SO_CONCURRENT_SERVER` listener and never cached (it is still in the
+//! netserver: *deferred*), then asks the netserver for the child's session (`Fork`, naming
+//! every TCP endpoint this process holds: the child is a holder of each *before* the fork, so
+//! a parent that closes its copy at once cannot end a connection the child still holds). It
+//! then takes the fd table's lock and every TCP socket's state lock, so no other thread of the
+//! parent is inside one when the address space is copied. [`fork_parent`] and [`fork_child`]
+//! release them. The child says `Hello` on its new control connection, gets its own receive
+//! and timer threads, and adopts every inherited TCP socket; a deferred connection is cached
+//! into the child at its first use (Fig. 5: accept, fork, the child serves: one cache, no
+//! flush). A connection the parent shares with the child is cached again by whichever process
+//! is left holding it alone (the netserver's `SoleHolder` upcall).
+//!
+//! **exec.** [`exec_prepare`] flushes every cached connection, keeps the session's
+//! descriptors open across `execve`, and describes the session and every TCP socket whose
+//! program descriptors survive in `MSOCK_INHERIT` ([`super::inherit`]); [`adopt_inherited`]
+//! (the new image's constructor) rebuilds them. Sockets whose descriptors are all
+//! close-on-exec are closed by the new image, because a failed `execve` keeps them
+//! ([`exec_failed`] undoes the descriptor flag changes and caches the connections again).
+//!
+//! UDP sockets are not shared: a child sees its parent's cached UDP sockets as detached
+//! (EBADFD, `runtime`), and a new image does not inherit them.
+#![deny(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+
+use super::inherit::{ENV, Inheritance, InheritedSocket};
+use super::runtime::{self, ForkLock, table};
+use super::sys;
+use super::tcp::TcpSocket;
+use crate::control::{EndpointId, Reply, Request};
+use crate::msock_debug;
+
+/// The name of the exec hand-off variable (for the C edge, which filters it out of `envp`).
+pub const INHERIT_ENV: &str = ENV;
+
+/// What [`fork_prepare`] did, for [`fork_parent`] / [`fork_child`].
+pub struct ForkPlan {
+    /// The child's end of its new control connection (`None`: no TCP socket to share, or the
+    /// netserver refused; the child then sees its inherited sockets detached).
+    child_control: Option<OwnedFd>,
+    /// Sockets whose state locks are held across the fork (released after it).
+    locked: Vec<(Arc<TcpSocket>, ForkLock)>,
+    /// The fd table's lock, held across the fork.
+    table_lock: Option<ForkLock>,
+}
+
+/// Before `fork`: flush, ask the netserver for the child's session, take the locks.
+///
+/// Fails only if a cached connection cannot be flushed (the netserver is gone or refused):
+/// `fork` then fails with that errno before anything happened, as the kernel's fork fails
+/// when it cannot copy a resource.
+pub fn fork_prepare() -> Result<ForkPlan, i32> {
+    let sockets = table().tcp_sockets();
+    let mut ids = Vec::new();
+    for sock in &sockets {
+        if sock.is_cached() {
+            sock.flush()?;
+        }
+        if let Some(id) = sock.shareable_id() {
+            ids.push(id);
+        }
+    }
+    let mut child_control = None;
+    if !ids.is_empty()
+        && let Ok(session) = runtime::session()
+    {
+        match session.request(&Request::Fork { ids }, &[]) {
+            Ok((Reply::Forked, fds)) => child_control = fds.into_iter().next(),
+            Ok(_) => msock_debug!("fork: unexpected reply to Fork"),
+            Err(e) => msock_debug!("fork: the netserver refused Fork: errno {e}"),
+        }
+    }
+    // Order: table, then each socket (no other thread holds two socket locks, and none takes
+    // the table's while holding a socket's).
+    let table_lock = Some(table().lock_for_fork());
+    let locked = sockets
+        .into_iter()
+        .map(|s| {
+            let token = s.lock_for_fork();
+            (s, token)
+        })
+        .collect();
+    Ok(ForkPlan {
+        child_control,
+        locked,
+        table_lock,
+    })
+}
+
+/// Releases the locks (in both processes); returns the sockets.
+fn release(plan: &mut ForkPlan) -> Vec<Arc<TcpSocket>> {
+    let mut sockets = Vec::new();
+    for (sock, token) in plan.locked.drain(..) {
+        sock.unlock_after_fork(token);
+        sockets.push(sock);
+    }
+    if let Some(token) = plan.table_lock.take() {
+        table().unlock_after_fork(token);
+    }
+    sockets
+}
+
+/// In the parent after `fork` (`child` is `None` when fork failed).
+pub fn fork_parent(mut plan: ForkPlan, child: Option<i32>) {
+    release(&mut plan);
+    // Our copy of the child's control connection: the child has its own (or, if the fork
+    // failed, closing it ends that session and the netserver drops its holds).
+    drop(plan.child_control.take());
+    if child.is_none() {
+        msock_debug!("fork failed; the child's session is dropped");
+    }
+}
+
+/// In the child after `fork`: adopt the new session and every inherited TCP socket.
+pub fn fork_child(mut plan: ForkPlan) {
+    let sockets = release(&mut plan);
+    let Some(control) = plan.child_control.take() else {
+        return;
+    };
+    let session = match runtime::adopt_forked_session(control) {
+        Ok(s) => s,
+        Err(e) => {
+            msock_debug!("fork child: no session (errno {e}); inherited sockets detached");
+            return;
+        }
+    };
+    for sock in &sockets {
+        sock.adopt_session(session);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// exec
+
+/// Descriptors whose FD_CLOEXEC [`exec_prepare`] cleared, and connections it flushed, for
+/// [`exec_failed`].
+static EXEC_UNDO: parking_lot::Mutex<Option<ExecUndo>> = parking_lot::Mutex::new(None);
+
+struct ExecUndo {
+    cleared: Vec<RawFd>,
+    flushed: Vec<Arc<TcpSocket>>,
+}
+
+/// Before `execve`: flush, keep the session open, describe it. Returns the `NAME=value`
+/// environment entry to add (`None` when this process has no msock TCP socket).
+pub fn exec_prepare() -> Result<Option<CString>, i32> {
+    let sockets = table().tcp_sockets();
+    if sockets.is_empty() {
+        return Ok(None);
+    }
+    let session = runtime::session()?;
+    let mut flushed = Vec::new();
+    for sock in &sockets {
+        if sock.is_cached() {
+            sock.flush()?;
+            flushed.push(Arc::clone(sock));
+        }
+    }
+    let (control, upcall, region, stats) = session.inheritable_fds();
+    let mut inheritance = Inheritance {
+        control,
+        upcall,
+        region,
+        stats,
+        close: Vec::new(),
+        sockets: Vec::new(),
+    };
+    for sock in &sockets {
+        let Some(rec) = sock.inherit_record() else {
+            continue;
+        };
+        let surviving: Vec<RawFd> = rec
+            .fds
+            .iter()
+            .copied()
+            .filter(|&fd| sys::get_fd_flags(fd).is_ok_and(|f| f & libc::FD_CLOEXEC == 0))
+            .collect();
+        if surviving.is_empty() {
+            inheritance.close.push(rec.id);
+        } else {
+            inheritance.sockets.push(InheritedSocket {
+                fds: surviving,
+                ..rec
+            });
+        }
+    }
+    let mut cleared = Vec::new();
+    let keep = [control, upcall, region, stats]
+        .into_iter()
+        .chain(inheritance.sockets.iter().map(|s| s.lib));
+    for fd in keep {
+        if sys::get_fd_flags(fd).is_ok_and(|f| f & libc::FD_CLOEXEC != 0) {
+            sys::set_fd_flags(fd, 0).map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+            cleared.push(fd);
+        }
+    }
+    *EXEC_UNDO.lock() = Some(ExecUndo { cleared, flushed });
+    let entry = format!("{ENV}={}", inheritance.encode());
+    CString::new(entry).map(Some).map_err(|_| libc::EINVAL)
+}
+
+/// After a failed `execve`: descriptors close-on-exec again, connections cached again.
+pub fn exec_failed() {
+    let Some(undo) = EXEC_UNDO.lock().take() else {
+        return;
+    };
+    for fd in undo.cleared {
+        let _ = sys::set_fd_flags(fd, libc::FD_CLOEXEC);
+    }
+    for sock in undo.flushed {
+        if let Err(e) = sock.cache() {
+            msock_debug!("exec failed; connection stays flushed (cache: errno {e})");
+        }
+    }
+}
+
+/// In a new program image (the library's constructor): rebuilds what the previous image of
+/// this process described in `MSOCK_INHERIT`, then removes the variable. Malformed or stale
+/// descriptions are ignored (logged): the descriptors then stay what they are.
+pub fn adopt_inherited() {
+    let Some(value) = std::env::var_os(ENV) else {
+        return;
+    };
+    remove_env();
+    let Some(value) = value.to_str() else {
+        msock_debug!("{ENV} is not UTF-8; ignored");
+        return;
+    };
+    let inheritance = match Inheritance::parse(value) {
+        Ok(i) => i,
+        Err(e) => {
+            msock_debug!("{e}; ignored");
+            return;
+        }
+    };
+    let session = match runtime::adopt_exec_session(&inheritance) {
+        Ok(s) => s,
+        Err(e) => {
+            msock_debug!("{ENV}: session not adopted (errno {e}); sockets ignored");
+            return;
+        }
+    };
+    for id in &inheritance.close {
+        close_endpoint(session, *id);
+    }
+    for rec in &inheritance.sockets {
+        let valid = rec
+            .fds
+            .iter()
+            .all(|&fd| sys::identity(fd).is_ok_and(|(_, ino)| ino == rec.ino));
+        if !valid {
+            msock_debug!(
+                "{ENV}: endpoint {} no longer on its descriptors; closed",
+                rec.id
+            );
+            close_endpoint(session, rec.id);
+            continue;
+        }
+        match TcpSocket::from_inherited(session, rec) {
+            Ok(sock) => {
+                for &fd in &rec.fds {
+                    table().insert(fd, runtime::Socket::Tcp(Arc::clone(&sock)));
+                }
+            }
+            Err(e) => {
+                msock_debug!("{ENV}: endpoint {} not adopted: errno {e}", rec.id);
+                close_endpoint(session, rec.id);
+            }
+        }
+    }
+    // The session's descriptors are ours again: close-on-exec, as at creation.
+    for fd in [
+        inheritance.control,
+        inheritance.upcall,
+        inheritance.region,
+        inheritance.stats,
+    ] {
+        let _ = sys::set_fd_flags(fd, libc::FD_CLOEXEC);
+    }
+}
+
+fn close_endpoint(session: &runtime::Session, id: EndpointId) {
+    let _ = session.request(&Request::Close { id }, &[]);
+}
+
+#[allow(unsafe_code)]
+fn remove_env() {
+    // SAFETY: called from the library constructor only, before `main` and before any thread
+    // of the program exists, so nothing reads or writes the environment concurrently.
+    unsafe { std::env::remove_var(ENV) };
+}
