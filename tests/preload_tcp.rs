@@ -438,3 +438,44 @@ fn no_netserver_gives_enetdown_without_hanging() {
     );
     assert_eq!(out_of(&out), "ENETDOWN", "{}", stderr_of(&out));
 }
+
+/// A blocking recv interrupted by SIGALRM: with SA_RESTART the call goes on (Python runs its
+/// handler only once recv returns, at the data), without it the call fails with EINTR at once
+/// (Python runs the handler, then retries, PEP 475). msock decides per the handler that ran.
+#[test]
+fn blocking_recv_restarts_or_fails_per_the_handlers_sa_restart() {
+    let Some(net) = TestNet::new("tsg") else {
+        return;
+    };
+    if skip_without(&["python3", "ss"]) {
+        return;
+    }
+    let _ns = net.start_netserver(&[]);
+    let server = "import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9310)); s.listen(4)
+while True:
+    c, _ = s.accept(); time.sleep(1.5); c.send(b'x'); c.close()";
+    let _peer = net.spawn_b(&["python3", "-c", server]);
+    wait_tcp_listen_b(&net, 9310);
+    for (mode, expect_early) in [("restart", false), ("intr", true)] {
+        let script = format!(
+            "{PRELUDE}t0 = time.time(); seen = []
+signal.signal(signal.SIGALRM, lambda *a: seen.append(time.time() - t0))
+signal.siginterrupt(signal.SIGALRM, {interrupt})
+s = socket.create_connection(('198.18.0.1', 9310))
+signal.setitimer(signal.ITIMER_REAL, 0.3)
+data = s.recv(10)
+print(data, 'early' if seen and seen[0] < 1.0 else 'late')",
+            interrupt = if mode == "intr" { "True" } else { "False" },
+        );
+        let out = net.exec_a_msock(&["python3", "-c", &script]);
+        let text = out_of(&out);
+        let want = if expect_early {
+            "b'x' early"
+        } else {
+            "b'x' late"
+        };
+        assert_eq!(text, want, "{mode}: {}", stderr_of(&out));
+    }
+}

@@ -25,6 +25,7 @@ pub mod capi;
 mod edge;
 mod process;
 mod real;
+mod signals;
 
 pub use capi::*;
 pub use edge::*;

@@ -55,6 +55,7 @@ macro_rules! real {
 
 real! {
     fork() -> libc::pid_t;
+    sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int;
     execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;

@@ -26,6 +26,7 @@ pub mod inherit;
 pub mod log;
 pub mod process;
 pub mod runtime;
+pub mod signals;
 pub mod stats;
 pub mod sys;
 pub mod tcp;

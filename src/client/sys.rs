@@ -219,6 +219,8 @@ pub fn drain(fd: BorrowedFd<'_>) {
 /// `poll` on up to a few descriptors for readability (`events` per fd). Returns the revents;
 /// `Err(EINTR)` when interrupted by a signal handler.
 pub fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i16>> {
+    // A handler that runs during this sleep notes its signal (`client::signals`).
+    super::signals::begin_wait();
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&(fd, events)| libc::pollfd {
@@ -261,9 +263,13 @@ pub fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
     Ok(v)
 }
 
-/// Whether every installed signal handler has SA_RESTART (so a restartable call interrupted
-/// by any of them must be restarted, as the kernel would).
+/// Whether the call a signal handler just interrupted is restarted, as the kernel decides: the
+/// SA_RESTART of the handler that ran (`client::signals`) when msock knows which ran,
+/// otherwise whether every installed handler has SA_RESTART.
 pub fn all_handlers_restart() -> bool {
+    if let Some(known) = super::signals::restarts() {
+        return known;
+    }
     let max = libc::SIGRTMAX();
     (1..=max).all(|sig| {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {

@@ -4,9 +4,9 @@
 //! A waiter sleeps in `poll` on the placeholder (the readiness mirror, kept by whichever
 //! thread changes the socket) and, for a cached connection, on a duplicate of the channel's
 //! descriptor so that it processes arriving frames itself (inline, one wake-up). SO_RCVTIMEO /
-//! SO_SNDTIMEO bound the sleep (EAGAIN). Signals follow the UDP rule (`client::udp`): a call
-//! interrupted by a handler returns EINTR unless every installed handler has SA_RESTART and no
-//! timeout is set, in which case it goes on waiting, as Linux restarts it.
+//! SO_SNDTIMEO bound the sleep (EAGAIN). Signals: a call interrupted by a handler returns EINTR
+//! unless that handler has SA_RESTART and no timeout is set, in which case it goes on waiting,
+//! as Linux restarts it (`client::signals` tells which handler ran).
 #![forbid(unsafe_code)]
 
 use std::os::fd::RawFd;
