@@ -780,7 +780,7 @@ impl MsockListener {
             let mut acceptable = quiet;
             loop {
                 match self.client.upcall.recv_upcall() {
-                    Ok(Upcall::Acceptable { id }) if id == self.id => acceptable = true,
+                    Ok(Upcall::Acceptable { id, .. }) if id == self.id => acceptable = true,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1272,11 +1272,14 @@ fn run() -> Result<(), String> {
          Where the msock connections spend their time (same runs; the set-up columns above end \
          with the handshake or the accept, the later phases count in connections/s only):\n\n\
          {phases}\n\
-         `Socket` + `Bind` and `Accept` each have the netserver create the endpoint's AF_PACKET \
-         socket and its TPACKET ring: setting `PACKET_RX_RING` waits for an RCU grace period \
-         in the kernel (`synchronize_net`), and closing the socket waits again, which is what \
-         the long phases above are; a control round trip itself costs what the first table \
-         shows.",
+         Each connection's AF_PACKET channel costs RCU grace periods in the kernel \
+         (`synchronize_net`, 10–25 ms) when its ring is set up and again when it is closed. \
+         Neither is on these paths: the netserver's pool makes channels ahead of demand \
+         (more maker threads while it is drained fast, since concurrent makers share grace \
+         periods), and dropping a channel hands the unmap and close to background closer \
+         threads (`channel::closer`); the netserver's own channel is TPACKET_V2, so a SYN or \
+         a handshake ACK wakes it at once rather than when a V3 block retires. The pool and \
+         closer counters are in `msock stat` (`channel-pool`, `channel-closer`).",
         server_fin = setup.server_ends.0,
         server_other = setup.server_ends.1,
         client_fin = setup.client_ends.0,

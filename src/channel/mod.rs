@@ -13,8 +13,13 @@
 //! Implementations: [`PacketChannel`] (AF_PACKET with PACKET_MMAP rings and a classic-BPF
 //! filter, see [`packet`]) and [`MemoryChannel`] (in memory, same filters, for deterministic
 //! tests). The trait is object-safe and leaves room for AF_XDP and paced transmission.
+//!
+//! Dropping a [`PacketChannel`] never waits for the kernel's slow socket release: [`closer`]
+//! unmaps and closes it in the background (also [`closer::close_later`] for bare channel
+//! descriptors).
 
 pub mod bpf;
+pub mod closer;
 pub mod memory;
 pub mod packet;
 

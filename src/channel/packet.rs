@@ -28,11 +28,12 @@
 use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
-use std::mem::{offset_of, size_of};
+use std::mem::{ManuallyDrop, offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::closer::{self, Mapping};
 use super::{BpfProgram, Channel, ChannelStats, check_frame_len};
 use crate::control::RingSpec;
 
@@ -132,8 +133,24 @@ impl RingConfig {
         }
     }
 
-    /// The netserver's channel: a 2 MiB V3 block ring retiring blocks after 1 ms (one jiffy).
+    /// The netserver's channel: a V2 frame ring of 2048 slots of 2 KiB (4 MiB), so a SYN or
+    /// a handshake ACK wakes the netserver at once. (A V3 block ring, [`RingConfig::netserver_v3`],
+    /// wakes it only when a block retires: up to a jiffy, 4 ms at HZ=250, per frame of a
+    /// handshake.) See [`RingConfig::fit_mtu`] for links whose frames exceed a slot.
     pub fn netserver() -> RingConfig {
+        RingConfig {
+            version: RingVersion::V2,
+            block_size: 64 * 1024,
+            block_count: 64,
+            frame_size: 2048,
+            tx_frames: DEFAULT_TX_FRAMES,
+            retire_timeout_ms: 0,
+        }
+    }
+
+    /// The netserver's channel as a 2 MiB V3 block ring retiring blocks after 1 ms (one
+    /// jiffy): fewer wake-ups under load, a jiffy of latency when idle.
+    pub fn netserver_v3() -> RingConfig {
         RingConfig {
             version: RingVersion::V3,
             block_size: 256 * 1024,
@@ -141,6 +158,34 @@ impl RingConfig {
             frame_size: 2048,
             tx_frames: DEFAULT_TX_FRAMES,
             retire_timeout_ms: 1,
+        }
+    }
+
+    /// `self` with V2 slots (and TX slots) large enough for a frame carrying `mtu` bytes of
+    /// IP (the kernel puts the network header at `TPACKET_ALIGN(TPACKET2_HDRLEN + 16)`, plus a
+    /// VLAN tag's room); slots grow to a power of two and blocks to hold at least one. V3
+    /// receive blocks hold any frame up to their size, so V3 is returned unchanged.
+    pub fn fit_mtu(self, mtu: usize) -> RingConfig {
+        if self.version != RingVersion::V2 {
+            return self;
+        }
+        let net_offset = (libc::TPACKET2_HDRLEN + 16).next_multiple_of(libc::TPACKET_ALIGNMENT);
+        let needed = net_offset + mtu + 4;
+        if needed <= self.frame_size as usize {
+            return self;
+        }
+        let Ok(frame) = u32::try_from(needed.next_power_of_two()) else {
+            return self;
+        };
+        let total = u64::from(self.block_size) * u64::from(self.block_count);
+        let block = self.block_size.max(frame);
+        let fpb = block / frame;
+        RingConfig {
+            frame_size: frame,
+            block_size: block,
+            block_count: u32::try_from((total / u64::from(block)).max(1)).unwrap_or(1),
+            tx_frames: self.tx_frames.div_ceil(fpb) * fpb,
+            ..self
         }
     }
 
@@ -519,7 +564,8 @@ const BATCH_SLOTS: usize = 64;
 
 /// An AF_PACKET channel with mmap rings. See the module documentation.
 pub struct PacketChannel {
-    fd: OwnedFd,
+    /// Taken out only by `Drop` (handed to the closer with the mapping).
+    fd: ManuallyDrop<OwnedFd>,
     map: *mut u8,
     map_len: usize,
     config: RingConfig,
@@ -627,9 +673,21 @@ impl PacketChannel {
     /// `spec` describes: checks it is an AF_PACKET socket of that TPACKET version, makes it
     /// non-blocking and maps the rings (the kernel refuses a mapping whose size differs from
     /// the rings'). Needs no capability.
+    /// A descriptor refused is closed in the background ([`closer::close_later`]): it may be
+    /// a packet socket whose close waits for the kernel.
     pub fn from_fd(fd: OwnedFd, spec: RingSpec) -> io::Result<PacketChannel> {
+        match PacketChannel::check_adoptable(fd.as_fd(), spec) {
+            Ok(config) => PacketChannel::map(fd, config),
+            Err(e) => {
+                closer::close_later(fd);
+                Err(e)
+            }
+        }
+    }
+
+    /// What [`PacketChannel::from_fd`] checks and sets before mapping.
+    fn check_adoptable(b: BorrowedFd<'_>, spec: RingSpec) -> io::Result<RingConfig> {
         let config = RingConfig::try_from(spec)?;
-        let b = fd.as_fd();
         if getsockopt_int(b, libc::SOL_SOCKET, libc::SO_DOMAIN)? != libc::AF_PACKET {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -646,7 +704,7 @@ impl PacketChannel {
         let flags = cvt(unsafe { libc::fcntl(b.as_raw_fd(), libc::F_GETFL) })?;
         // SAFETY: as above.
         cvt(unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
-        PacketChannel::map(fd, config)
+        Ok(config)
     }
 
     fn map(fd: OwnedFd, config: RingConfig) -> io::Result<PacketChannel> {
@@ -664,7 +722,9 @@ impl PacketChannel {
             )
         };
         if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            closer::close_later(fd);
+            return Err(e);
         }
         let slot_capacity;
         let tx = if config.tx_frames > 0 {
@@ -692,7 +752,7 @@ impl PacketChannel {
             None => slot_capacity,
         };
         Ok(PacketChannel {
-            fd,
+            fd: ManuallyDrop::new(fd),
             map: map.cast(),
             map_len,
             config,
@@ -1266,11 +1326,13 @@ impl Drop for PacketChannel {
     fn drop(&mut self) {
         // Hand queued frames to the kernel; nothing can be reported from a destructor.
         let _ = self.flush();
-        // SAFETY: `map`/`map_len` are the mapping made in `map()`, unmapped exactly once; no
-        // reference into it outlives `self`.
-        unsafe {
-            libc::munmap(self.map.cast(), self.map_len);
-        }
+        // SAFETY: `fd` is taken out exactly once, here, and not used after.
+        let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
+        // SAFETY: `map`/`map_len` are the mapping made in `map()`, owned by `self` alone; no
+        // reference into it outlives `self`, and the closer unmaps it exactly once.
+        let map = unsafe { Mapping::new(self.map, self.map_len) };
+        // Unmapping and closing wait for RCU grace periods in the kernel: off this thread.
+        closer::release_later(fd, map);
     }
 }
 
@@ -1413,6 +1475,12 @@ mod tests {
             RingConfig::endpoint(RingVersion::V2),
             RingConfig::endpoint(RingVersion::V3),
             RingConfig::netserver(),
+            RingConfig::netserver_v3(),
+            RingConfig::netserver().fit_mtu(1500),
+            RingConfig::netserver().fit_mtu(9000),
+            RingConfig::endpoint(RingVersion::V2)
+                .with_tx_ring()
+                .fit_mtu(9000),
         ] {
             config.validate().expect("valid preset");
             let back = RingConfig::try_from(config.spec()).expect("round trip");
@@ -1424,6 +1492,18 @@ mod tests {
                 }
             );
         }
+        // Slots fit the MTU: 1500 fits 2 KiB; 9000 needs 16 KiB slots, same ring size.
+        assert_eq!(
+            RingConfig::netserver().fit_mtu(1500),
+            RingConfig::netserver()
+        );
+        let jumbo = RingConfig::netserver().fit_mtu(9000);
+        assert_eq!((jumbo.frame_size, jumbo.block_size), (16384, 65536));
+        assert_eq!(jumbo.rx_len(), RingConfig::netserver().rx_len());
+        assert_eq!(
+            RingConfig::netserver_v3().fit_mtu(9000),
+            RingConfig::netserver_v3()
+        );
         let good = RingConfig::endpoint(RingVersion::V2);
         for bad in [
             RingConfig {

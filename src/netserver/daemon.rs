@@ -208,6 +208,9 @@ pub(crate) struct Server {
     static_neighbors: HashMap<Ipv4Addr, EthernetAddress>,
 }
 
+/// Frames the loop takes from the netserver's channel before it serves control requests again.
+const RX_BUDGET: usize = 256;
+
 /// Runs the netserver until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> io::Result<()> {
     // Block the stop signals before anything else so the signalfd sees them.
@@ -234,6 +237,10 @@ pub fn run(config: &Config) -> io::Result<()> {
     );
     let result = server.serve();
     eprintln!("msock netserver: shutting down");
+    // Channels close in the background (each close waits for the kernel): let them finish
+    // together rather than one by one at exit.
+    drop(server);
+    crate::channel::closer::wait_idle(std::time::Duration::from_secs(2));
     result
 }
 
@@ -248,6 +255,15 @@ fn reassembly_limits_from_env() -> ReassemblyLimits {
         limits.timeout = crate::stack::Duration::from_millis(ms.clamp(1, 30_000));
     }
     limits
+}
+
+/// The netserver's own channel: TPACKET_V2 (a wake-up per frame) unless
+/// `MSOCK_NETSERVER_RX_RING=v3` asks for the batching block ring.
+fn netserver_ring_from_env() -> RingConfig {
+    match std::env::var("MSOCK_NETSERVER_RX_RING").as_deref() {
+        Ok("v3") => RingConfig::netserver_v3(),
+        _ => RingConfig::netserver(),
+    }
 }
 
 fn endpoint_ring_from_env() -> RingConfig {
@@ -274,11 +290,13 @@ impl Server {
             crate::stack::tcp::isn::IsnGenerator::new(random_secret()?),
         );
         let filter = bpf::netserver(config.addr, iface.mac, &[]);
-        let channel = PacketChannel::open(iface.ifindex, &RingConfig::netserver(), &filter, false)
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("packet channel on {}: {e}", iface.name))
-            })?;
+        let ring = netserver_ring_from_env().fit_mtu(iface.mtu as usize);
+        let channel = PacketChannel::open(iface.ifindex, &ring, &filter, false).map_err(|e| {
+            io::Error::new(e.kind(), format!("packet channel on {}: {e}", iface.name))
+        })?;
         let endpoint_ring = endpoint_ring_from_env();
+        // Opens the port-range file now, so the descriptor count is steady from the start.
+        let _ = local_port_range();
         let channel_pool = super::channel_pool::ChannelPool::start(iface.ifindex, endpoint_ring);
         let mut region = RegionWriter::create()?;
         region.set_interface(&InterfaceConfig {
@@ -421,9 +439,18 @@ impl Server {
         }
     }
 
+    /// Takes at most [`RX_BUDGET`] frames: under a flood (a SYN flood, say) control requests
+    /// and timers still get their turn each loop; the channel stays readable (level-triggered
+    /// epoll) and the rest is taken next time round.
     fn receive_frames(&mut self) -> io::Result<()> {
+        self.receive_frames_up_to(RX_BUDGET)
+    }
+
+    /// Takes frames from the netserver's channel until it is empty or `budget` were taken.
+    fn receive_frames_up_to(&mut self, budget: usize) -> io::Result<()> {
         let now = self.now();
         let mut events = std::mem::take(&mut self.events);
+        let mut taken = 0;
         loop {
             let host = &mut self.host;
             let ports = Ports {
@@ -437,7 +464,8 @@ impl Server {
                 host.receive(now, frame, &ports, &mut events)
             })?;
             self.handle_events(&mut events);
-            if n < 64 {
+            taken += n;
+            if n < 64 || taken >= budget {
                 break;
             }
         }
@@ -1491,8 +1519,10 @@ impl Server {
             Err(errno) => return err(errno),
         };
         // Segments already waiting on our channel go into the connection before it leaves
-        // (after the release they would be the process's, and dropped here).
-        if let Err(e) = self.receive_frames() {
+        // (after the release they would be the process's, and dropped here): all of them,
+        // at most a ring's worth (what arrives later also reaches the new channel).
+        let ring = self.channel.config().rx_frames() as usize;
+        if let Err(e) = self.receive_frames_up_to(ring) {
             eprintln!("msock netserver: receive before cache: {e}");
         }
         let now = self.now();
@@ -2550,9 +2580,18 @@ fn ignore_would_block(e: io::Error) -> io::Result<()> {
     }
 }
 
-/// `net.ipv4.ip_local_port_range` of our network namespace (`None` if unreadable or bad).
+/// `net.ipv4.ip_local_port_range` of our network namespace (`None` if unreadable or bad),
+/// read live (a change applies to the next bind, as on Linux) with one `pread` of a file kept
+/// open (the netserver never changes namespace).
 fn local_port_range() -> Option<(u16, u16)> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    use std::os::unix::fs::FileExt;
+    static FILE: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let file = FILE
+        .get_or_init(|| std::fs::File::open("/proc/sys/net/ipv4/ip_local_port_range").ok())
+        .as_ref()?;
+    let mut buf = [0u8; 64];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
     let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
     match (it.next()??, it.next()??) {
         (low, high) if low >= 1 && low <= high => Some((low, high)),

@@ -287,8 +287,14 @@ fn render_text(server: &Server) -> String {
     let pool = server.channel_pool.stats();
     let _ = writeln!(
         out,
-        "channel-pool: ready-hits {} made-on-demand {} failures {}",
-        pool.hits, pool.misses, pool.failures
+        "channel-pool: ready-hits {} made-on-demand {} failures {} target {} makers {}",
+        pool.hits, pool.misses, pool.failures, pool.target, pool.makers
+    );
+    let closer = crate::channel::closer::stats();
+    let _ = writeln!(
+        out,
+        "channel-closer: queued {} inline {} pending {} threads {}",
+        closer.queued, closer.inline, closer.pending, closer.closers
     );
     let mut clients: Vec<_> = server.clients.values().collect();
     clients.sort_by_key(|c| c.cred.pid);
