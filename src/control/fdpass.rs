@@ -10,7 +10,7 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Largest number of descriptors [`recv_with_fds`] accepts in one message.
+/// Largest number of descriptors [`recv_with_fds_into`] accepts in one message.
 pub const MAX_FDS: usize = 8;
 
 /// Control buffer: room for one SCM_RIGHTS message of [`MAX_FDS`] descriptors, aligned for
@@ -29,9 +29,24 @@ pub struct Received {
     pub flags: i32,
 }
 
-/// `recvmsg(2)` of one message into `buf`, with room for [`MAX_FDS`] descriptors, received
-/// close-on-exec. `flags` are extra `MSG_*` flags (e.g. `MSG_DONTWAIT`).
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], flags: i32) -> io::Result<Received> {
+/// Marks the first `len` bytes of `buf`'s spare capacity, filled by [`recv_with_fds_into`], as
+/// the vector's contents (`buf` was empty). Panics if `len` exceeds the capacity (a kernel
+/// never returns more than it was given).
+pub fn set_received_len(buf: &mut Vec<u8>, len: usize) {
+    assert!(buf.is_empty() && len <= buf.capacity(), "received length past the buffer");
+    // SAFETY: recvmsg initialised `len` bytes of the spare capacity, which `len` does not
+    // exceed (checked), and the vector held nothing before.
+    unsafe { buf.set_len(len) };
+}
+
+/// Receives one message into uninitialised memory (a `Vec`'s spare capacity, so a 70 KB
+/// receive buffer is not zeroed for every message) with the descriptors it carries (closed on
+/// exec). The first `len` bytes are initialised on return.
+pub fn recv_with_fds_into(
+    sock: BorrowedFd<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    flags: i32,
+) -> io::Result<Received> {
     let mut control = ControlBuffer([0; 64]);
     // SAFETY: CMSG_SPACE is pure arithmetic.
     let control_len = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;

@@ -295,16 +295,10 @@ impl Connection {
     /// [`MAX_MESSAGE`] bytes or [`MAX_FDS`] descriptors is EMSGSIZE, with its descriptors closed.
     pub fn recv(&self, buf: &mut Vec<u8>) -> io::Result<(usize, Vec<OwnedFd>)> {
         // One byte more than the largest message, so an oversize message is seen as truncated.
-        buf.resize(MAX_MESSAGE + 1, 0);
-        let got = sys::recv_with_fds(self.fd.as_fd(), buf, 0);
-        let got = match got {
-            Ok(got) => got,
-            Err(e) => {
-                buf.clear();
-                return Err(e);
-            }
-        };
-        buf.truncate(got.len);
+        buf.clear();
+        buf.reserve(MAX_MESSAGE + 1);
+        let got = sys::recv_with_fds_into(self.fd.as_fd(), buf.spare_capacity_mut(), 0)?;
+        sys::set_received_len(buf, got.len);
         if got.flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 || got.len > MAX_MESSAGE {
             drop(got.fds);
             buf.clear();
