@@ -83,7 +83,9 @@ fn blocking_client_echoes_10mb_exactly() {
         return;
     }
     let _ns = net.start_netserver(&[]);
-    let _echo = echo_b(&net, 9301);
+    // Not socat's PIPE: under back-pressure it can stop reading its socket while its own pipe
+    // is full (its Recv-Q grows, its Send-Q stays empty: socat waits on itself).
+    let _echo = threaded_echo_b(&net, 9301);
     let script = format!(
         "{PRELUDE}s = socket.socket()\ns.connect(('198.18.0.1', 9301))
 data = os.urandom(10_000_000)

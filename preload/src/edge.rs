@@ -26,6 +26,9 @@ fn init() {
         // Normal exit hands cached TCP connections to the netserver (no data lost).
         libc::atexit(at_exit);
     }
+    // The channel closer's threads are msock's own: their closes must reach libc (and
+    // release the descriptors msock protects from the program).
+    core_stack::channel::closer::set_thread_init(guard::mark_thread_inside);
     guard::set_ready();
     // A previous program image of this process may have handed its sockets over (execve).
     if std::env::var_os(core_stack::client::process::INHERIT_ENV).is_some() {

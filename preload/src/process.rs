@@ -3,10 +3,10 @@
 //!
 //! The work is safe code in `core_stack::client::process`; this file only brackets the real
 //! calls:
-//! - `fork`: [`process::fork_prepare`] (flush cached connections, ask the netserver for the
-//!   child's session, take the runtime's locks) → real `fork` → [`process::fork_parent`] or
-//!   [`process::fork_child`] (release the locks; in the child, adopt the new session and cache
-//!   `SO_CONCURRENT_SERVER` connections straight into it).
+//! - `fork`: [`process::fork`] flushes cached connections, asks the netserver for the child's
+//!   session, runs the real `fork` with the runtime's locks held (released in both processes)
+//!   and, in the child, adopts the new session (`SO_CONCURRENT_SERVER` connections are cached
+//!   straight into it at their first use).
 //! - `vfork` is `fork`: a vfork child shares the parent's memory and could not run the
 //!   session hand-off without corrupting it (POSIX allows vfork to be fork).
 //! - `execve` and friends: [`process::exec_prepare`] (flush, keep the session's descriptors
@@ -48,37 +48,29 @@ pub unsafe extern "C" fn fork() -> pid_t {
         // SAFETY: plain forward.
         return unsafe { real::fork() };
     }
-    let plan = match catch_unwind(process::fork_prepare) {
-        Ok(Ok(plan)) => plan,
-        Ok(Err(e)) => {
-            drop(g);
-            crate::edge::set_errno(e);
-            return -1;
-        }
-        Err(_) => {
-            drop(g);
-            msock_debug!("fork: internal panic while preparing; EAGAIN");
-            crate::edge::set_errno(libc::EAGAIN);
-            return -1;
-        }
-    };
-    // SAFETY: the runtime's locks are held by this thread (plan), released in both processes.
-    let pid = unsafe { real::fork() };
+    // SAFETY: the real fork; the runtime's locks are held around it and released in both
+    // processes (`client::process::fork`).
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        process::fork(|| unsafe { real::fork() })
+    }));
     // SAFETY: __errno_location is this thread's errno slot.
     let saved = unsafe { *libc::__errno_location() };
-    let outcome = if pid == 0 {
-        catch_unwind(AssertUnwindSafe(|| process::fork_child(plan)))
-    } else {
-        catch_unwind(AssertUnwindSafe(|| {
-            process::fork_parent(plan, (pid > 0).then_some(pid))
-        }))
-    };
-    if outcome.is_err() {
-        msock_debug!("fork: internal panic after fork (pid {pid})");
-    }
     drop(g);
-    crate::edge::set_errno(saved);
-    pid
+    match outcome {
+        Ok(Ok(pid)) => {
+            crate::edge::set_errno(saved);
+            pid
+        }
+        Ok(Err(e)) => {
+            crate::edge::set_errno(e);
+            -1
+        }
+        Err(_) => {
+            msock_debug!("fork: internal panic");
+            crate::edge::set_errno(libc::EAGAIN);
+            -1
+        }
+    }
 }
 
 /// `vfork(2)`: behaves as [`fork`] (see the module doc).

@@ -284,7 +284,19 @@ fn finish((fd, addr, len): (RawFd, usize, usize)) {
 
 /// A closer thread: closes queued releases one at a time; sleeps on [`WAKE`] when there are
 /// none; exits after [`IDLE_EXIT`] idle unless it is the last.
+/// Run first on every closer thread (set once by the process's runtime: libmsock marks the
+/// thread as inside msock, so its closes reach libc and free the numbers it protected).
+static THREAD_INIT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what each closer thread runs when it starts (first call wins).
+pub fn set_thread_init(init: fn()) {
+    let _ = THREAD_INIT.set(init);
+}
+
 fn closer() {
+    if let Some(init) = THREAD_INIT.get() {
+        init();
+    }
     loop {
         if let Some(item) = take() {
             finish(item);

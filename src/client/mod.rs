@@ -21,6 +21,7 @@ pub mod api;
 pub mod crash_file;
 pub mod datapath;
 pub mod fdguard;
+pub mod forksafe;
 pub mod guard;
 pub mod inherit;
 pub mod log;

@@ -8,9 +8,9 @@
 //! netserver: *deferred*), then asks the netserver for the child's session (`Fork`, naming
 //! every TCP endpoint this process holds: the child is a holder of each *before* the fork, so
 //! a parent that closes its copy at once cannot end a connection the child still holds). It
-//! then takes the fd table's lock and every TCP socket's state lock, so no other thread of the
-//! parent is inside one when the address space is copied. [`fork_parent`] and [`fork_child`]
-//! release them. The child says `Hello` on its new control connection, gets its own receive
+//! then takes the fd table's lock and every TCP socket's state lock around the real `fork`, so
+//! no other thread of the parent is inside one when the address space is copied
+//! (`client::forksafe`). The child says `Hello` on its new control connection, gets its own receive
 //! and timer threads, and adopts every inherited TCP socket; a deferred connection is cached
 //! into the child at its first use (Fig. 5: accept, fork, the child serves: one cache, no
 //! flush). A connection the parent shares with the child is cached again by whichever process
@@ -32,7 +32,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::inherit::{ENV, Inheritance, InheritedSocket};
-use super::runtime::{self, ForkLock, table};
+use super::runtime::{self, table};
 use super::sys;
 use super::tcp::TcpSocket;
 use crate::control::{EndpointId, Reply, Request};
@@ -41,23 +41,15 @@ use crate::msock_debug;
 /// The name of the exec hand-off variable (for the C edge, which filters it out of `envp`).
 pub const INHERIT_ENV: &str = ENV;
 
-/// What [`fork_prepare`] did, for [`fork_parent`] / [`fork_child`].
-pub struct ForkPlan {
-    /// The child's end of its new control connection (`None`: no TCP socket to share, or the
-    /// netserver refused; the child then sees its inherited sockets detached).
-    child_control: Option<OwnedFd>,
-    /// Sockets whose state locks are held across the fork (released after it).
-    locked: Vec<(Arc<TcpSocket>, ForkLock)>,
-    /// The fd table's lock, held across the fork.
-    table_lock: Option<ForkLock>,
-}
-
-/// Before `fork`: flush, ask the netserver for the child's session, take the locks.
+/// `fork` with msock's sockets: flushes, asks the netserver for the child's session, runs
+/// `real_fork` with the runtime's locks held by this thread (they are released in both
+/// processes when it returns: `client::forksafe`), then sets the child up. Returns what
+/// `real_fork` returned (-1 for a failed fork, errno untouched by this function afterwards).
 ///
-/// Fails only if a cached connection cannot be flushed (the netserver is gone or refused):
-/// `fork` then fails with that errno before anything happened, as the kernel's fork fails
-/// when it cannot copy a resource.
-pub fn fork_prepare() -> Result<ForkPlan, i32> {
+/// Fails before forking only if a cached connection cannot be flushed (the netserver is gone
+/// or refused): `fork` then fails with that errno before anything happened, as the kernel's
+/// fork fails when it cannot copy a resource.
+pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
     let sockets = table().tcp_sockets();
     let mut ids = Vec::new();
     for sock in &sockets {
@@ -78,51 +70,26 @@ pub fn fork_prepare() -> Result<ForkPlan, i32> {
             Err(e) => msock_debug!("fork: the netserver refused Fork: errno {e}"),
         }
     }
-    // Order: table, then each socket (no other thread holds two socket locks, and none takes
-    // the table's while holding a socket's).
-    let table_lock = Some(table().lock_for_fork());
-    let locked = sockets
-        .into_iter()
-        .map(|s| {
-            let token = s.lock_for_fork();
-            (s, token)
-        })
-        .collect();
-    Ok(ForkPlan {
-        child_control,
-        locked,
-        table_lock,
-    })
-}
-
-/// Releases the locks (in both processes); returns the sockets.
-fn release(plan: &mut ForkPlan) -> Vec<Arc<TcpSocket>> {
-    let mut sockets = Vec::new();
-    for (sock, token) in plan.locked.drain(..) {
-        sock.unlock_after_fork(token);
-        sockets.push(sock);
-    }
-    if let Some(token) = plan.table_lock.take() {
-        table().unlock_after_fork(token);
-    }
-    sockets
-}
-
-/// In the parent after `fork` (`child` is `None` when fork failed).
-pub fn fork_parent(mut plan: ForkPlan, child: Option<i32>) {
-    release(&mut plan);
-    // Our copy of the child's control connection: the child has its own (or, if the fork
-    // failed, closing it ends that session and the netserver drops its holds).
-    drop(plan.child_control.take());
-    if child.is_none() {
+    let pid = {
+        // Order: table, then each socket (no other thread holds two socket locks, and none
+        // takes the table's while holding a socket's).
+        let _table = table().hold_for_fork();
+        let _sockets: Vec<_> = sockets.iter().map(|s| s.hold_for_fork()).collect();
+        real_fork()
+    };
+    if pid == 0 {
+        fork_child(child_control, &sockets);
+    } else if pid < 0 {
         msock_debug!("fork failed; the child's session is dropped");
     }
+    // In the parent, our copy of the child's control connection goes (the child has its own;
+    // if the fork failed, closing it ends that session and the netserver drops its holds).
+    Ok(pid)
 }
 
 /// In the child after `fork`: adopt the new session and every inherited TCP socket.
-pub fn fork_child(mut plan: ForkPlan) {
-    let sockets = release(&mut plan);
-    let Some(control) = plan.child_control.take() else {
+fn fork_child(control: Option<OwnedFd>, sockets: &[Arc<TcpSocket>]) {
+    let Some(control) = control else {
         return;
     };
     let session = match runtime::adopt_forked_session(control) {
@@ -132,7 +99,7 @@ pub fn fork_child(mut plan: ForkPlan) {
             return;
         }
     };
-    for sock in &sockets {
+    for sock in sockets {
         sock.adopt_session(session);
     }
 }

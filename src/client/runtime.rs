@@ -36,7 +36,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
+
+use super::forksafe::{RwLock, RwLockWriteGuard};
 
 use crate::control::transport::{Connection, ControlAddress};
 use crate::control::{EndpointId, Reply, Request, Upcall, VERSION};
@@ -234,19 +236,9 @@ impl FdTable {
         old
     }
 
-    /// Takes the table's lock for a `fork` and keeps it held (see [`ForkLock`]).
-    pub fn lock_for_fork(&self) -> ForkLock {
-        std::mem::forget(self.slots.write());
-        ForkLock::of(&self.slots)
-    }
-
-    /// Releases what [`FdTable::lock_for_fork`] took (in the parent and in the child).
-    #[allow(unsafe_code)]
-    pub fn unlock_after_fork(&self, token: ForkLock) {
-        token.check(&self.slots);
-        // SAFETY: the token proves this thread write-locked this lock in `lock_for_fork`
-        // and forgot the guard; in a fork child this thread is the one that forked.
-        unsafe { self.slots.force_unlock_write() };
+    /// The table's lock, held by the forking thread across `fork` (`client::forksafe`).
+    pub fn hold_for_fork(&self) -> TableHold<'_> {
+        TableHold(self.slots.write())
     }
 
     /// Registered descriptor numbers in `first..=last`.
@@ -299,32 +291,8 @@ impl Default for FdTable {
     }
 }
 
-/// Proof that a lock was taken for a `fork` and is still held: the forking thread takes the
-/// runtime's locks before the real `fork` (so no other thread is inside a structure the child
-/// copies), and releases them in both processes with this token. Not `Clone`: one token per
-/// lock taken.
-#[must_use]
-pub struct ForkLock {
-    lock: usize,
-}
-
-impl ForkLock {
-    pub fn of<T: ?Sized>(lock: &T) -> ForkLock {
-        ForkLock {
-            lock: std::ptr::from_ref(lock).cast::<()>() as usize,
-        }
-    }
-
-    /// Panics (caught at the C edge) if the token is not for `lock`: releasing a lock this
-    /// thread does not hold would be unsound.
-    pub fn check<T: ?Sized>(&self, lock: &T) {
-        assert_eq!(
-            self.lock,
-            std::ptr::from_ref(lock).cast::<()>() as usize,
-            "fork lock token for another lock"
-        );
-    }
-}
+/// The fd table's lock held across `fork` ([`FdTable::hold_for_fork`]).
+pub struct TableHold<'a>(#[allow(dead_code)] RwLockWriteGuard<'a, Vec<Option<Socket>>>);
 
 /// The process's fd table.
 pub fn table() -> &'static FdTable {

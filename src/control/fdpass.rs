@@ -33,7 +33,10 @@ pub struct Received {
 /// the vector's contents (`buf` was empty). Panics if `len` exceeds the capacity (a kernel
 /// never returns more than it was given).
 pub fn set_received_len(buf: &mut Vec<u8>, len: usize) {
-    assert!(buf.is_empty() && len <= buf.capacity(), "received length past the buffer");
+    assert!(
+        buf.is_empty() && len <= buf.capacity(),
+        "received length past the buffer"
+    );
     // SAFETY: recvmsg initialised `len` bytes of the spare capacity, which `len` does not
     // exceed (checked), and the vector held nothing before.
     unsafe { buf.set_len(len) };

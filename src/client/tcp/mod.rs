@@ -61,12 +61,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant as StdInstant};
 
-use parking_lot::{Mutex, MutexGuard};
+use super::forksafe::{Mutex, MutexGuard};
 
 use super::Outcome;
 use super::crash_file::CrashFile;
 use super::inherit::{InheritedKind, InheritedSocket};
-use super::runtime::{self, ForkLock, Session, SessionCell};
+use super::runtime::{self, Session, SessionCell};
 use super::sys;
 use super::tcp_session::{IcmpReport, TcpLink, import_image};
 use super::timer::Timed;
@@ -170,6 +170,9 @@ pub struct TcpSocket {
     me: Weak<TcpSocket>,
     state: Mutex<State>,
 }
+
+/// A socket's state lock held across `fork` ([`TcpSocket::hold_for_fork`]).
+pub struct ForkHold<'a>(#[allow(dead_code)] MutexGuard<'a, State>);
 
 fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
@@ -602,19 +605,10 @@ impl TcpSocket {
         }
     }
 
-    /// Takes the state lock for a `fork` and keeps it held (see `runtime::ForkLock`).
-    pub fn lock_for_fork(&self) -> ForkLock {
-        std::mem::forget(self.state.lock());
-        ForkLock::of(&self.state)
-    }
-
-    /// Releases what [`TcpSocket::lock_for_fork`] took.
-    #[allow(unsafe_code)]
-    pub fn unlock_after_fork(&self, token: ForkLock) {
-        token.check(&self.state);
-        // SAFETY: the token proves this thread locked this mutex in `lock_for_fork` and forgot
-        // the guard; in a fork child this thread is the one that forked.
-        unsafe { self.state.force_unlock() };
+    /// The state lock, held by the forking thread across `fork` (`client::forksafe`) and
+    /// released in both processes after it.
+    pub fn hold_for_fork(&self) -> ForkHold<'_> {
+        ForkHold(self.state.lock())
     }
 
     /// In a fork child: goes on through the child's session (a holder of this endpoint since
