@@ -46,36 +46,21 @@ pub const INHERIT_ENV: &str = ENV;
 /// processes when it returns: `client::forksafe`), then sets the child up. Returns what
 /// `real_fork` returned (-1 for a failed fork, errno untouched by this function afterwards).
 ///
-/// Fails before forking only if a cached connection cannot be flushed (the netserver is gone
-/// or refused): `fork` then fails with that errno before anything happened, as the kernel's
-/// fork fails when it cannot copy a resource.
+/// A connection that cannot be flushed stays the parent's (the child sees it detached); the
+/// `Result` is for future failures that must stop the fork.
 pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
-    let sockets = table().tcp_sockets();
-    let mut ids = Vec::new();
-    for sock in &sockets {
-        if sock.is_cached() {
-            sock.flush()?;
-        }
-        if let Some(id) = sock.shareable_id() {
-            ids.push(id);
-        }
-    }
-    let mut child_control = None;
-    if !ids.is_empty()
-        && let Ok(session) = runtime::session()
-    {
-        match session.request(&Request::Fork { ids }, &[]) {
-            Ok((Reply::Forked, fds)) => child_control = fds.into_iter().next(),
-            Ok(_) => msock_debug!("fork: unexpected reply to Fork"),
-            Err(e) => msock_debug!("fork: the netserver refused Fork: errno {e}"),
-        }
-    }
-    let pid = {
+    let child_control = prepare_child_session()?;
+    let (pid, sockets) = {
         // Order: table, then each socket (no other thread holds two socket locks, and none
-        // takes the table's while holding a socket's).
-        let _table = table().hold_for_fork();
-        let _sockets: Vec<_> = sockets.iter().map(|s| s.hold_for_fork()).collect();
-        real_fork()
+        // takes the table's while holding a socket's). The sockets are read under the held
+        // table lock: one added since the flush is locked too (the child may touch it).
+        let held_table = table().hold_for_fork();
+        let sockets = held_table.tcp_sockets();
+        let held: Vec<_> = sockets.iter().map(|s| s.hold_for_fork()).collect();
+        let pid = real_fork();
+        drop(held);
+        drop(held_table);
+        (pid, sockets)
     };
     if pid == 0 {
         fork_child(child_control, &sockets);
@@ -85,6 +70,52 @@ pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
     // In the parent, our copy of the child's control connection goes (the child has its own;
     // if the fork failed, closing it ends that session and the netserver drops its holds).
     Ok(pid)
+}
+
+/// How often [`prepare_child_session`] asks again when another thread closed, or cached
+/// again, one of the sockets between the flush and the `Fork` request.
+const FORK_ATTEMPTS: usize = 5;
+
+/// Flushes every cached connection and has the netserver make the child's session, holding
+/// every TCP endpoint this process holds. Another thread may close a socket (or cache one
+/// again on a `SoleHolder`) between the flush and the request; the netserver then refuses the
+/// whole request (EBADF/EINVAL) and it is made again from the table as it is now.
+fn prepare_child_session() -> Result<Option<OwnedFd>, i32> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sockets = table().tcp_sockets();
+        let mut ids = Vec::new();
+        for sock in &sockets {
+            // A connection that cannot be flushed (the netserver is gone) stays the parent's;
+            // the child sees it detached. fork itself never fails because of a socket.
+            if sock.is_cached()
+                && let Err(e) = sock.flush()
+            {
+                msock_debug!("fork: endpoint {:?} not flushed (errno {e})", sock.id());
+            }
+            if let Some(id) = sock.shareable_id() {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let Ok(session) = runtime::session() else {
+            return Ok(None);
+        };
+        match session.request(&Request::Fork { ids }, &[]) {
+            Ok((Reply::Forked, fds)) => return Ok(fds.into_iter().next()),
+            Ok(_) => msock_debug!("fork: unexpected reply to Fork"),
+            Err(e @ (libc::EBADF | libc::EINVAL)) if attempt < FORK_ATTEMPTS => {
+                msock_debug!("fork: Fork refused (errno {e}), a socket changed meanwhile; again");
+                continue;
+            }
+            Err(e) => msock_debug!("fork: the netserver refused Fork: errno {e}"),
+        }
+        // The child's sockets will be detached (EBADFD), as without a netserver.
+        return Ok(None);
+    }
 }
 
 /// In the child after `fork`: adopt the new session and every inherited TCP socket.
@@ -117,7 +148,8 @@ struct ExecUndo {
 }
 
 /// Before `execve`: flush, keep the session open, describe it. Returns the `NAME=value`
-/// environment entry to add (`None` when this process has no msock TCP socket).
+/// environment entry to add (`None` when this process has no msock TCP socket). Fails only
+/// if the session's descriptors cannot be kept open across the exec.
 pub fn exec_prepare() -> Result<Option<CString>, i32> {
     let sockets = table().tcp_sockets();
     if sockets.is_empty() {
@@ -127,8 +159,12 @@ pub fn exec_prepare() -> Result<Option<CString>, i32> {
     let mut flushed = Vec::new();
     for sock in &sockets {
         if sock.is_cached() {
-            sock.flush()?;
-            flushed.push(Arc::clone(sock));
+            // One that cannot be flushed is not handed over (the new image sees a plain
+            // descriptor); execve never fails because of a socket.
+            match sock.flush() {
+                Ok(()) => flushed.push(Arc::clone(sock)),
+                Err(e) => msock_debug!("exec: endpoint {:?} not flushed (errno {e})", sock.id()),
+            }
         }
     }
     let (control, upcall, region, stats) = session.inheritable_fds();

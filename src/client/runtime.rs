@@ -292,7 +292,23 @@ impl Default for FdTable {
 }
 
 /// The fd table's lock held across `fork` ([`FdTable::hold_for_fork`]).
-pub struct TableHold<'a>(#[allow(dead_code)] RwLockWriteGuard<'a, Vec<Option<Socket>>>);
+pub struct TableHold<'a>(RwLockWriteGuard<'a, Vec<Option<Socket>>>);
+
+impl TableHold<'_> {
+    /// Every TCP socket in the table, once each, as it stands under the held lock (no socket
+    /// can be added or removed meanwhile).
+    pub fn tcp_sockets(&self) -> Vec<Arc<TcpSocket>> {
+        let mut out: Vec<Arc<TcpSocket>> = Vec::new();
+        for s in self.0.iter().flatten() {
+            if let Socket::Tcp(t) = s
+                && !out.iter().any(|o| Arc::ptr_eq(o, t))
+            {
+                out.push(Arc::clone(t));
+            }
+        }
+        out
+    }
+}
 
 /// The process's fd table.
 pub fn table() -> &'static FdTable {

@@ -419,7 +419,11 @@ impl TcpSocket {
 
     /// The connection runs in this process.
     pub fn is_cached(&self) -> bool {
-        !self.detached() && matches!(self.state.lock().mode, Mode::Cached(_))
+        !self.detached() && {
+            let st = self.state.lock();
+            // A fork child's copy of its parent's cached connection is dead, not cached here.
+            matches!(st.mode, Mode::Cached(_)) && !st.dead
+        }
     }
 
     /// The connection runs in the netserver.
