@@ -80,8 +80,9 @@ pub unsafe extern "C" fn sigaction(
     };
     let previous = HANDLERS[i].load(Ordering::Acquire);
     let previous_siginfo = SIGINFO[i].load(Ordering::Acquire) != 0;
+    // A copy: POSIX allows `act == old`, and the real call overwrites `*old`.
     // SAFETY: caller's contract: `act` is null or valid.
-    let Some(new) = (unsafe { act.as_ref() }) else {
+    let Some(new) = (unsafe { act.as_ref() }).copied() else {
         // SAFETY: a query; `old` is the caller's.
         let r = unsafe { real::sigaction(sig, act, old) };
         // SAFETY: as above.
@@ -95,7 +96,7 @@ pub unsafe extern "C" fn sigaction(
         || sig == libc::SIGSTOP
     {
         // SAFETY: forwarded unchanged.
-        let r = unsafe { real::sigaction(sig, act, old) };
+        let r = unsafe { real::sigaction(sig, &new, old) };
         if r == 0 {
             HANDLERS[i].store(0, Ordering::Release);
             signals::clear(sig);
@@ -104,7 +105,7 @@ pub unsafe extern "C" fn sigaction(
         }
         return r;
     }
-    let mut wrapped = *new;
+    let mut wrapped = new;
     wrapped.sa_sigaction = trampoline as *const () as usize;
     wrapped.sa_flags |= libc::SA_SIGINFO;
     SIGINFO[i].store(
@@ -135,7 +136,11 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler
     // SAFETY: a zeroed sigaction is valid; the mask is emptied below.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
     act.sa_sigaction = handler;
-    act.sa_flags = libc::SA_RESTART;
+    act.sa_flags = if interrupting(sig) {
+        0
+    } else {
+        libc::SA_RESTART
+    };
     // SAFETY: `act.sa_mask` is a valid sigset_t.
     unsafe { libc::sigemptyset(&mut act.sa_mask) };
     // SAFETY: a zeroed sigaction is a valid out-parameter.
@@ -145,4 +150,52 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: sighandler_t) -> sighandler
         return libc::SIG_ERR;
     }
     old.sa_sigaction
+}
+
+/// Signals `siginterrupt(sig, 1)` marked: glibc's `signal` then installs without SA_RESTART.
+static INTERRUPTING: AtomicUsize = AtomicUsize::new(0);
+static INTERRUPTING_HIGH: AtomicUsize = AtomicUsize::new(0);
+
+fn interrupt_bit(sig: c_int) -> Option<(&'static AtomicUsize, usize)> {
+    let n = usize::try_from(sig)
+        .ok()
+        .filter(|&n| (1..SLOTS).contains(&n))?;
+    if n < 64 {
+        Some((&INTERRUPTING, 1usize << n))
+    } else {
+        Some((&INTERRUPTING_HIGH, 1usize << (n - 64)))
+    }
+}
+
+fn interrupting(sig: c_int) -> bool {
+    interrupt_bit(sig).is_some_and(|(w, b)| w.load(Ordering::Acquire) & b != 0)
+}
+
+/// `siginterrupt(3)`: glibc changes SA_RESTART through an internal call this library would
+/// not see, so it is done here through [`sigaction`] (the trampoline's table follows).
+///
+/// # Safety
+/// C contract of `siginterrupt`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn siginterrupt(sig: c_int, flag: c_int) -> c_int {
+    let Some((word, bit)) = interrupt_bit(sig) else {
+        // SAFETY: errno slot of this thread.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return -1;
+    };
+    // SAFETY: a zeroed sigaction is a valid out-parameter.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a query into a local.
+    if unsafe { sigaction(sig, std::ptr::null(), &mut act) } != 0 {
+        return -1;
+    }
+    if flag != 0 {
+        word.fetch_or(bit, Ordering::AcqRel);
+        act.sa_flags &= !libc::SA_RESTART;
+    } else {
+        word.fetch_and(!bit, Ordering::AcqRel);
+        act.sa_flags |= libc::SA_RESTART;
+    }
+    // SAFETY: the program's own action with only SA_RESTART changed.
+    unsafe { sigaction(sig, &act, std::ptr::null_mut()) }
 }

@@ -17,8 +17,12 @@
 //! error value (the new image then ignores the inheritance and logs why; it never panics).
 //!
 //! ```text
-//! v1 ctl=5 up=6 region=7 stats=8 close=21,22 sock=fds:3+4,lib:9,ino:1234,id:17,kind:c,dom:2,local:198.18.0.2:80,remote:198.18.0.1:4000
+//! v1 pid=4242 ctl=5 up=6 region=7 stats=8 close=21,22 sock=fds:3+4,lib:9,ino:1234,id:17,kind:c,dom:2,local:198.18.0.2:80,remote:198.18.0.1:4000
 //! ```
+//!
+//! `pid` is the process that exec'd: `execve` keeps it, so only the very next image adopts
+//! (a program that does not load libmsock passes the variable on to its own children, which
+//! must not take over descriptors they do not own). A descriptor named twice is refused.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -84,6 +88,8 @@ pub struct InheritedSocket {
 /// Everything handed to the next image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inheritance {
+    /// The process that prepared the exec (the same process runs the new image).
+    pub pid: u32,
     pub control: RawFd,
     pub upcall: RawFd,
     pub region: RawFd,
@@ -192,8 +198,8 @@ impl Inheritance {
     /// The variable's value.
     pub fn encode(&self) -> String {
         let mut out = format!(
-            "v1 ctl={} up={} region={} stats={}",
-            self.control, self.upcall, self.region, self.stats
+            "v1 pid={} ctl={} up={} region={} stats={}",
+            self.pid, self.control, self.upcall, self.region, self.stats
         );
         if !self.close.is_empty() {
             let ids: Vec<String> = self.close.iter().map(|i| i.to_string()).collect();
@@ -212,11 +218,13 @@ impl Inheritance {
             return Err(InheritError("version"));
         }
         let (mut control, mut upcall, mut region, mut stats) = (None, None, None, None);
+        let mut pid = None;
         let mut close = Vec::new();
         let mut sockets = Vec::new();
         for word in words {
             let (key, v) = word.split_once('=').ok_or(InheritError("word"))?;
             match key {
+                "pid" => pid = Some(v.parse().map_err(|_| InheritError("pid"))?),
                 "ctl" => control = Some(fd(v)?),
                 "up" => upcall = Some(fd(v)?),
                 "region" => region = Some(fd(v)?),
@@ -239,14 +247,21 @@ impl Inheritance {
             }
         }
         let missing = InheritError("missing session descriptor");
-        Ok(Inheritance {
+        let inheritance = Inheritance {
+            pid: pid.ok_or(InheritError("missing pid"))?,
             control: control.ok_or(missing)?,
             upcall: upcall.ok_or(missing)?,
             region: region.ok_or(missing)?,
             stats: stats.ok_or(missing)?,
             close,
             sockets,
-        })
+        };
+        let mut seen = inheritance.descriptors();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err(InheritError("a descriptor named twice"));
+        }
+        Ok(inheritance)
     }
 
     /// Every descriptor the inheritance names (session and sockets), to keep open across
@@ -267,6 +282,7 @@ mod tests {
 
     fn sample() -> Inheritance {
         Inheritance {
+            pid: 4242,
             control: 5,
             upcall: 6,
             region: 7,
@@ -332,8 +348,8 @@ mod tests {
         let good = sample().encode();
         let bad = [
             String::new(),
-            "v2 ctl=1 up=2 region=3 stats=4".to_string(),
-            "v1 ctl=1 up=2 region=3".to_string(),
+            "v2 pid=1 ctl=1 up=2 region=3 stats=4".to_string(),
+            "v1 pid=1 ctl=1 up=2 region=3".to_string(),
             "v1 ctl=-1 up=2 region=3 stats=4".to_string(),
             "v1 ctl=x up=2 region=3 stats=4".to_string(),
             "v1 ctl=1 up=2 region=3 stats=4 what=1".to_string(),
@@ -354,7 +370,7 @@ mod tests {
 
     #[test]
     fn socket_count_is_bounded() {
-        let mut text = "v1 ctl=1 up=2 region=3 stats=4".to_string();
+        let mut text = "v1 pid=1 ctl=1 up=2 region=3 stats=4".to_string();
         for i in 0..=MAX_SOCKETS {
             let _ = write!(
                 text,

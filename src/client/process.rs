@@ -63,7 +63,13 @@ pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
         (pid, sockets)
     };
     if pid == 0 {
-        fork_child(child_control, &sockets);
+        // A panic here must not make the child look like a failed fork.
+        let adopted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fork_child(child_control, &sockets)
+        }));
+        if adopted.is_err() {
+            msock_debug!("fork child: internal panic while adopting; sockets detached");
+        }
     } else if pid < 0 {
         msock_debug!("fork failed; the child's session is dropped");
     }
@@ -118,8 +124,10 @@ fn prepare_child_session() -> Result<Option<OwnedFd>, i32> {
     }
 }
 
-/// In the child after `fork`: adopt the new session and every inherited TCP socket.
+/// In the child after `fork`: drop the parent's session, adopt the new one and every
+/// inherited TCP socket.
 fn fork_child(control: Option<OwnedFd>, sockets: &[Arc<TcpSocket>]) {
+    runtime::drop_parent_session_in_child();
     let Some(control) = control else {
         return;
     };
@@ -169,6 +177,7 @@ pub fn exec_prepare() -> Result<Option<CString>, i32> {
     }
     let (control, upcall, region, stats) = session.inheritable_fds();
     let mut inheritance = Inheritance {
+        pid: std::process::id(),
         control,
         upcall,
         region,
@@ -244,6 +253,11 @@ pub fn adopt_inherited() {
             return;
         }
     };
+    if inheritance.pid != std::process::id() {
+        // Passed on by an image that did not load libmsock: not ours to take over.
+        msock_debug!("{ENV} of pid {} ignored", inheritance.pid);
+        return;
+    }
     let session = match runtime::adopt_exec_session(&inheritance) {
         Ok(s) => s,
         Err(e) => {

@@ -337,6 +337,9 @@ struct PendingNeighbour {
 pub struct Session {
     /// The fork generation this session belongs to.
     pub fork_gen: u64,
+    /// Raw numbers of the session's own descriptors (control, upcall, region, stats, epoll),
+    /// read without locks: a fork child closes its copies ([`Session::close_in_fork_child`]).
+    raw_fds: [RawFd; 5],
     control: Mutex<Connection>,
     upcall: Connection,
     pub region: RegionReader,
@@ -428,16 +431,19 @@ impl Session {
         let epoll = sys::epoll_create().map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))?;
         sys::epoll_add(epoll.as_fd(), upcall.as_fd().as_raw_fd(), UPCALL_TOKEN)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
-        for fd in [
+        let raw_fds = [
             control.as_fd().as_raw_fd(),
             upcall.as_fd().as_raw_fd(),
             region_keep.as_raw_fd(),
             stats.fd().as_raw_fd(),
-        ] {
+            epoll.as_raw_fd(),
+        ];
+        for fd in raw_fds {
             super::fdguard::protect(fd);
         }
         Ok(Session {
             fork_gen,
+            raw_fds,
             control: Mutex::new(control),
             upcall,
             region,
@@ -449,6 +455,18 @@ impl Session {
             neighbours: Mutex::new(HashMap::new()),
             timer: Timer::new(),
         })
+    }
+
+    /// In a fork child: closes the child's copies of this (the parent's) session's descriptors.
+    /// Otherwise the netserver would not see the parent's control connection end when the
+    /// parent dies (the child would hold it open), and the parent would stay a holder of
+    /// every shared endpoint. The session object itself is left alone (leaked, like every
+    /// session; its threads did not survive the fork). No lock is taken.
+    pub fn close_in_fork_child(&self) {
+        for fd in self.raw_fds {
+            // Through libmsock's `close` from inside msock: the number is released for reuse.
+            let _ = sys::close(fd);
+        }
     }
 
     /// The descriptors a new program image needs to go on with this session (control,
@@ -853,6 +871,16 @@ fn install(session: Session) -> Result<&'static Session, i32> {
         .spawn(move || session.receive_loop())
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EAGAIN))?;
     Ok(session)
+}
+
+/// In a fork child: closes the parent's session descriptors (see
+/// [`Session::close_in_fork_child`]); the child's own session starts lazily or from `Fork`.
+pub fn drop_parent_session_in_child() {
+    if let Some(s) = load_session()
+        && s.fork_gen != guard::forked_generation()
+    {
+        s.close_in_fork_child();
+    }
 }
 
 /// In a fork child: registers on the control connection the parent obtained with `Fork`
