@@ -49,7 +49,7 @@ pub const INHERIT_ENV: &str = ENV;
 /// A connection that cannot be flushed stays the parent's (the child sees it detached); the
 /// `Result` is for future failures that must stop the fork.
 pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
-    let child_control = prepare_child_session()?;
+    let (child_control, shared) = prepare_child_session()?;
     let (pid, sockets) = {
         // Order: table, then each socket (no other thread holds two socket locks, and none
         // takes the table's while holding a socket's). The sockets are read under the held
@@ -65,7 +65,7 @@ pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
     if pid == 0 {
         // A panic here must not make the child look like a failed fork.
         let adopted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            fork_child(child_control, &sockets)
+            fork_child(child_control, &sockets, &shared)
         }));
         if adopted.is_err() {
             msock_debug!("fork child: internal panic while adopting; sockets detached");
@@ -86,7 +86,7 @@ const FORK_ATTEMPTS: usize = 5;
 /// every TCP endpoint this process holds. Another thread may close a socket (or cache one
 /// again on a `SoleHolder`) between the flush and the request; the netserver then refuses the
 /// whole request (EBADF/EINVAL) and it is made again from the table as it is now.
-fn prepare_child_session() -> Result<Option<OwnedFd>, i32> {
+fn prepare_child_session() -> Result<(Option<OwnedFd>, Vec<EndpointId>), i32> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -105,13 +105,13 @@ fn prepare_child_session() -> Result<Option<OwnedFd>, i32> {
             }
         }
         if ids.is_empty() {
-            return Ok(None);
+            return Ok((None, ids));
         }
         let Ok(session) = runtime::session() else {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         };
-        match session.request(&Request::Fork { ids }, &[]) {
-            Ok((Reply::Forked, fds)) => return Ok(fds.into_iter().next()),
+        match session.request(&Request::Fork { ids: ids.clone() }, &[]) {
+            Ok((Reply::Forked, fds)) => return Ok((fds.into_iter().next(), ids)),
             Ok(_) => msock_debug!("fork: unexpected reply to Fork"),
             Err(e @ (libc::EBADF | libc::EINVAL)) if attempt < FORK_ATTEMPTS => {
                 msock_debug!("fork: Fork refused (errno {e}), a socket changed meanwhile; again");
@@ -120,13 +120,13 @@ fn prepare_child_session() -> Result<Option<OwnedFd>, i32> {
             Err(e) => msock_debug!("fork: the netserver refused Fork: errno {e}"),
         }
         // The child's sockets will be detached (EBADFD), as without a netserver.
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
 }
 
 /// In the child after `fork`: drop the parent's session, adopt the new one and every
 /// inherited TCP socket.
-fn fork_child(control: Option<OwnedFd>, sockets: &[Arc<TcpSocket>]) {
+fn fork_child(control: Option<OwnedFd>, sockets: &[Arc<TcpSocket>], shared: &[EndpointId]) {
     runtime::drop_parent_session_in_child();
     let Some(control) = control else {
         return;
@@ -138,8 +138,13 @@ fn fork_child(control: Option<OwnedFd>, sockets: &[Arc<TcpSocket>]) {
             return;
         }
     };
+    // Only what the netserver made the child a holder of: a socket another thread bound,
+    // listened on or accepted after the `Fork` request stays the parent's (detached here).
     for sock in sockets {
-        sock.adopt_session(session);
+        // (An undecided socket has no endpoint yet: it decides through the child's session.)
+        if sock.id().is_none_or(|id| shared.contains(&id)) {
+            sock.adopt_session(session);
+        }
     }
 }
 
