@@ -11,6 +11,8 @@
 /* Same bound as glibc's: an argument list longer than this cannot be passed anyway. */
 #define MSOCK_EXECL_MAX 65536
 
+/* Number of argv slots for `arg` and the arguments after it, terminating NULL included;
+   MSOCK_EXECL_MAX or more when the list is too long. */
 static size_t count_args(const char *arg, va_list ap)
 {
     size_t n = 1; /* arg itself (may be the terminating NULL) */
@@ -21,63 +23,51 @@ static size_t count_args(const char *arg, va_list ap)
     return n + 1; /* the terminating NULL */
 }
 
+/* Fills argv[0..n) from `arg` and `ap` (n from count_args); `ap` is left after the NULL. */
+static void fill_args(const char **argv, size_t n, const char *arg, va_list *ap)
+{
+    argv[0] = arg;
+    for (size_t i = 1; i < n; i++)
+        argv[i] = va_arg(*ap, const char *);
+    argv[n - 1] = NULL;
+}
+
+/* Declares `argv` (a VLA) filled with `arg` and the variadic arguments of the enclosing
+   function; returns E2BIG from it when there are too many. Leaves `ap` open after the list's
+   NULL (execle reads envp from it) for the caller to va_end. */
+#define COLLECT_ARGS(arg, ap, argv)                                                          \
+    va_start(ap, arg);                                                                       \
+    size_t n_##argv = count_args(arg, ap);                                                   \
+    va_end(ap);                                                                              \
+    if (n_##argv >= MSOCK_EXECL_MAX) {                                                       \
+        errno = E2BIG;                                                                       \
+        return -1;                                                                           \
+    }                                                                                        \
+    const char *argv[n_##argv];                                                              \
+    va_start(ap, arg);                                                                       \
+    fill_args(argv, n_##argv, arg, &ap)
+
 int execl(const char *path, const char *arg, ...)
 {
     va_list ap;
-    va_start(ap, arg);
-    size_t n = count_args(arg, ap);
+    COLLECT_ARGS(arg, ap, argv);
     va_end(ap);
-    if (n >= MSOCK_EXECL_MAX) {
-        errno = E2BIG;
-        return -1;
-    }
-    const char *argv[n];
-    argv[0] = arg;
-    va_start(ap, arg);
-    for (size_t i = 1; i < n; i++)
-        argv[i] = va_arg(ap, const char *);
-    va_end(ap);
-    argv[n - 1] = NULL;
     return execv(path, (char *const *)argv);
 }
 
 int execlp(const char *file, const char *arg, ...)
 {
     va_list ap;
-    va_start(ap, arg);
-    size_t n = count_args(arg, ap);
+    COLLECT_ARGS(arg, ap, argv);
     va_end(ap);
-    if (n >= MSOCK_EXECL_MAX) {
-        errno = E2BIG;
-        return -1;
-    }
-    const char *argv[n];
-    argv[0] = arg;
-    va_start(ap, arg);
-    for (size_t i = 1; i < n; i++)
-        argv[i] = va_arg(ap, const char *);
-    va_end(ap);
-    argv[n - 1] = NULL;
     return execvp(file, (char *const *)argv);
 }
 
 int execle(const char *path, const char *arg, ...)
 {
     va_list ap;
-    va_start(ap, arg);
-    size_t n = count_args(arg, ap);
-    va_end(ap);
-    if (n >= MSOCK_EXECL_MAX) {
-        errno = E2BIG;
-        return -1;
-    }
-    const char *argv[n];
-    argv[0] = arg;
-    va_start(ap, arg);
-    for (size_t i = 1; i < n; i++)
-        argv[i] = va_arg(ap, const char *);
+    COLLECT_ARGS(arg, ap, argv);
     char *const *envp = va_arg(ap, char *const *);
     va_end(ap);
-    argv[n - 1] = NULL;
     return execve(path, (char *const *)argv, envp);
 }
