@@ -531,6 +531,11 @@ fn serve_flushed(
     };
     loop {
         while !peer_done {
+            // Past `until`, stop reading so the connection can be cached again (a fast
+            // netserver would otherwise keep this loop busy for the whole transfer).
+            if until.is_some_and(|u| std::time::Instant::now() >= u) {
+                break;
+            }
             match session.flushed_recv(MAX_TRANSFER, false) {
                 Ok(Some(data)) => stdout.write_all(&data)?,
                 Ok(None) => peer_done = true,
