@@ -7,7 +7,10 @@
  *
  * Output convention: one machine-readable result line on stdout (`key=value` fields),
  * servers print `ready port=P ...` once listening; diagnostics go to stderr. Exit status 0
- * on success, 1 on a runtime failure, 2 on a usage error. */
+ * on success, 1 on a runtime failure, 2 on a usage error.
+ *
+ * The test programs of tests/c build on this header too (tests/c/helpers.h): a change here
+ * must keep them compiling (tests/preload_process.rs compiles them). */
 #ifndef CDEMO_COMMON_H
 #define CDEMO_COMMON_H
 
@@ -159,31 +162,42 @@ static inline void set_nodelay(int fd)
 	}
 }
 
-/* A listening TCP socket on host:port with SO_REUSEADDR; exits with status 1 on failure. */
-static inline int listen_on(const char *host, uint16_t port, int backlog)
+/* A TCP socket listening on host:port with SO_REUSEADDR, created with `type_flags` (e.g.
+ * SOCK_CLOEXEC) added to SOCK_STREAM; the fd, or -1 with errno after a message naming the step
+ * that failed. Exits with status 2 if `host` is not an IPv4 address. */
+static inline int try_listen(const char *host, uint16_t port, int backlog, int type_flags)
 {
 	struct sockaddr_in sa = make_addr(host, port);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_INET, SOCK_STREAM | type_flags, 0);
 	if (fd < 0) {
 		fprintf(stderr, "%s: socket: %s\n", prog, strerror(errno));
-		exit(1);
+		return -1;
 	}
+	const char *step = NULL;
 	int one = 1;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
-		fprintf(stderr, "%s: SO_REUSEADDR: %s\n", prog, strerror(errno));
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+		step = "SO_REUSEADDR";
+	else if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+		step = "bind";
+	else if (listen(fd, backlog) != 0)
+		step = "listen";
+	if (step != NULL) {
+		int e = errno;
+		fprintf(stderr, "%s: %s %s:%u: %s\n", prog, step, host, (unsigned)port, strerror(e));
 		close(fd);
-		exit(1);
+		errno = e;
+		return -1;
 	}
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-		fprintf(stderr, "%s: bind %s:%u: %s\n", prog, host, (unsigned)port, strerror(errno));
-		close(fd);
+	return fd;
+}
+
+/* A listening TCP socket on host:port with SO_REUSEADDR, close-on-exec; exits with status 1
+ * on failure. */
+static inline int listen_on(const char *host, uint16_t port, int backlog)
+{
+	int fd = try_listen(host, port, backlog, SOCK_CLOEXEC);
+	if (fd < 0)
 		exit(1);
-	}
-	if (listen(fd, backlog) != 0) {
-		fprintf(stderr, "%s: listen: %s\n", prog, strerror(errno));
-		close(fd);
-		exit(1);
-	}
 	return fd;
 }
 

@@ -433,8 +433,6 @@ fn inetd_child_execs_cat_on_the_socket() {
 /// `sha256sum` exec'd on the inherited socket answers the digest of 1 MiB (it writes its
 /// result through stdio).
 #[test]
-#[ignore = "bug: glibc stdio (printf/fwrite/fgets, dprintf) calls the kernel directly, not the \
-            interposed write/read: the bytes go to the placeholder socketpair and are lost"]
 fn inetd_child_execs_sha256sum_on_the_socket() {
     inetd("pis", 7112, "/usr/bin/sha256sum", "digest");
 }
@@ -543,8 +541,6 @@ fn dup2_onto_stdin_stdout_stderr() {
 
 /// The same through stdio: printf on stdout, fprintf on stderr, fgets on stdin, dprintf.
 #[test]
-#[ignore = "bug: glibc stdio (printf/fwrite/fgets, dprintf) calls the kernel directly, not the \
-            interposed write/read: the bytes go to the placeholder socketpair and are lost"]
 fn dup2_onto_stdin_stdout_stderr_through_stdio() {
     dup2(
         "pds",
@@ -862,9 +858,6 @@ fn stress(test: &str, extra: &[&str], counters: &[&str]) {
 /// Eight threads writing, reading, closing, reopening, polling and forking on shared
 /// connections for 5 s: no deadlock, no crash, every echo exact, nothing left behind.
 #[test]
-#[ignore = "bug: about 1 run in 4 a duplex stream reads end of file after everything it \
-            wrote (a FIN nobody asked for) while other threads fork, exec and close; no \
-            deadlock, no lost or corrupted byte seen"]
 fn stress_threads_fork_close_poll_on_shared_sockets() {
     stress(
         "pst",

@@ -366,9 +366,18 @@ fn inetd(mode: Mode) {
     };
     // openbsd-inetd: `address:service` binds one address, a numeric service is a port, tcp4
     // avoids the extra IPv6 socket `tcp` would add.
+    // A second service is a shell pipeline: `sha256sum` (a grandchild of inetd) writes its
+    // answer through glibc's stdio, which only a relayed socket carries (`client::relay`).
+    let digest = h.write("digest.sh", "#!/bin/sh\nhead -c 20000 | sha256sum\n");
+    std::fs::set_permissions(&digest, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod digest.sh");
     let conf = h.write(
         "inetd.conf",
-        &format!("{}:7050 stream tcp4 nowait root /bin/cat cat\n", h.addr_a()),
+        &format!(
+            "{a}:7050 stream tcp4 nowait root /bin/cat cat\n\
+             {a}:7051 stream tcp4 nowait root {digest} digest.sh\n",
+            a = h.addr_a()
+        ),
     );
     // -i: stay in the foreground; -R: the default limit of 256 forks a minute would refuse
     // clients; -q: listen backlog for the concurrent burst.
@@ -379,6 +388,17 @@ fn inetd(mode: Mode) {
     );
     h.await_listener(&mut server, 7050);
     echo_clients(&h, 7050);
+    h.await_listener(&mut server, 7051);
+    let script = h.write("digest_clients.py", DIGEST_CLIENTS);
+    let out = h.exec_b_ok(
+        &format!("exec python3 {script} {} 7051 20 20000", h.addr_a()),
+        LONG,
+    );
+    assert!(
+        stdout_of(&out).contains("digest ok 20"),
+        "digest clients: {}",
+        stdout_of(&out)
+    );
     assert!(server.is_running(), "inetd exited:\n{}", server.log());
 }
 

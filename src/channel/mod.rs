@@ -28,7 +28,7 @@ use std::os::fd::RawFd;
 
 pub use bpf::BpfProgram;
 pub use memory::{MemoryChannel, MemoryHub};
-pub use packet::{Interface, PacketChannel, RingConfig, RingVersion};
+pub use packet::{ChannelWaker, Interface, PacketChannel, RingConfig, RingVersion};
 
 /// Counters of one channel since it was opened (or adopted). Monotonic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -31,6 +31,7 @@ use std::io;
 use std::mem::{ManuallyDrop, offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::closer::{self, Mapping};
@@ -562,10 +563,67 @@ struct Batch {
 /// Frames per `sendmmsg` batch.
 const BATCH_SLOTS: usize = 64;
 
-/// An AF_PACKET channel with mmap rings. See the module documentation.
-pub struct PacketChannel {
+/// The packet socket and its ring mapping, shared by the channel and its [`ChannelWaker`]s:
+/// released (unmapped, then closed, by the closer) when the last of them is dropped.
+struct Socket {
     /// Taken out only by `Drop` (handed to the closer with the mapping).
     fd: ManuallyDrop<OwnedFd>,
+    /// The mapping's address and length (only the channel reads or writes through it).
+    map: usize,
+    map_len: usize,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: `fd` is taken out exactly once, here, and not used after.
+        let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
+        // SAFETY: `map`/`map_len` are the mapping made in `PacketChannel::map`. The channel,
+        // the only user of the memory, holds an `Arc` to this value, so it is gone by now;
+        // wakers never touch the mapping. The closer unmaps it exactly once.
+        let map = unsafe { Mapping::new(self.map as *mut u8, self.map_len) };
+        // Unmapping and closing wait for RCU grace periods in the kernel: off this thread.
+        closer::release_later(fd, map);
+    }
+}
+
+/// A handle on a channel's descriptor for a thread that sleeps in `poll` on it without the
+/// channel itself (a blocked caller, with the socket's lock released): the descriptor number
+/// stays open, and cannot be reused for another file, until the last handle is dropped, even
+/// if the channel is dropped meanwhile. The number is the channel's own (no `dup`): an epoll
+/// registration of the channel can be changed through it. Cloning costs no system call.
+#[derive(Clone)]
+pub struct ChannelWaker {
+    sock: Arc<Socket>,
+}
+
+impl ChannelWaker {
+    /// The channel's descriptor number.
+    pub fn raw_fd(&self) -> RawFd {
+        self.sock.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for ChannelWaker {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.fd.as_fd()
+    }
+}
+
+impl AsRawFd for ChannelWaker {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw_fd()
+    }
+}
+
+impl std::fmt::Debug for ChannelWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChannelWaker(fd {})", self.raw_fd())
+    }
+}
+
+/// An AF_PACKET channel with mmap rings. See the module documentation.
+pub struct PacketChannel {
+    sock: Arc<Socket>,
     map: *mut u8,
     map_len: usize,
     config: RingConfig,
@@ -583,8 +641,9 @@ pub struct PacketChannel {
     scratch: Vec<u8>,
 }
 
-// SAFETY: the mapping is owned by this value alone (no aliasing handle escapes it), the kernel
-// side is synchronised through the atomic status words, and nothing is tied to a thread.
+// SAFETY: the mapping is read and written through this value alone (the shared `Socket` and
+// its wakers only release it once this value is gone), the kernel side is synchronised
+// through the atomic status words, and nothing is tied to a thread.
 unsafe impl Send for PacketChannel {}
 
 impl PacketChannel {
@@ -752,7 +811,11 @@ impl PacketChannel {
             None => slot_capacity,
         };
         Ok(PacketChannel {
-            fd: ManuallyDrop::new(fd),
+            sock: Arc::new(Socket {
+                fd: ManuallyDrop::new(fd),
+                map: map as usize,
+                map_len,
+            }),
             map: map.cast(),
             map_len,
             config,
@@ -810,6 +873,14 @@ impl PacketChannel {
         &self.config
     }
 
+    /// A handle on the descriptor for a thread that polls it without the channel (see
+    /// [`ChannelWaker`]); no system call.
+    pub fn waker(&self) -> ChannelWaker {
+        ChannelWaker {
+            sock: Arc::clone(&self.sock),
+        }
+    }
+
     /// Whether this channel sends through a TX ring (else `sendmmsg`).
     pub fn has_tx_ring(&self) -> bool {
         matches!(self.tx, Tx::Ring { .. })
@@ -859,7 +930,7 @@ impl PacketChannel {
         // SAFETY: `st` is writable for `len` bytes; the kernel writes at most that much.
         let ret = unsafe {
             libc::getsockopt(
-                self.fd.as_raw_fd(),
+                self.sock.fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_STATISTICS,
                 (&mut st as *mut libc::tpacket_stats_v3).cast(),
@@ -888,7 +959,7 @@ impl PacketChannel {
             // SAFETY: `scratch` is writable for its length.
             let n = unsafe {
                 libc::recv(
-                    self.fd.as_raw_fd(),
+                    self.sock.fd.as_raw_fd(),
                     self.scratch.as_mut_ptr().cast(),
                     self.scratch.len(),
                     libc::MSG_DONTWAIT,
@@ -1147,7 +1218,7 @@ impl PacketChannel {
             // SAFETY: a zero-length send with a null buffer is how a TX ring is kicked; the
             // kernel reads only the ring.
             let ret =
-                unsafe { libc::send(self.fd.as_raw_fd(), ptr::null(), 0, libc::MSG_DONTWAIT) };
+                unsafe { libc::send(self.sock.fd.as_raw_fd(), ptr::null(), 0, libc::MSG_DONTWAIT) };
             if ret >= 0 {
                 break;
             }
@@ -1223,7 +1294,7 @@ impl PacketChannel {
             // outlive the call; msg_name is null (the socket is bound).
             let ret = unsafe {
                 libc::sendmmsg(
-                    self.fd.as_raw_fd(),
+                    self.sock.fd.as_raw_fd(),
                     msgs.as_mut_ptr().add(sent),
                     (count - sent) as libc::c_uint,
                     libc::MSG_DONTWAIT,
@@ -1300,11 +1371,11 @@ impl Channel for PacketChannel {
     }
 
     fn wake_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.sock.fd.as_raw_fd()
     }
 
     fn set_filter(&mut self, filter: &BpfProgram) -> io::Result<()> {
-        attach_filter(self.fd.as_fd(), filter)
+        attach_filter(self.sock.fd.as_fd(), filter)
     }
 
     fn stats(&self) -> ChannelStats {
@@ -1318,28 +1389,22 @@ impl Channel for PacketChannel {
 
 impl AsFd for PacketChannel {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.sock.fd.as_fd()
     }
 }
 
 impl Drop for PacketChannel {
     fn drop(&mut self) {
-        // Hand queued frames to the kernel; nothing can be reported from a destructor.
+        // Hand queued frames to the kernel; nothing can be reported from a destructor. The
+        // socket and mapping go to the closer with the last `Arc` (this one, or a waker's).
         let _ = self.flush();
-        // SAFETY: `fd` is taken out exactly once, here, and not used after.
-        let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
-        // SAFETY: `map`/`map_len` are the mapping made in `map()`, owned by `self` alone; no
-        // reference into it outlives `self`, and the closer unmaps it exactly once.
-        let map = unsafe { Mapping::new(self.map, self.map_len) };
-        // Unmapping and closing wait for RCU grace periods in the kernel: off this thread.
-        closer::release_later(fd, map);
     }
 }
 
 impl std::fmt::Debug for PacketChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PacketChannel")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.sock.fd.as_raw_fd())
             .field("config", &self.config)
             .field("tx_ring", &self.has_tx_ring())
             .field("max_frame", &self.max_frame)
@@ -1735,6 +1800,50 @@ mod tests {
             tx.flush().expect("flush");
             assert_eq!(recv_n(&mut rx, 1), vec![udp_frame(7000, 99, 64)]);
             assert_eq!(rx.stats().kernel_drops, 42);
+        });
+    }
+
+    /// (device, inode) of what `fd` names now, `None` once it is closed.
+    fn identity(fd: RawFd) -> Option<(libc::dev_t, libc::ino_t)> {
+        nix::sys::stat::fstat(fd)
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    }
+
+    #[test]
+    fn a_waker_keeps_the_descriptor_past_the_channel() {
+        with_veth(|veth| {
+            let rx = PacketChannel::open(
+                veth.a.as_str(),
+                &no_tx(RingVersion::V2),
+                &bpf::endpoint_udp(IP_A, 7000),
+                false,
+            )
+            .expect("open");
+            let mut tx = PacketChannel::open(
+                veth.b.as_str(),
+                &no_tx(RingVersion::V2),
+                &BpfProgram::reject_all(),
+                false,
+            )
+            .expect("tx");
+            let waker = rx.waker();
+            let second = waker.clone();
+            let fd = rx.as_fd().as_raw_fd();
+            assert_eq!(waker.raw_fd(), fd, "the channel's own number, no dup");
+            let socket = identity(fd).expect("open");
+            drop(rx);
+            // The socket lives on for the waker: a frame still makes it readable.
+            tx.send(&udp_frame(7000, 1, 16)).expect("send");
+            tx.flush().expect("flush");
+            let mut fds = [PollFd::new(waker.as_fd(), PollFlags::POLLIN)];
+            assert_eq!(poll(&mut fds, PollTimeout::from(1000u16)).expect("poll"), 1);
+            drop(waker);
+            assert_eq!(identity(fd), Some(socket), "still held by the second waker");
+            drop(second);
+            assert!(closer::wait_idle(Duration::from_secs(5)), "closer idle");
+            // Closed: the number is free (or already names something else).
+            assert_ne!(identity(fd), Some(socket));
         });
     }
 

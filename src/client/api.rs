@@ -13,6 +13,7 @@ use std::time::Duration;
 use once_cell::sync::Lazy;
 
 pub use super::Outcome;
+use super::relay;
 use super::runtime::{self, Socket, table};
 use super::sys;
 use super::tcp::{OfflineSocket, TcpSocket};
@@ -154,6 +155,7 @@ pub fn bind(h: &Handle, fd: RawFd, addr: &SockAddrIn) -> Outcome<()> {
         Socket::Udp(s) => s.bind(addr),
         Socket::Tcp(s) => s.bind(addr),
         Socket::Offline(s) => s.decide(Some(addr)),
+        Socket::Relayed(_) => Outcome::Error(libc::EINVAL),
     };
     let o = after(h, o);
     crate::msock_debug!("bind(fd {fd}): {}", describe(&o));
@@ -165,6 +167,7 @@ pub fn connect(h: &Handle, fd: RawFd, addr: &SockAddrIn) -> Outcome<()> {
         Socket::Udp(s) => s.connect(addr),
         Socket::Tcp(s) => s.connect(addr),
         Socket::Offline(s) => s.decide(Some(addr)),
+        Socket::Relayed(_) => Outcome::Error(libc::EISCONN),
     };
     let o = after(h, o);
     crate::msock_debug!("connect(fd {fd}): {}", describe(&o));
@@ -178,6 +181,7 @@ pub fn listen(h: &Handle, fd: RawFd, backlog: i32) -> Outcome<()> {
         Socket::Udp(_) => Outcome::Bypass,
         Socket::Tcp(s) => s.listen(backlog),
         Socket::Offline(s) => s.decide(None),
+        Socket::Relayed(_) => Outcome::Error(libc::EINVAL),
     };
     let o = after(h, o);
     crate::msock_debug!("listen(fd {fd}): {}", describe(&o));
@@ -189,8 +193,33 @@ pub fn accept(h: &Handle, _fd: RawFd, flags: i32) -> Outcome<(RawFd, SocketAddr)
     match h {
         Socket::Udp(s) if s.is_cached() => Outcome::Error(libc::EOPNOTSUPP),
         Socket::Udp(_) => Outcome::Bypass,
-        Socket::Tcp(s) => s.accept(flags),
-        Socket::Offline(_) => Outcome::Bypass,
+        Socket::Tcp(s) => s.accept(flags).map(|(fd, peer)| {
+            relay_if_standard(fd);
+            (fd, peer)
+        }),
+        Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
+    }
+}
+
+/// A connection that reaches descriptor 0, 1 or 2 becomes a relayed one (`client::relay`):
+/// glibc's stdio writes and reads those without the exported symbols. One that cannot be
+/// relayed goes on as it was (stdio on it then bypasses msock; logged).
+fn relay_if_standard(fd: RawFd) {
+    if !relay::wants_relay(fd) {
+        return;
+    }
+    let Some(Socket::Tcp(sock)) = table().get(fd) else {
+        return;
+    };
+    match sock.to_relay() {
+        Ok(relayed) => {
+            for fd in relayed.fds() {
+                table().insert(fd, Socket::Relayed(Arc::clone(&relayed)));
+            }
+            crate::msock_debug!("fd {fd}: endpoint {:?} relayed", sock.id());
+        }
+        Err(libc::ENOTCONN) => {}
+        Err(e) => crate::msock_debug!("fd {fd}: endpoint {:?} not relayed: errno {e}", sock.id()),
     }
 }
 
@@ -202,7 +231,7 @@ pub fn shutdown(h: &Handle, _fd: RawFd, how: i32) -> Outcome<()> {
         Socket::Udp(s) if s.is_cached() => Outcome::Error(libc::ENOTCONN),
         Socket::Udp(_) => Outcome::Bypass,
         Socket::Tcp(s) => s.shutdown(how),
-        Socket::Offline(_) => Outcome::Bypass,
+        Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
     }
 }
 
@@ -218,7 +247,7 @@ pub fn send(
         // A destination on a stream socket is ignored (Linux: EISCONN only when connected
         // and the address differs; programs pass NULL).
         Socket::Tcp(s) => s.send(bufs, flags),
-        Socket::Offline(_) => Outcome::Bypass,
+        Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
     };
     after(h, o)
 }
@@ -227,7 +256,7 @@ pub fn recv(h: &Handle, _fd: RawFd, bufs: &mut [&mut [u8]], flags: i32) -> Outco
     let o = match h {
         Socket::Udp(s) => s.recv(bufs, flags),
         Socket::Tcp(s) => s.recv(bufs, flags),
-        Socket::Offline(_) => Outcome::Bypass,
+        Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
     };
     after(h, o)
 }
@@ -236,6 +265,7 @@ pub fn getsockname(h: &Handle, _fd: RawFd) -> Outcome<SocketAddr> {
     match h {
         Socket::Udp(s) => s.getsockname(),
         Socket::Tcp(s) => s.getsockname(),
+        Socket::Relayed(s) => s.getsockname(),
         Socket::Offline(_) => Outcome::Bypass,
     }
 }
@@ -244,6 +274,7 @@ pub fn getpeername(h: &Handle, _fd: RawFd) -> Outcome<SocketAddr> {
     match h {
         Socket::Udp(s) => s.getpeername(),
         Socket::Tcp(s) => s.getpeername(),
+        Socket::Relayed(s) => s.getpeername(),
         Socket::Offline(_) => Outcome::Bypass,
     }
 }
@@ -255,6 +286,7 @@ pub fn getsockopt(h: &Handle, _fd: RawFd, level: i32, name: i32) -> Outcome<Vec<
             .getsockopt(level, name)
             .map(|v: OptValue| v.bytes[..v.len].to_vec()),
         Socket::Tcp(s) => s.getsockopt(level, name),
+        Socket::Relayed(s) => s.getsockopt(level, name),
         Socket::Offline(_) => Outcome::Bypass,
     }
 }
@@ -263,6 +295,7 @@ pub fn setsockopt(h: &Handle, fd: RawFd, level: i32, name: i32, value: &[u8]) ->
     match h {
         Socket::Udp(s) => s.setsockopt(fd, level, name, value),
         Socket::Tcp(s) => s.setsockopt(fd, level, name, value),
+        Socket::Relayed(s) => s.setsockopt(level, name, value),
         Socket::Offline(_) => Outcome::Bypass,
     }
 }
@@ -296,6 +329,7 @@ pub fn dup(h: &Handle, fd: RawFd) -> Outcome<RawFd> {
     match sys::dup(fd) {
         Ok(new) => {
             register_dup(h, new);
+            relay_if_standard(new);
             Outcome::Done(new)
         }
         Err(e) => Outcome::Error(e.raw_os_error().unwrap_or(libc::EMFILE)),
@@ -325,6 +359,7 @@ pub fn dup3(old_h: Option<&Handle>, old: RawFd, new: RawFd, flags: Option<i32>) 
     }
     if let Some(h) = old_h {
         register_dup(h, new);
+        relay_if_standard(new);
     }
     Outcome::Done(new)
 }
@@ -339,6 +374,7 @@ pub fn fcntl(h: &Handle, fd: RawFd, cmd: i32, arg: u64) -> Outcome<i32> {
             match sys::dupfd(fd, min, cmd == libc::F_DUPFD_CLOEXEC) {
                 Ok(new) => {
                     register_dup(h, new);
+                    relay_if_standard(new);
                     Outcome::Done(new)
                 }
                 Err(e) => Outcome::Error(e.raw_os_error().unwrap_or(libc::EMFILE)),
@@ -347,7 +383,7 @@ pub fn fcntl(h: &Handle, fd: RawFd, cmd: i32, arg: u64) -> Outcome<i32> {
         libc::F_GETFL => match h {
             Socket::Udp(s) => s.status_flags(fd),
             Socket::Tcp(s) => s.status_flags(fd),
-            Socket::Offline(_) => Outcome::Bypass,
+            Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
         },
         libc::F_SETFL => {
             let on = (arg as i32) & libc::O_NONBLOCK != 0;
@@ -361,7 +397,7 @@ pub fn fionread(h: &Handle, _fd: RawFd) -> Outcome<i32> {
     match h {
         Socket::Udp(s) => s.fionread(),
         Socket::Tcp(s) => s.fionread(),
-        Socket::Offline(_) => Outcome::Bypass,
+        Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
     }
 }
 
@@ -369,7 +405,7 @@ pub fn outq(h: &Handle, _fd: RawFd) -> Outcome<i32> {
     match h {
         Socket::Udp(s) => s.outq(),
         Socket::Tcp(s) => s.outq(),
-        Socket::Offline(_) => Outcome::Bypass,
+        Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
     }
 }
 
@@ -377,7 +413,7 @@ pub fn fionbio(h: &Handle, fd: RawFd, on: bool) -> Outcome<()> {
     match h {
         Socket::Udp(s) => s.set_nonblocking(fd, on),
         Socket::Tcp(s) => s.set_nonblocking(fd, on),
-        Socket::Offline(_) => Outcome::Bypass,
+        Socket::Offline(_) | Socket::Relayed(_) => Outcome::Bypass,
     }
 }
 

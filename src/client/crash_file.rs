@@ -150,6 +150,9 @@ impl Drop for RingView {
 pub struct CrashFile {
     fd: OwnedFd,
     map: Arc<Mapping>,
+    /// What the block holds now (`stamp_us` 0), `None` when it holds nothing valid: a
+    /// `publish` that would write the same is skipped.
+    published: Option<CrashRecord>,
 }
 
 impl std::fmt::Debug for CrashFile {
@@ -163,7 +166,11 @@ impl CrashFile {
     pub fn create() -> io::Result<CrashFile> {
         let fd = create_record_file()?;
         let map = Arc::new(Mapping::map(fd.as_fd())?);
-        Ok(CrashFile { fd, map })
+        Ok(CrashFile {
+            fd,
+            map,
+            published: None,
+        })
     }
 
     /// Maps a record file the netserver created (for an accepted connection). Refused unless
@@ -179,7 +186,11 @@ impl CrashFile {
         // msock's own descriptor from here on (moved high, protected from the program).
         let fd = super::sys::own(fd);
         let map = Arc::new(Mapping::map(fd.as_fd())?);
-        Ok(CrashFile { fd, map })
+        Ok(CrashFile {
+            fd,
+            map,
+            published: None,
+        })
     }
 
     /// The descriptor, to pass to the netserver.
@@ -229,11 +240,26 @@ impl CrashFile {
 
     /// Rewrites the control block from `conn` (attaching its ring first if it is not in the
     /// file yet, e.g. after an import).
+    ///
+    /// Skipped when nothing but the timestamp clock moved since the last publish: the block
+    /// then keeps an older `ts_val` with the older `stamp_us` it was taken at, a pair the
+    /// reader turns into the same TSval clock (`ts_val` + time since `stamp_us`). Callers
+    /// publish around every engine step, most of which change nothing (an idle pump, a
+    /// transmit with nothing to send).
     pub fn publish(&mut self, conn: &mut TcpConnection, now: Instant) {
         if !conn.send_ring_shared() {
             self.attach(conn);
         }
         let mut record = conn.crash_record(now);
+        if self.published.is_some_and(|p| {
+            CrashRecord {
+                ts_val: p.ts_val,
+                ..record
+            } == p
+        }) {
+            return;
+        }
+        self.published = Some(record);
         record.stamp_us = monotonic_us();
         // BLOCK_LEN bytes are always there: publish cannot fail.
         let _ = record.publish(self.block());
@@ -241,6 +267,7 @@ impl CrashFile {
 
     /// Marks the record unusable (the connection left this process some other way).
     pub fn invalidate(&mut self) {
+        self.published = None;
         CrashRecord::invalidate(self.block());
     }
 }
@@ -312,6 +339,31 @@ mod tests {
         assert_eq!(pread(file.fd(), 5, HEADER_LEN), b"hello");
         file.invalidate();
         assert!(CrashRecord::read(&pread(file.fd(), BLOCK_LEN, 0)).is_err());
+    }
+
+    #[test]
+    fn an_unchanged_record_is_not_rewritten() {
+        let mut file = CrashFile::create().unwrap();
+        let mut c = conn();
+        let generation =
+            |f: &CrashFile| CrashRecord::read(&pread(f.fd(), BLOCK_LEN, 0)).map(|r| r.1);
+        file.publish(&mut c, Instant::from_secs(2));
+        let (first, g1) = CrashRecord::read(&pread(file.fd(), BLOCK_LEN, 0)).unwrap();
+        // Only the clock moved: the block keeps the earlier TSval with its earlier stamp.
+        file.publish(&mut c, Instant::from_secs(3));
+        let (same, g2) = CrashRecord::read(&pread(file.fd(), BLOCK_LEN, 0)).unwrap();
+        assert_eq!((same, g2), (first, g1));
+        // A change of the connection is written at once.
+        c.close(Instant::from_secs(3));
+        file.publish(&mut c, Instant::from_secs(3));
+        let (closed, g3) = CrashRecord::read(&pread(file.fd(), BLOCK_LEN, 0)).unwrap();
+        assert_eq!(g3, g1 + 2);
+        assert_ne!(closed.state, first.state);
+        // After an invalidation the same record is written again (valid once more).
+        file.invalidate();
+        assert!(generation(&file).is_err());
+        file.publish(&mut c, Instant::from_secs(3));
+        assert!(generation(&file).is_ok_and(|g| g > g3));
     }
 
     #[test]

@@ -17,8 +17,11 @@
 //! error value (the new image then ignores the inheritance and logs why; it never panics).
 //!
 //! ```text
-//! v1 pid=4242 ctl=5 up=6 region=7 stats=8 close=21,22 sock=fds:3+4,lib:9,ino:1234,id:17,kind:c,dom:2,local:198.18.0.2:80,remote:198.18.0.1:4000
+//! v1 pid=4242 ctl=5 up=6 region=7 stats=8 close=21,22 sock=fds:3+4,lib:9,ino:1234,id:17,kind:c,dom:2,local:198.18.0.2:80,remote:198.18.0.1:4000 relay=fds:0+1,ino:5678,dom:2,local:198.18.0.2:7,remote:198.18.0.1:4001
 //! ```
+//!
+//! `relay` describes a relayed connection (`client::relay`): its descriptors are a kernel
+//! socketpair the netserver carries, so there is nothing to adopt but its names.
 //!
 //! `pid` is the process that exec'd: `execve` keeps it, so only the very next image adopts
 //! (a program that does not load libmsock passes the variable on to its own children, which
@@ -85,6 +88,19 @@ pub struct InheritedSocket {
     pub remote: Option<SocketAddrV4>,
 }
 
+/// One inherited relayed connection (`client::relay`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritedRelay {
+    /// Program descriptors referring to it (all without FD_CLOEXEC), at least one.
+    pub fds: Vec<RawFd>,
+    /// Inode of the socketpair end: the new image checks each of `fds` is it.
+    pub ino: u64,
+    /// AF_INET or AF_INET6.
+    pub domain: i32,
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+}
+
 /// Everything handed to the next image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inheritance {
@@ -97,6 +113,7 @@ pub struct Inheritance {
     /// Endpoints whose descriptors were all close-on-exec: closed by the new image.
     pub close: Vec<EndpointId>,
     pub sockets: Vec<InheritedSocket>,
+    pub relays: Vec<InheritedRelay>,
 }
 
 /// Why an inheritance could not be parsed.
@@ -123,17 +140,37 @@ fn addr(s: &str) -> Result<Option<SocketAddrV4>, InheritError> {
     s.parse().map(Some).map_err(|_| InheritError("address"))
 }
 
+fn fds_field(v: &str) -> Result<Vec<RawFd>, InheritError> {
+    let list = v.split('+').map(fd).collect::<Result<Vec<_>, _>>()?;
+    if list.is_empty() || list.len() > 1024 {
+        return Err(InheritError("descriptor list"));
+    }
+    Ok(list)
+}
+
+fn domain_field(v: &str) -> Result<i32, InheritError> {
+    let d: i32 = v.parse().map_err(|_| InheritError("domain"))?;
+    if d != libc::AF_INET && d != libc::AF_INET6 {
+        return Err(InheritError("domain"));
+    }
+    Ok(d)
+}
+
+fn join_fds(fds: &[RawFd]) -> String {
+    let fds: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
+    fds.join("+")
+}
+
 fn fmt_addr(a: Option<SocketAddrV4>) -> String {
     a.map_or_else(|| "-".to_string(), |a| a.to_string())
 }
 
 impl InheritedSocket {
     fn encode(&self, out: &mut String) {
-        let fds: Vec<String> = self.fds.iter().map(|f| f.to_string()).collect();
         let _ = write!(
             out,
             " sock=fds:{},lib:{},ino:{},id:{},kind:{},dom:{},local:{},remote:{}",
-            fds.join("+"),
+            join_fds(&self.fds),
             self.lib,
             self.ino,
             self.id,
@@ -156,24 +193,12 @@ impl InheritedSocket {
         for field in value.split(',') {
             let (key, v) = field.split_once(':').ok_or(InheritError("socket field"))?;
             match key {
-                "fds" => {
-                    let list = v.split('+').map(fd).collect::<Result<Vec<_>, _>>()?;
-                    if list.is_empty() || list.len() > 1024 {
-                        return Err(InheritError("descriptor list"));
-                    }
-                    fds = Some(list);
-                }
+                "fds" => fds = Some(fds_field(v)?),
                 "lib" => lib = Some(fd(v)?),
                 "ino" => ino = Some(v.parse().map_err(|_| InheritError("inode"))?),
                 "id" => id = Some(v.parse().map_err(|_| InheritError("endpoint id"))?),
                 "kind" => kind = Some(InheritedKind::from_tag(v)?),
-                "dom" => {
-                    let d: i32 = v.parse().map_err(|_| InheritError("domain"))?;
-                    if d != libc::AF_INET && d != libc::AF_INET6 {
-                        return Err(InheritError("domain"));
-                    }
-                    domain = Some(d);
-                }
+                "dom" => domain = Some(domain_field(v)?),
                 // "local:198.18.0.2:80": the value itself contains a colon.
                 "local" => local = Some(addr(v)?),
                 "remote" => remote = Some(addr(v)?),
@@ -187,6 +212,43 @@ impl InheritedSocket {
             ino: ino.ok_or(missing)?,
             id: id.ok_or(missing)?,
             kind: kind.ok_or(missing)?,
+            domain: domain.ok_or(missing)?,
+            local: local.ok_or(missing)?,
+            remote: remote.ok_or(missing)?,
+        })
+    }
+}
+
+impl InheritedRelay {
+    fn encode(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            " relay=fds:{},ino:{},dom:{},local:{},remote:{}",
+            join_fds(&self.fds),
+            self.ino,
+            self.domain,
+            self.local,
+            self.remote,
+        );
+    }
+
+    fn parse(value: &str) -> Result<InheritedRelay, InheritError> {
+        let (mut fds, mut ino, mut domain, mut local, mut remote) = (None, None, None, None, None);
+        for field in value.split(',') {
+            let (key, v) = field.split_once(':').ok_or(InheritError("relay field"))?;
+            match key {
+                "fds" => fds = Some(fds_field(v)?),
+                "ino" => ino = Some(v.parse().map_err(|_| InheritError("inode"))?),
+                "dom" => domain = Some(domain_field(v)?),
+                "local" => local = Some(v.parse().map_err(|_| InheritError("address"))?),
+                "remote" => remote = Some(v.parse().map_err(|_| InheritError("address"))?),
+                _ => return Err(InheritError("unknown relay field")),
+            }
+        }
+        let missing = InheritError("missing relay field");
+        Ok(InheritedRelay {
+            fds: fds.ok_or(missing)?,
+            ino: ino.ok_or(missing)?,
             domain: domain.ok_or(missing)?,
             local: local.ok_or(missing)?,
             remote: remote.ok_or(missing)?,
@@ -208,6 +270,9 @@ impl Inheritance {
         for s in &self.sockets {
             s.encode(&mut out);
         }
+        for r in &self.relays {
+            r.encode(&mut out);
+        }
         out
     }
 
@@ -221,6 +286,7 @@ impl Inheritance {
         let mut pid = None;
         let mut close = Vec::new();
         let mut sockets = Vec::new();
+        let mut relays = Vec::new();
         for word in words {
             let (key, v) = word.split_once('=').ok_or(InheritError("word"))?;
             match key {
@@ -243,6 +309,12 @@ impl Inheritance {
                     }
                     sockets.push(InheritedSocket::parse(v)?);
                 }
+                "relay" => {
+                    if sockets.len() + relays.len() >= MAX_SOCKETS {
+                        return Err(InheritError("too many sockets"));
+                    }
+                    relays.push(InheritedRelay::parse(v)?);
+                }
                 _ => return Err(InheritError("unknown word")),
             }
         }
@@ -255,6 +327,7 @@ impl Inheritance {
             stats: stats.ok_or(missing)?,
             close,
             sockets,
+            relays,
         };
         let mut seen = inheritance.descriptors();
         seen.sort_unstable();
@@ -271,6 +344,9 @@ impl Inheritance {
         for s in &self.sockets {
             all.push(s.lib);
             all.extend(&s.fds);
+        }
+        for r in &self.relays {
+            all.extend(&r.fds);
         }
         all
     }
@@ -320,6 +396,13 @@ mod tests {
                     remote: None,
                 },
             ],
+            relays: vec![InheritedRelay {
+                fds: vec![12, 13],
+                ino: 5678,
+                domain: libc::AF_INET6,
+                local: "198.18.0.2:7".parse().unwrap(),
+                remote: "198.18.0.1:4001".parse().unwrap(),
+            }],
         }
     }
 
@@ -332,6 +415,7 @@ mod tests {
         let empty = Inheritance {
             close: vec![],
             sockets: vec![],
+            relays: vec![],
             ..sample()
         };
         assert_eq!(Inheritance::parse(&empty.encode()), Ok(empty));
@@ -340,7 +424,7 @@ mod tests {
     #[test]
     fn descriptors_lists_everything() {
         let d = sample().descriptors();
-        assert_eq!(d, vec![5, 6, 7, 8, 9, 0, 1, 2, 10, 3, 11, 4]);
+        assert_eq!(d, vec![5, 6, 7, 8, 9, 0, 1, 2, 10, 3, 11, 4, 12, 13]);
     }
 
     #[test]
@@ -362,6 +446,12 @@ mod tests {
             good.replace(",ino:123456", ""),
             good.replace("ctl=5 ", "ctl=5  "),
             format!("{good} sock=fds:1,lib:2,ino:3,id:4,kind:c,dom:2,local:-,remote:-,x:1"),
+            good.replace("relay=fds:12+13", "relay=fds:"),
+            good.replace(",local:198.18.0.2:7,", ",local:-,"),
+            good.replace("ino:5678,", ""),
+            format!("{good} relay=fds:30,ino:1,dom:2,local:1.2.3.4:5,remote:1.2.3.4:6,id:1"),
+            // A descriptor named by a socket and a relay.
+            format!("{good} relay=fds:3,ino:1,dom:2,local:1.2.3.4:5,remote:1.2.3.4:6"),
         ];
         for b in bad {
             assert!(Inheritance::parse(&b).is_err(), "accepted {b:?}");

@@ -10,6 +10,8 @@
 //!   hop, crash record), shared with `msock tcp`; [`timer`] the per-process timer thread.
 //! - [`datapath`]: its sans-I/O data path (frame validation, receive queue, header building,
 //!   fragmentation) over any [`crate::channel::Channel`].
+//! - [`relay`]: connections on the standard descriptors, carried by the netserver through a
+//!   kernel socketpair (glibc's stdio bypasses the exported symbols).
 //! - [`runtime`]: process-wide state (fd table, session, receive thread, neighbour queues).
 //! - [`crash_file`]: a cached TCP connection's crash record (send ring + control block in a
 //!   memfd the netserver reads if the process is killed).
@@ -26,6 +28,7 @@ pub mod guard;
 pub mod inherit;
 pub mod log;
 pub mod process;
+pub mod relay;
 pub mod runtime;
 pub mod signals;
 pub mod stats;

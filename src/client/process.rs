@@ -2,15 +2,15 @@
 //! flushed back to the network server; it is cached again when a close leaves one holder";
 //! §4.2: `SO_CONCURRENT_SERVER`, delayed caching for inetd-style servers).
 //!
-//! **fork.** Before the real `fork`, [`fork_prepare`] flushes every TCP connection cached in
-//! this process (its state then lives in the netserver, reachable from both processes) except
-//! one accepted through a `SO_CONCURRENT_SERVER` listener and never cached (it is still in the
-//! netserver: *deferred*), then asks the netserver for the child's session (`Fork`, naming
-//! every TCP endpoint this process holds: the child is a holder of each *before* the fork, so
-//! a parent that closes its copy at once cannot end a connection the child still holds). It
-//! then takes the fd table's lock and every TCP socket's state lock around the real `fork`, so
-//! no other thread of the parent is inside one when the address space is copied
-//! (`client::forksafe`). The child says `Hello` on its new control connection, gets its own receive
+//! **fork.** [`fork`] takes the fd table's lock and every TCP socket's state lock, flushes
+//! every TCP connection cached in this process (its state then lives in the netserver,
+//! reachable from both processes) except one accepted through a `SO_CONCURRENT_SERVER`
+//! listener and never cached (it is still in the netserver: *deferred*), asks the netserver
+//! for the child's session (`Fork`, naming every TCP endpoint this process holds: the child is
+//! a holder of each *before* the fork, so a parent that closes its copy at once cannot end a
+//! connection the child still holds) and runs the real `fork`, all under those locks: no other
+//! thread closes, adds or caches a socket in between, and none is inside one when the address
+//! space is copied (`client::forksafe`). The child says `Hello` on its new control connection, gets its own receive
 //! and timer threads, and adopts every inherited TCP socket; a deferred connection is cached
 //! into the child at its first use (Fig. 5: accept, fork, the child serves: one cache, no
 //! flush). A connection the parent shares with the child is cached again by whichever process
@@ -31,36 +31,38 @@ use std::ffi::CString;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
-use super::inherit::{ENV, Inheritance, InheritedSocket};
+use super::inherit::{ENV, Inheritance, InheritedRelay, InheritedSocket};
+use super::relay::{self, RelayedSocket};
 use super::runtime::{self, table};
 use super::sys;
-use super::tcp::TcpSocket;
+use super::tcp::{ForkHold, TcpSocket};
 use crate::control::{EndpointId, Reply, Request};
 use crate::msock_debug;
 
 /// The name of the exec hand-off variable (for the C edge, which filters it out of `envp`).
 pub const INHERIT_ENV: &str = ENV;
 
-/// `fork` with msock's sockets: flushes, asks the netserver for the child's session, runs
-/// `real_fork` with the runtime's locks held by this thread (they are released in both
-/// processes when it returns: `client::forksafe`), then sets the child up. Returns what
+/// `fork` with msock's sockets: takes the runtime's locks, flushes, asks the netserver for
+/// the child's session and runs `real_fork` with them held by this thread (they are released
+/// in both processes when it returns: `client::forksafe`), then sets the child up. Returns what
 /// `real_fork` returned (-1 for a failed fork, errno untouched by this function afterwards).
 ///
 /// A connection that cannot be flushed stays the parent's (the child sees it detached); the
 /// `Result` is for future failures that must stop the fork.
 pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
-    let (child_control, shared) = prepare_child_session()?;
-    let (pid, sockets) = {
+    let (pid, sockets, child_control, shared) = {
         // Order: table, then each socket (no other thread holds two socket locks, and none
-        // takes the table's while holding a socket's). The sockets are read under the held
-        // table lock: one added since the flush is locked too (the child may touch it).
+        // takes the table's while holding a socket's). Held from the flush through the `Fork`
+        // request to the real fork: no other thread can close, add or cache again a socket in
+        // between, so the netserver's holders are exactly what the child inherits.
         let held_table = table().hold_for_fork();
         let sockets = held_table.tcp_sockets();
-        let held: Vec<_> = sockets.iter().map(|s| s.hold_for_fork()).collect();
+        let mut held: Vec<_> = sockets.iter().map(|s| s.hold_for_fork()).collect();
+        let (child_control, shared) = prepare_child_session(&sockets, &mut held)?;
         let pid = real_fork();
         drop(held);
         drop(held_table);
-        (pid, sockets)
+        (pid, sockets, child_control, shared)
     };
     if pid == 0 {
         // A panic here must not make the child look like a failed fork.
@@ -78,50 +80,41 @@ pub fn fork(real_fork: impl FnOnce() -> i32) -> Result<i32, i32> {
     Ok(pid)
 }
 
-/// How often [`prepare_child_session`] asks again when another thread closed, or cached
-/// again, one of the sockets between the flush and the `Fork` request.
-const FORK_ATTEMPTS: usize = 5;
-
 /// Flushes every cached connection and has the netserver make the child's session, holding
-/// every TCP endpoint this process holds. Another thread may close a socket (or cache one
-/// again on a `SoleHolder`) between the flush and the request; the netserver then refuses the
-/// whole request (EBADF/EINVAL) and it is made again from the table as it is now.
-fn prepare_child_session() -> Result<(Option<OwnedFd>, Vec<EndpointId>), i32> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sockets = table().tcp_sockets();
-        let mut ids = Vec::new();
-        for sock in &sockets {
-            // A connection that cannot be flushed (the netserver is gone) stays the parent's;
-            // the child sees it detached. fork itself never fails because of a socket.
-            if sock.is_cached()
-                && let Err(e) = sock.flush()
-            {
-                msock_debug!("fork: endpoint {:?} not flushed (errno {e})", sock.id());
-            }
-            if let Some(id) = sock.shareable_id() {
-                ids.push(id);
-            }
+/// every TCP endpoint this process holds. The caller holds the fd table's lock and the lock of
+/// every socket in `sockets` (`held`, in the same order), so the sockets stay as they will be
+/// at the fork: the request names each endpoint this process holds and none it has cached.
+/// (When another thread could close or cache a socket again between the flush and the
+/// request, the netserver refused it, and under steady closes every retry too: the child's
+/// sockets were all detached.)
+fn prepare_child_session(
+    sockets: &[Arc<TcpSocket>],
+    held: &mut [ForkHold<'_>],
+) -> Result<(Option<OwnedFd>, Vec<EndpointId>), i32> {
+    let mut ids = Vec::new();
+    for (sock, hold) in sockets.iter().zip(held.iter_mut()) {
+        // A connection that cannot be flushed (the netserver is gone) stays the parent's; the
+        // child sees it detached. fork itself never fails because of a socket.
+        if let Err(e) = sock.flush_for_fork(hold) {
+            msock_debug!("fork: endpoint {:?} not flushed (errno {e})", sock.id());
         }
-        if ids.is_empty() {
-            return Ok((None, ids));
+        if let Some(id) = sock.shareable_id(hold) {
+            ids.push(id);
         }
-        let Ok(session) = runtime::session() else {
-            return Ok((None, Vec::new()));
-        };
-        match session.request(&Request::Fork { ids: ids.clone() }, &[]) {
-            Ok((Reply::Forked, fds)) => return Ok((fds.into_iter().next(), ids)),
-            Ok(_) => msock_debug!("fork: unexpected reply to Fork"),
-            Err(e @ (libc::EBADF | libc::EINVAL)) if attempt < FORK_ATTEMPTS => {
-                msock_debug!("fork: Fork refused (errno {e}), a socket changed meanwhile; again");
-                continue;
-            }
-            Err(e) => msock_debug!("fork: the netserver refused Fork: errno {e}"),
-        }
-        // The child's sockets will be detached (EBADFD), as without a netserver.
-        return Ok((None, Vec::new()));
     }
+    if ids.is_empty() {
+        return Ok((None, ids));
+    }
+    let Ok(session) = runtime::session() else {
+        return Ok((None, Vec::new()));
+    };
+    match session.request(&Request::Fork { ids: ids.clone() }, &[]) {
+        Ok((Reply::Forked, fds)) => return Ok((fds.into_iter().next(), ids)),
+        Ok(_) => msock_debug!("fork: unexpected reply to Fork"),
+        Err(e) => msock_debug!("fork: the netserver refused Fork: errno {e}"),
+    }
+    // The child's sockets will be detached (EBADFD), as without a netserver.
+    Ok((None, Vec::new()))
 }
 
 /// In the child after `fork`: drop the parent's session, adopt the new one and every
@@ -164,8 +157,39 @@ struct ExecUndo {
 /// environment entry to add (`None` when this process has no msock TCP socket). Fails only
 /// if the session's descriptors cannot be kept open across the exec.
 pub fn exec_prepare() -> Result<Option<CString>, i32> {
+    if !table().active() {
+        return Ok(None);
+    }
+    // A connection the new image will have on a standard descriptor is relayed first: its
+    // stdio would bypass the library (`client::relay`).
+    for sock in table().tcp_sockets() {
+        let on_standard = sock.fds().into_iter().any(|fd| {
+            relay::wants_relay(fd) && sys::get_fd_flags(fd).is_ok_and(|f| f & libc::FD_CLOEXEC == 0)
+        });
+        if on_standard {
+            match sock.to_relay() {
+                Ok(relayed) => {
+                    for fd in relayed.fds() {
+                        table().insert(fd, runtime::Socket::Relayed(Arc::clone(&relayed)));
+                    }
+                }
+                Err(e) => msock_debug!("exec: endpoint {:?} not relayed (errno {e})", sock.id()),
+            }
+        }
+    }
     let sockets = table().tcp_sockets();
-    if sockets.is_empty() {
+    let relayed = table().relayed_sockets();
+    let datagram: Vec<EndpointId> = table()
+        .sockets()
+        .into_iter()
+        .filter_map(|s| match s {
+            runtime::Socket::Udp(u) => Some(u.id),
+            _ => None,
+        })
+        .collect();
+    // Without TCP sockets the session need not survive: its descriptors close with the exec
+    // and the netserver reclaims what this process held (its UDP endpoints included).
+    if sockets.is_empty() && relayed.is_empty() {
         return Ok(None);
     }
     let session = runtime::session()?;
@@ -187,11 +211,21 @@ pub fn exec_prepare() -> Result<Option<CString>, i32> {
         upcall,
         region,
         stats,
-        close: Vec::new(),
+        // UDP sockets live in this image only (their descriptors go on as kernel sockets):
+        // their endpoints end with it.
+        close: datagram,
         sockets: Vec::new(),
+        relays: Vec::new(),
     };
     for sock in &sockets {
         let Some(rec) = sock.inherit_record() else {
+            // Cached again by another thread since the flush: its state dies with this
+            // image, so its endpoint must not outlive it.
+            if sock.is_cached()
+                && let Some(id) = sock.id()
+            {
+                inheritance.close.push(id);
+            }
             continue;
         };
         let surviving: Vec<RawFd> = rec
@@ -208,6 +242,26 @@ pub fn exec_prepare() -> Result<Option<CString>, i32> {
                 ..rec
             });
         }
+    }
+    for r in &relayed {
+        let surviving: Vec<RawFd> = r
+            .fds()
+            .into_iter()
+            .filter(|&fd| sys::get_fd_flags(fd).is_ok_and(|f| f & libc::FD_CLOEXEC == 0))
+            .collect();
+        let Some(&first) = surviving.first() else {
+            continue;
+        };
+        let Ok((_, ino)) = sys::identity(first) else {
+            continue;
+        };
+        inheritance.relays.push(InheritedRelay {
+            fds: surviving,
+            ino,
+            domain: r.domain,
+            local: r.local,
+            remote: r.remote,
+        });
     }
     let mut cleared = Vec::new();
     let keep = [control, upcall, region, stats]
@@ -284,6 +338,8 @@ pub fn adopt_inherited() {
                 rec.id
             );
             close_endpoint(session, rec.id);
+            // Its library end was left open for this image only.
+            let _ = sys::close(rec.lib);
             continue;
         }
         match TcpSocket::from_inherited(session, rec) {
@@ -296,6 +352,23 @@ pub fn adopt_inherited() {
                 msock_debug!("{ENV}: endpoint {} not adopted: errno {e}", rec.id);
                 close_endpoint(session, rec.id);
             }
+        }
+    }
+    for rec in &inheritance.relays {
+        // Only descriptors still on the relay's socket (a program may have reused a number
+        // before exec'ing through something that does not load libmsock).
+        let fds: Vec<RawFd> = rec
+            .fds
+            .iter()
+            .copied()
+            .filter(|&fd| sys::identity(fd).is_ok_and(|(_, ino)| ino == rec.ino))
+            .collect();
+        if fds.is_empty() {
+            continue;
+        }
+        let relayed = RelayedSocket::new(rec.domain, rec.local, rec.remote, fds.clone());
+        for fd in fds {
+            table().insert(fd, runtime::Socket::Relayed(Arc::clone(&relayed)));
         }
     }
     // The session's descriptors are ours again: close-on-exec, as at creation.

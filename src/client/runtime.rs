@@ -48,6 +48,7 @@ use crate::routing::table::NextHop;
 use crate::wire::EthernetAddress;
 
 use super::guard;
+use super::relay::RelayedSocket;
 use super::stats::StatsPage;
 use super::sys;
 use super::tcp::{OfflineSocket, TcpSocket};
@@ -84,6 +85,14 @@ impl BufferLimits {
         wmem_max: 212_992,
     };
 
+    /// The limits of this host, read from /proc once per process image (they are the same
+    /// for every session of a process and its fork children, which inherit the value: a
+    /// fork-per-connection server no longer pays four /proc reads per connection).
+    pub fn get() -> BufferLimits {
+        static LIMITS: Lazy<BufferLimits> = Lazy::new(BufferLimits::read);
+        *LIMITS
+    }
+
     fn read() -> BufferLimits {
         let get = |name: &str, dflt: usize| {
             super::sys::read_proc_int(&format!("/proc/sys/net/core/{name}"))
@@ -110,6 +119,8 @@ pub enum Socket {
     Tcp(Arc<TcpSocket>),
     /// A TCP socket made while no netserver answered (see `tcp::OfflineSocket`).
     Offline(Arc<OfflineSocket>),
+    /// A connection the netserver carries through a kernel socketpair (`client::relay`).
+    Relayed(Arc<RelayedSocket>),
 }
 
 impl Socket {
@@ -119,6 +130,7 @@ impl Socket {
             (Socket::Udp(a), Socket::Udp(b)) => Arc::ptr_eq(a, b),
             (Socket::Tcp(a), Socket::Tcp(b)) => Arc::ptr_eq(a, b),
             (Socket::Offline(a), Socket::Offline(b)) => Arc::ptr_eq(a, b),
+            (Socket::Relayed(a), Socket::Relayed(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -128,6 +140,7 @@ impl Socket {
             Socket::Udp(s) => s.add_fd(fd),
             Socket::Tcp(s) => s.add_fd(fd),
             Socket::Offline(s) => s.add_fd(fd),
+            Socket::Relayed(s) => s.add_fd(fd),
         }
     }
 
@@ -137,6 +150,7 @@ impl Socket {
             Socket::Udp(s) => s.remove_fd(fd),
             Socket::Tcp(s) => s.remove_fd(fd),
             Socket::Offline(s) => s.remove_fd(fd),
+            Socket::Relayed(s) => s.remove_fd(fd),
         }
     }
 
@@ -145,6 +159,7 @@ impl Socket {
             Socket::Udp(s) => s.fds(),
             Socket::Tcp(s) => s.fds(),
             Socket::Offline(s) => s.fds(),
+            Socket::Relayed(s) => s.fds(),
         }
     }
 
@@ -153,7 +168,8 @@ impl Socket {
         match self {
             Socket::Udp(s) => s.release(),
             Socket::Tcp(s) => s.release(),
-            Socket::Offline(_) => {}
+            // The relay sees the kernel socket close.
+            Socket::Offline(_) | Socket::Relayed(_) => {}
         }
     }
 
@@ -163,6 +179,7 @@ impl Socket {
             Socket::Udp(s) => s.is_kernel(),
             Socket::Tcp(s) => s.is_kernel(),
             Socket::Offline(s) => s.is_kernel(),
+            Socket::Relayed(_) => false,
         }
     }
 
@@ -171,7 +188,7 @@ impl Socket {
         match self {
             Socket::Udp(s) => s.is_cached(),
             Socket::Tcp(s) => s.is_msock(),
-            Socket::Offline(_) => false,
+            Socket::Offline(_) | Socket::Relayed(_) => false,
         }
     }
 
@@ -180,7 +197,7 @@ impl Socket {
         match self {
             Socket::Udp(s) => s.drive(),
             Socket::Tcp(s) => s.drive(),
-            Socket::Offline(_) => {}
+            Socket::Offline(_) | Socket::Relayed(_) => {}
         }
     }
 }
@@ -265,6 +282,17 @@ impl FdTable {
                 && !out.iter().any(|o| Arc::ptr_eq(o, t))
             {
                 out.push(Arc::clone(t));
+            }
+        }
+        out
+    }
+
+    /// Every relayed socket in the table, once each (exec describes them).
+    pub fn relayed_sockets(&self) -> Vec<Arc<RelayedSocket>> {
+        let mut out: Vec<Arc<RelayedSocket>> = Vec::new();
+        for s in self.sockets() {
+            if let Socket::Relayed(r) = s {
+                out.push(r);
             }
         }
         out
@@ -449,7 +477,7 @@ impl Session {
             region,
             region_fd: region_keep,
             stats,
-            limits: BufferLimits::read(),
+            limits: BufferLimits::get(),
             epoll,
             sockets: Mutex::new(HashMap::new()),
             neighbours: Mutex::new(HashMap::new()),
@@ -864,6 +892,11 @@ pub fn session() -> Result<&'static Session, i32> {
 
 /// Makes `session` this process's current session and starts its receive thread.
 fn install(session: Session) -> Result<&'static Session, i32> {
+    // Process-wide values every TCP connection needs, computed now so that fork children
+    // inherit them instead of each computing its own: the checksum kernel (CPU feature
+    // detection: `cpuid` traps to the hypervisor in a VM), the clock epoch, the buffer limits.
+    let _ = crate::checksum::fast::best();
+    let _ = now();
     let session: &'static Session = Box::leak(Box::new(session));
     SESSION.store(std::ptr::from_ref(session).cast_mut(), Ordering::Release);
     std::thread::Builder::new()

@@ -168,6 +168,49 @@ pub fn set_fd_flags(fd: RawFd, flags: i32) -> io::Result<()> {
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) }).map(|_| ())
 }
 
+/// Puts the open file description of `placeholder` under every number in `fds` (the
+/// program's numbers of one socket, all sharing one open file description) with `dup3`, so
+/// the program's `poll`/`epoll`/`close` act on the placeholder from now on. Returns whether
+/// the socket was non-blocking.
+///
+/// What the program can observe through `fcntl` is kept:
+/// - each number keeps its own FD_CLOEXEC (it is per descriptor, not per description);
+/// - the socket's O_NONBLOCK (read from `fds[0]`: it is per description) is given to, or
+///   taken from, the placeholder's description before any number moves, so `F_GETFL` on
+///   every number still shows it.
+///
+/// Errors: an empty `fds` is EBADF. Every number's flags are read, and the placeholder's
+/// O_NONBLOCK set, before any number is replaced: a number that is not open (EBADF), or any
+/// other failure up to there, leaves every number as it was. Only a `dup3` failing after that
+/// (`placeholder` itself not open, or a number raced to by another thread) leaves the numbers
+/// before it replaced.
+pub fn cover_fds(placeholder: RawFd, fds: &[RawFd]) -> io::Result<bool> {
+    let first = *fds
+        .first()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+    let nonblocking = get_status_flags(first)? & libc::O_NONBLOCK != 0;
+    let dup_flags = fds
+        .iter()
+        .map(|&fd| {
+            let cloexec = get_fd_flags(fd)? & libc::FD_CLOEXEC != 0;
+            Ok((fd, if cloexec { libc::O_CLOEXEC } else { 0 }))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let shown = get_status_flags(placeholder)?;
+    let wanted = if nonblocking {
+        shown | libc::O_NONBLOCK
+    } else {
+        shown & !libc::O_NONBLOCK
+    };
+    if wanted != shown {
+        set_status_flags(placeholder, wanted)?;
+    }
+    for (fd, flags) in dup_flags {
+        dup3(placeholder, fd, flags)?;
+    }
+    Ok(nonblocking)
+}
+
 /// (device, inode) of an open descriptor: a placeholder's identity.
 pub fn identity(fd: RawFd) -> io::Result<(u64, u64)> {
     // SAFETY: fstat into a zeroed buffer of the right type.
@@ -381,6 +424,80 @@ mod tests {
         let (d2, i2) = identity(b.as_raw_fd()).unwrap();
         assert_eq!(d1, d2);
         assert_ne!(i1, i2);
+    }
+
+    /// A kernel TCP socket standing for the program's socket.
+    fn program_socket() -> OwnedFd {
+        let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        // SAFETY: a fresh descriptor nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn cloexec(fd: RawFd) -> bool {
+        get_fd_flags(fd).unwrap() & libc::FD_CLOEXEC != 0
+    }
+
+    fn nonblocking(fd: RawFd) -> bool {
+        get_status_flags(fd).unwrap() & libc::O_NONBLOCK != 0
+    }
+
+    #[test]
+    fn cover_fds_keeps_cloexec_per_number_and_nonblocking() {
+        let a = program_socket();
+        let b = own_dup(a.as_raw_fd(), false);
+        set_fd_flags(a.as_raw_fd(), libc::FD_CLOEXEC).unwrap();
+        let fl = get_status_flags(a.as_raw_fd()).unwrap();
+        set_status_flags(a.as_raw_fd(), fl | libc::O_NONBLOCK).unwrap();
+        let (placeholder, _lib) = stream_pair().unwrap();
+        assert!(!nonblocking(placeholder.as_raw_fd()));
+
+        let covered = cover_fds(placeholder.as_raw_fd(), &[a.as_raw_fd(), b.as_raw_fd()]);
+        assert!(covered.unwrap());
+        let id = identity(placeholder.as_raw_fd()).unwrap();
+        assert_eq!(identity(a.as_raw_fd()).unwrap(), id);
+        assert_eq!(identity(b.as_raw_fd()).unwrap(), id);
+        assert!(cloexec(a.as_raw_fd()));
+        assert!(!cloexec(b.as_raw_fd()));
+        // The placeholder's own number keeps its close-on-exec.
+        assert!(cloexec(placeholder.as_raw_fd()));
+        assert!(nonblocking(a.as_raw_fd()) && nonblocking(b.as_raw_fd()));
+    }
+
+    #[test]
+    fn cover_fds_clears_nonblocking_for_a_blocking_socket() {
+        let a = program_socket();
+        let (placeholder, _lib) = stream_pair().unwrap();
+        let fl = get_status_flags(placeholder.as_raw_fd()).unwrap();
+        set_status_flags(placeholder.as_raw_fd(), fl | libc::O_NONBLOCK).unwrap();
+        assert!(!cover_fds(placeholder.as_raw_fd(), &[a.as_raw_fd()]).unwrap());
+        assert!(!nonblocking(a.as_raw_fd()));
+        assert!(!cloexec(a.as_raw_fd()));
+    }
+
+    #[test]
+    fn cover_fds_replaces_nothing_when_a_number_is_closed() {
+        let a = program_socket();
+        let before = identity(a.as_raw_fd()).unwrap();
+        // A number that is not open: a duplicate, closed again.
+        let closed = dupfd(a.as_raw_fd(), 500, true).unwrap();
+        close(closed).unwrap();
+        let (placeholder, _lib) = stream_pair().unwrap();
+        let err = cover_fds(placeholder.as_raw_fd(), &[a.as_raw_fd(), closed]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(identity(a.as_raw_fd()).unwrap(), before);
+        assert_eq!(
+            get_fd_flags(closed).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
+        let err = cover_fds(placeholder.as_raw_fd(), &[]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+
+    /// A duplicate of `fd` (close-on-exec or not) owned by the test.
+    fn own_dup(fd: RawFd, cloexec: bool) -> OwnedFd {
+        let d = dupfd(fd, 0, cloexec).unwrap();
+        // SAFETY: a fresh descriptor nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(d) }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!   IPV6_V6ONLY, or a v4-mapped address), or when the destination is routed through msock's
 //!   interface: the endpoint is bound through the netserver (explicitly, or port 0 implicitly),
 //!   the socket is **cached** (its channel fd adopted), and an AF_UNIX stream socketpair
-//!   placeholder is `dup3`ed over every fd number of the socket, preserving FD_CLOEXEC and
-//!   O_NONBLOCK;
+//!   placeholder is `dup3`ed over every fd number of the socket ([`sys::cover_fds`]: FD_CLOEXEC
+//!   and O_NONBLOCK kept);
 //! - the kernel's otherwise (loopback, other local addresses, native IPv6, other interfaces):
 //!   `Close` is sent, the fd is forgotten and the call passes through to libc.
 //!
@@ -604,24 +604,7 @@ impl UdpSocket {
         let wake = channel.wake_fd();
         let (prog, lib) = sys::stream_pair().map_err(|e| errno_of(&e))?;
         let identity = sys::identity(prog.as_raw_fd()).map_err(|e| errno_of(&e))?;
-        let first = *st.fds.first().ok_or(libc::EBADF)?;
-        let nonblocking =
-            sys::get_status_flags(first).map_err(|e| errno_of(&e))? & libc::O_NONBLOCK != 0;
-        for &fd in &st.fds {
-            let cloexec = sys::get_fd_flags(fd)
-                .map(|f| f & libc::FD_CLOEXEC != 0)
-                .unwrap_or(false);
-            sys::dup3(
-                prog.as_raw_fd(),
-                fd,
-                if cloexec { libc::O_CLOEXEC } else { 0 },
-            )
-            .map_err(|e| errno_of(&e))?;
-        }
-        if nonblocking {
-            // Shared open file description: F_GETFL on the program's fds agrees with us.
-            let _ = sys::set_status_flags(prog.as_raw_fd(), libc::O_RDWR | libc::O_NONBLOCK);
-        }
+        let nonblocking = sys::cover_fds(prog.as_raw_fd(), &st.fds).map_err(|e| errno_of(&e))?;
         self.nonblocking.store(nonblocking, Ordering::Relaxed);
         let slot = self.session.stats.allocate(self.id);
         let cached = Arc::new(Cached {
@@ -1007,16 +990,7 @@ impl UdpSocket {
     }
 
     fn family_addr(&self, a: SocketAddrV4) -> SocketAddr {
-        if self.domain == libc::AF_INET6 {
-            let ip = if a.ip().is_unspecified() {
-                std::net::Ipv6Addr::UNSPECIFIED
-            } else {
-                a.ip().to_ipv6_mapped()
-            };
-            SocketAddr::V6(SocketAddrV6::new(ip, a.port(), 0, 0))
-        } else {
-            SocketAddr::V4(a)
-        }
+        super::relay::family_addr(self.domain, a)
     }
 
     pub fn recv(&self, bufs: &mut [&mut [u8]], flags: i32) -> Outcome<Received> {

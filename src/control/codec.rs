@@ -62,6 +62,7 @@ mod kind {
     pub const REQ_NAMES: u16 = 0x0116;
     pub const REQ_RECALL: u16 = 0x0117;
     pub const REQ_FORK: u16 = 0x0118;
+    pub const REQ_RELAY: u16 = 0x0119;
 
     pub const REP_HELLO: u16 = 0x0201;
     pub const REP_SOCKET: u16 = 0x0202;
@@ -314,6 +315,7 @@ pub fn encode_request(msg: &Request, out: &mut Vec<u8>) {
                 w.u64(id);
             }
         }),
+        Request::Relay { id } => frame(out, kind::REQ_RELAY, |w| w.u64(id)),
     }
 }
 
@@ -686,6 +688,7 @@ pub fn decode_request(data: &[u8]) -> Result<Request> {
             let ids = (0..count).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
             Ok(Request::Fork { ids })
         }
+        kind::REQ_RELAY => Ok(Request::Relay { id: r.u64()? }),
         other => Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -930,6 +933,7 @@ mod tests {
             Request::Names { id: 11 },
             Request::Recall { id: 12 },
             Request::Fork { ids: vec![] },
+            Request::Relay { id: 77 },
             Request::Fork {
                 ids: vec![11, 12, u64::MAX],
             },
@@ -1113,14 +1117,14 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 0x06, 0x00, 0x03, 0x01, 16, 0, 0, 0,
+            0x53, 0x4d, 0x07, 0x00, 0x03, 0x01, 16, 0, 0, 0,
             0x02, 0x01, 0, 0, 0, 0, 0, 0,
             198, 18, 0, 2, 53, 0,
             1, 0,
         ];
         assert_eq!(b, expected);
         encode_reply(&Reply::Resolve { mac: None }, &mut b);
-        assert_eq!(b, [0x53, 0x4d, 6, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
+        assert_eq!(b, [0x53, 0x4d, 7, 0, 0x05, 0x02, 1, 0, 0, 0, 0]);
         encode_request(
             &Request::RouteAdd {
                 dest: Ipv4Addr::new(198, 18, 0, 128),
@@ -1131,7 +1135,7 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x53, 0x4d, 6, 0, 0x0b, 0x01, 10, 0, 0, 0,
+            0x53, 0x4d, 7, 0, 0x0b, 0x01, 10, 0, 0, 0,
             198, 18, 0, 128, 25,
             1, 198, 18, 0, 1,
         ];
@@ -1198,7 +1202,7 @@ mod tests {
             Err(DecodeError::BadValue(_))
         ));
         // A field running past the declared body: header length exact, body short.
-        let short = [0x53, 0x4d, 6, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
+        let short = [0x53, 0x4d, 7, 0, 0x07, 0x02, 2, 0, 0, 0, 1, 0];
         assert_eq!(decode_reply(&short), Err(DecodeError::Truncated));
 
         // Bad tags.

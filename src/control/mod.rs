@@ -33,7 +33,11 @@ use crate::wire::EthernetAddress;
 ///    [`Reply::Cached`], [`Upcall::TcpReady`]; [`Request::SetOption`], [`Request::GetOption`],
 ///    [`Request::Names`], [`Reply::Option`], [`Reply::Names`]; [`Request::Recall`],
 ///    [`Upcall::Recall`].
-pub const VERSION: u16 = 6;
+/// 6: sharing: [`Request::Fork`], [`Reply::Forked`], [`Reply::AcceptedDeferred`],
+///    [`Upcall::SoleHolder`], [`Upcall::Acceptable`] with its sequence number.
+/// 7: [`Request::Relay`] (a connection's bytes carried through a socketpair by the
+///    netserver, for descriptors the program reaches without the library: stdio).
+pub const VERSION: u16 = 7;
 
 /// Most bytes one [`Request::Send`] carries or one [`Request::Recv`] returns (a message must
 /// stay under [`MAX_MESSAGE`]).
@@ -231,6 +235,16 @@ pub enum Request {
     /// Errors: `EBADF` (an id the caller does not hold), `EINVAL` (more than
     /// [`MAX_FORK_ENDPOINTS`], or a connection still cached in the caller).
     Fork { ids: Vec<EndpointId> },
+    /// The caller hands its hold on flushed TCP connection `id` to a *relay* in the netserver:
+    /// fds `[socket]` is one end of a stream socketpair whose other end the caller's program
+    /// descriptors now refer to. The netserver moves bytes both ways between that socket and
+    /// the connection (end of file on it is the program's shutdown or last close), so the
+    /// connection works through any path to the kernel, glibc's stdio included. The relay is a
+    /// holder like a process: the connection ends when the relay and every other holder let
+    /// go. Reply: [`Reply::Ok`]. Errors: `EBADF` (not held, or no socket passed), `ENOTCONN`
+    /// (not a connection), `EINVAL` (cached in the caller: flush it first), `ERR_RECALLING`
+    /// (cached in another holder: retry when told).
+    Relay { id: EndpointId },
 }
 
 /// Largest option value [`Request::SetOption`] carries (TCP_INFO, 280 bytes, is the largest

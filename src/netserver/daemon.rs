@@ -17,6 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use super::Config;
 use super::endpoints::{ClientId, EndpointState, EndpointTable};
 use super::host::{Event, Host, HostConfig, PortLookup};
+use super::relay::{Pumped, RELAY_HOLDER_BASE, Relay};
 use crate::channel::{Channel, PacketChannel, RingConfig, RingVersion, bpf};
 use crate::client::stats::{StatsPage, StatsView};
 use crate::control::codec;
@@ -113,6 +114,8 @@ pub(crate) struct ControlCounters {
     pub forks: u64,
     pub deferred_accepts: u64,
     pub sole_holder_upcalls: u64,
+    /// Connections handed to a relay (`Request::Relay`: stdio descriptors).
+    pub relays: u64,
 }
 
 struct Ports<'a> {
@@ -206,6 +209,12 @@ pub(crate) struct Server {
     /// Neighbours set with `msock route neigh add`: permanent, ARP learning and expiry leave
     /// their region entries alone.
     static_neighbors: HashMap<Ipv4Addr, EthernetAddress>,
+    /// Connections whose bytes the netserver carries through a socketpair, by their holder id
+    /// (`super::relay`).
+    relays: HashMap<ClientId, Relay>,
+    next_relay: ClientId,
+    /// A relay stopped at its pass budget: the next pass comes without waiting.
+    relays_busy: bool,
 }
 
 /// Frames the loop takes from the netserver's channel before it serves control requests again.
@@ -382,6 +391,9 @@ impl Server {
             channel_pool,
             control: ControlCounters::default(),
             static_neighbors: HashMap::new(),
+            relays: HashMap::new(),
+            next_relay: RELAY_HOLDER_BASE,
+            relays_busy: false,
         })
     }
 
@@ -394,6 +406,7 @@ impl Server {
         loop {
             let now = self.now();
             let timeout_ms = match self.host.poll_at() {
+                _ if self.relays_busy => 0,
                 Some(at) => at.saturating_duration_since(now).as_millis().min(1000) as u16,
                 None => 1000,
             };
@@ -413,11 +426,17 @@ impl Server {
                         }
                     }
                     token if token >= TOKEN_CLIENT_BASE => {
-                        self.serve_client((token - TOKEN_CLIENT_BASE) as ClientId);
+                        let id = (token - TOKEN_CLIENT_BASE) as ClientId;
+                        if id >= RELAY_HOLDER_BASE {
+                            self.relay_woken(id, event.events());
+                        } else {
+                            self.serve_client(id);
+                        }
                     }
                     _ => {}
                 }
             }
+            self.pump_relays();
             let now = self.now();
             let mut events = std::mem::take(&mut self.events);
             self.host.poll(now, &mut events);
@@ -669,12 +688,19 @@ impl Server {
         cred: PeerCred,
         forked_from: Option<u32>,
     ) -> io::Result<ClientId> {
-        // Ids wrap after 2^32 clients: skip one still in use.
+        // Ids wrap below the relays' range: skip one still in use.
+        let next = |id: ClientId| {
+            if id + 1 >= RELAY_HOLDER_BASE {
+                1
+            } else {
+                id + 1
+            }
+        };
         let mut id = self.next_client;
         while self.clients.contains_key(&id) {
-            id = id.wrapping_add(1).max(1);
+            id = next(id);
         }
-        self.next_client = id.wrapping_add(1).max(1);
+        self.next_client = next(id);
         let token = TOKEN_CLIENT_BASE + u64::from(id);
         self.epoll
             .add(conn.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
@@ -881,6 +907,9 @@ impl Server {
         let [holder] = ep.holders[..] else {
             return;
         };
+        if holder >= RELAY_HOLDER_BASE {
+            return;
+        }
         if !ep.is_tcp_connection() || ep.lost || !matches!(ep.state, EndpointState::Flushed { .. })
         {
             return;
@@ -988,6 +1017,158 @@ impl Server {
         }
         self.control.forks += 1;
         (Reply::Forked, vec![theirs.into()])
+    }
+
+    /// `Request::Relay`: the caller's hold on flushed connection `id` passes to a relay on the
+    /// stream socket it sent (`super::relay`), which holds the connection from now on.
+    fn relay(
+        &mut self,
+        client: ClientId,
+        id: EndpointId,
+        fds: Vec<OwnedFd>,
+    ) -> (Reply, Vec<OwnedFd>) {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let err = |errno: i32| (Reply::Error { errno }, Vec::new());
+        let Ok([socket]) = <[OwnedFd; 1]>::try_from(fds) else {
+            return err(libc::EBADF);
+        };
+        if getsockopt(&socket, sockopt::SockType).ok() != Some(nix::sys::socket::SockType::Stream) {
+            return err(libc::EINVAL);
+        }
+        if let Err(errno) = self.recall_on_access(client, id) {
+            return err(errno);
+        }
+        let key = match self.endpoints.request(client, id) {
+            Ok(ep) if ep.lost => return err(libc::ECONNRESET),
+            Ok(ep) => match (ep.state, ep.remote, ep.kind) {
+                (EndpointState::Flushed { local }, Some(remote), _) => (local.port(), remote),
+                (EndpointState::Cached { .. }, Some(_), SockKind::Stream) => {
+                    return err(libc::EINVAL);
+                }
+                (_, _, SockKind::Stream) => return err(libc::ENOTCONN),
+                _ => return err(libc::EOPNOTSUPP),
+            },
+            Err(e) => return err(e.errno()),
+        };
+        if self.host.tcp.flushed_mut(key.0, key.1).is_none() {
+            return err(libc::ENOTCONN);
+        }
+        if let Err(e) = nix::fcntl::fcntl(
+            socket.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        ) {
+            return err(e as i32);
+        }
+        let mut holder = self.next_relay;
+        while self.relays.contains_key(&holder) {
+            holder = holder.checked_add(1).unwrap_or(RELAY_HOLDER_BASE);
+        }
+        self.next_relay = holder.checked_add(1).unwrap_or(RELAY_HOLDER_BASE);
+        let token = TOKEN_CLIENT_BASE + u64::from(holder);
+        let interest = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLOUT
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLET;
+        if let Err(e) = self.epoll.add(&socket, EpollEvent::new(interest, token)) {
+            return err(e as i32);
+        }
+        if !self.endpoints.add_holder(id, holder) {
+            let _ = self.epoll.delete(&socket);
+            return err(libc::EMFILE);
+        }
+        self.release_shared(id, client);
+        self.relays.insert(holder, Relay::new(id, key, socket));
+        self.control.relays += 1;
+        self.relays_busy = true;
+        (Reply::Ok, Vec::new())
+    }
+
+    /// An epoll edge on relay `holder`'s socket.
+    fn relay_woken(&mut self, holder: ClientId, events: EpollFlags) {
+        if let Some(relay) = self.relays.get_mut(&holder) {
+            let hup = events.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+            relay.wake(
+                hup || events.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP),
+                hup || events.contains(EpollFlags::EPOLLOUT),
+            );
+        }
+    }
+
+    /// Relays currently carrying a connection (`msock stat`).
+    pub(crate) fn relays_active(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// One pass of every relay (`Relay::pump`), before the engines' output runs, so what a
+    /// relay queued leaves in the same pass.
+    fn pump_relays(&mut self) {
+        if self.relays.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let mut busy = false;
+        let mut ended = Vec::new();
+        let mut recall = Vec::new();
+        for (&holder, relay) in self.relays.iter_mut() {
+            let Some(conn) = self.host.tcp.flushed_mut(relay.key.0, relay.key.1) else {
+                // Cached by another holder (delayed caching, §4.2): recalled, the relay
+                // resumes once it is flushed. Gone otherwise.
+                let cached = self
+                    .endpoints
+                    .get(relay.endpoint)
+                    .is_some_and(|ep| matches!(ep.state, EndpointState::Cached { .. }) && !ep.lost);
+                if cached {
+                    recall.push((holder, relay.endpoint));
+                } else {
+                    ended.push(holder);
+                }
+                continue;
+            };
+            match relay.pump(conn, now) {
+                Pumped::Idle | Pumped::ProgramShutdown => {}
+                Pumped::More => busy = true,
+                Pumped::ProgramGone | Pumped::ConnectionFailed => ended.push(holder),
+            }
+            // The program's shutdown is the connection's FIN once no other holder may still
+            // write (as shutdown(SHUT_WR) of a shared socket would be: the relay passes it on
+            // when the others have let go).
+            let sole = self
+                .endpoints
+                .get(relay.endpoint)
+                .is_some_and(|ep| ep.holders == [holder]);
+            if relay.fin_pending && sole {
+                relay.fin_pending = false;
+                conn.shutdown_write(now);
+            }
+        }
+        self.relays_busy = busy;
+        for (holder, id) in recall {
+            let _ = self.recall_on_access(holder, id);
+        }
+        for holder in ended {
+            self.end_relay(holder);
+        }
+    }
+
+    /// Relay `holder` ends (its program closed every descriptor, or the connection failed):
+    /// it lets go of the connection like a process closing its socket; Linux resets a
+    /// connection closed with data it had received and nobody read.
+    fn end_relay(&mut self, holder: ClientId) {
+        let Some(relay) = self.relays.remove(&holder) else {
+            return;
+        };
+        let _ = self.epoll.delete(relay.socket());
+        let id = relay.endpoint;
+        if self.release_shared(id, holder) {
+            return;
+        }
+        if relay.undelivered() > 0 {
+            let now = self.now();
+            if let Some(conn) = self.host.tcp.flushed_mut(relay.key.0, relay.key.1) {
+                conn.abort(now);
+            }
+        }
+        self.close_flushed(id);
     }
 
     /// `SOL_MSOCK` options of TCP endpoint `id` (any state): `SO_CONCURRENT_SERVER` set from a
@@ -1214,6 +1395,7 @@ impl Server {
             Request::Shutdown { id, how } => self.flushed_shutdown(client, id, how),
             Request::Cache { id } => self.cache(client, id),
             Request::Fork { ids } => self.fork(client, ids),
+            Request::Relay { id } => self.relay(client, id, fds),
             Request::SetOption {
                 id,
                 level,
@@ -1797,6 +1979,10 @@ impl Server {
         if shared {
             return self.hand_over_shared(client, id, conn);
         }
+        // The last holder's close (the process leaves it open for the netserver to decide:
+        // a holder of a shared connection must not send its FIN).
+        let mut conn = conn;
+        conn.close(self.now());
         // Too many connections kept for processes already: the process closes it itself.
         if !self.host.tcp.has_room_for_orphan(conn.send_queue_len()) {
             return err(libc::ENOBUFS);
@@ -2018,12 +2204,37 @@ impl Server {
                 return refuse(self, conn, errno);
             }
         };
-        let image = conn.export(self.now());
+        // Segments of this connection already waiting on our channel (a request sent right
+        // after the handshake) go into it before it leaves, as in `cache`: it runs here while
+        // our channel is drained, then leaves. Dropped here as the process's, they would cost
+        // the peer a retransmission timeout (200 ms); what arrives from now on also reaches
+        // the new channel, whose filter is set.
+        if let Err(e) = self.host.tcp.adopt_flushed(conn) {
+            self.endpoints.remove(new_id);
+            return err(match e.errno() {
+                libc::EINVAL => libc::ECONNABORTED,
+                errno => errno,
+            });
+        }
+        let ring = self.channel.config().rx_frames() as usize;
+        if let Err(e) = self.receive_frames_up_to(ring) {
+            eprintln!("msock netserver: receive before accept: {e}");
+        }
+        let now = self.now();
+        let Some(image) = self.host.tcp.release(port, remote, now) else {
+            // Ended while draining (reset by the peer): nothing to hand out.
+            self.endpoints.remove(new_id);
+            return err(libc::ECONNABORTED);
+        };
         let memfd = match crate::control::image_memfd(&image, c"msock-tcp-image") {
             Ok(fd) => fd,
             Err(e) => {
                 self.endpoints.remove(new_id);
-                return refuse(self, conn, e.raw_os_error().unwrap_or(libc::ENOMEM));
+                let errno = e.raw_os_error().unwrap_or(libc::ENOMEM);
+                return match crate::stack::tcp::connection::TcpConnection::import(&image, now) {
+                    Ok(conn) => refuse(self, conn, errno),
+                    Err(_) => err(errno),
+                };
             }
         };
         if let Some(ep) = self.endpoints.get_mut(new_id) {
@@ -2124,7 +2335,19 @@ impl Server {
             if self.host.tcp.pending(local.port()) == 0 {
                 continue;
             }
+            // Only the holders that accept from it, once one has: a process that shares the
+            // listener through fork and never accepts (inetd's children between fork and
+            // exec) would mark the shared placeholder readable after the acceptor took the
+            // connection, and a stale mark sends a blocking acceptor into accept(2) on the
+            // wrong listener for good. Until someone accepts, every holder is told.
+            let acceptors = ep
+                .holders
+                .iter()
+                .any(|&h| self.accepts_answered.contains_key(&(ep.id, h)));
             for &holder in &ep.holders {
+                if acceptors && !self.accepts_answered.contains_key(&(ep.id, holder)) {
+                    continue;
+                }
                 if !self.acceptable_sent.contains(&(ep.id, holder))
                     && self
                         .clients
@@ -2460,13 +2683,25 @@ const STAT_TEXT_LIMIT: usize = crate::control::MAX_MESSAGE - 1024;
 /// (every bit set, `control::ERR_RECALLING`): it retries its request.
 const RECALL_OVER: u8 = crate::control::TcpReady::RETRY;
 
-/// The parent pid of process `pid` (`PPid:` in `/proc/<pid>/status`), if it exists.
+/// The parent pid of process `pid`, if it exists: the fourth field of `/proc/<pid>/stat`,
+/// read with one `read` (a fork child's `Hello` asks for it on every connection of an
+/// inetd-style server; `status` is five times longer and was read in eight pieces).
 fn parent_pid_of(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = file.read(&mut buf).ok()?;
+    parse_stat_ppid(buf.get(..n)?)
+}
+
+/// `PPid` from a `/proc/<pid>/stat` line: `pid (comm) state ppid ...`, where `comm` may hold
+/// spaces and parentheses (so the fields are counted after the last `)`).
+fn parse_stat_ppid(stat: &[u8]) -> Option<u32> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
 }
 
 /// `Upcall::TcpReady` bits of an engine readiness.
@@ -2618,6 +2853,19 @@ mod tests {
         let mut file = std::fs::File::from(fd);
         file.write_all(bytes).expect("write");
         file.into()
+    }
+
+    #[test]
+    fn parent_pid_comes_from_proc_stat_even_with_odd_command_names() {
+        assert_eq!(parse_stat_ppid(b"42 (cat) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parse_stat_ppid(b"42 (a) b) (c) R 1234 42 42"), Some(1234));
+        assert_eq!(parse_stat_ppid(b"42 (x y z) S 9\n"), Some(9));
+        assert_eq!(parse_stat_ppid(b"42 (cat"), None);
+        assert_eq!(parse_stat_ppid(b"42 (cat) S"), None);
+        assert_eq!(parse_stat_ppid(b"42 (cat) S -1"), None);
+        // This test process, as the kernel sees it.
+        let ppid = std::os::unix::process::parent_id();
+        assert_eq!(parent_pid_of(std::process::id()), Some(ppid));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod crash_reclaim;
 mod daemon;
 pub mod endpoints;
 pub mod host;
+pub mod relay;
 mod stat;
 pub mod tcp_host;
 

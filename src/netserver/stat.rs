@@ -281,8 +281,15 @@ fn render_text(server: &Server) -> String {
     );
     let _ = writeln!(
         out,
-        "sharing: caches {} flushes {} recalls {} forks {} deferred-accepts {} sole-holder-upcalls {}",
-        c.caches, c.flushes, c.recalls, c.forks, c.deferred_accepts, c.sole_holder_upcalls
+        "sharing: caches {} flushes {} recalls {} forks {} deferred-accepts {} sole-holder-upcalls {} relays {} relays-active {}",
+        c.caches,
+        c.flushes,
+        c.recalls,
+        c.forks,
+        c.deferred_accepts,
+        c.sole_holder_upcalls,
+        c.relays,
+        server.relays_active()
     );
     let pool = server.channel_pool.stats();
     let _ = writeln!(
@@ -432,7 +439,7 @@ fn render_json(server: &Server) -> String {
          \"host\":{{\"frames_in\":{},\"arp_requests\":{},\"arp_replies\":{},\"echo_replies\":{},\"port_unreachables\":{},\"icmp_rate_limited\":{},\"reassembled\":{},\"delivered\":{},\"icmp_errors_forwarded\":{},\"icmp_errors_applied\":{},\"redirects_accepted\":{},\"redirects_ignored\":{}}},\
          \"channel\":{{\"frames_in\":{},\"frames_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"kernel_drops\":{}}},\
          \"control\":{{\"clients_accepted\":{},\"requests\":{},\"bad_messages\":{},\"errors\":{},\"upcalls\":{},\"upcalls_dropped\":{},\"filter_updates\":{},\"route_changes\":{},\"route_denied\":{},\"redirects_unstored\":{},\"recalls\":{}}},\
-         \"sharing\":{{\"caches\":{},\"flushes\":{},\"recalls\":{},\"forks\":{},\"deferred_accepts\":{},\"sole_holder_upcalls\":{}}},\
+         \"sharing\":{{\"caches\":{},\"flushes\":{},\"recalls\":{},\"forks\":{},\"deferred_accepts\":{},\"sole_holder_upcalls\":{},\"relays\":{},\"relays_active\":{}}},\
          \"drops\":{{{}}},\"neighbors\":[{}]}}",
         json_str(&server.config.addr.to_string()),
         server.config.prefix_len,
@@ -485,6 +492,8 @@ fn render_json(server: &Server) -> String {
         c.forks,
         c.deferred_accepts,
         c.sole_holder_upcalls,
+        c.relays,
+        server.relays_active(),
         drops.join(","),
         neighbors.join(",")
     )

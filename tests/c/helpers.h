@@ -1,26 +1,24 @@
-/* Helpers shared by the C programs of tests/preload_process.rs (header-only; each program is
- * one .c file compiled by the test with `cc -Iinclude -Itests/c`).
+/* Helpers of the C programs of tests/preload_process.rs (header-only; each program is one .c
+ * file compiled by the test with `cc -Iinclude -Itests/c`). What the cdemo programs need as
+ * well (`prog`, make_addr, write_all, read_full, try_listen, parse_u64, msock.h) comes from
+ * cdemo/common.h; this header adds only what the tests need:
  *
- * The byte pattern: byte i of a stream is (i * 31 + 7) % 251, so any offset of any stream can
- * be checked without storing it (the Python peers compute the same). Every failure prints a
- * message naming the program and exits with status 1. */
+ * - die(): every failure prints a message naming the program (to err_fd) and exits with
+ *   status 1;
+ * - the byte pattern: byte i of a stream is (i * 31 + 7) % 251, so any offset of any stream
+ *   can be checked without storing it (the Python peers compute the same);
+ * - plain sockets: try_connect/connect_or_die and listen_any create them without
+ *   SOCK_CLOEXEC, timeouts or TCP_NODELAY, as the simplest unmodified program would (fork and
+ *   exec inherit them);
+ * - write_fill() and reap_ok(). */
 #ifndef MSOCK_TEST_HELPERS_H
 #define MSOCK_TEST_HELPERS_H
 
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "../../cdemo/common.h"
 
-static const char *prog = "test";
+#include <stdarg.h>
+#include <sys/wait.h>
+
 /* Where die() writes (a program that moves stderr keeps a copy of the original here). */
 static int err_fd = STDERR_FILENO;
 
@@ -56,31 +54,21 @@ static inline long pattern_mismatch(const unsigned char *buf, uint64_t offset, s
 	return -1;
 }
 
+/* A decimal unsigned integer; dies on anything else. */
 static inline uint64_t parse_num(const char *s)
 {
-	char *end = NULL;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0')
-		die("not a number: '%s'", s);
-	return (uint64_t)v;
-}
-
-static inline struct sockaddr_in addr_of(const char *host, uint16_t port)
-{
-	struct sockaddr_in sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons(port);
-	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
-		die("'%s' is not an IPv4 address", host);
-	return sa;
+	uint64_t v;
+	if (parse_u64(s, 0, UINT64_MAX, &v) != 0) {
+		errno = 0;
+		die("not a number: '%s'", s ? s : "");
+	}
+	return v;
 }
 
 /* A connected TCP socket, or -1 with errno. */
 static inline int try_connect(const char *host, uint16_t port)
 {
-	struct sockaddr_in sa = addr_of(host, port);
+	struct sockaddr_in sa = make_addr(host, port);
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	if (fd < 0)
 		return -1;
@@ -93,7 +81,7 @@ static inline int try_connect(const char *host, uint16_t port)
 	return fd;
 }
 
-static inline int connect_to(const char *host, uint16_t port)
+static inline int connect_or_die(const char *host, uint16_t port)
 {
 	int fd = try_connect(host, port);
 	if (fd < 0)
@@ -101,57 +89,13 @@ static inline int connect_to(const char *host, uint16_t port)
 	return fd;
 }
 
-/* A listener on 0.0.0.0:port (SO_REUSEADDR). */
+/* A listener on 0.0.0.0:port (SO_REUSEADDR, inherited across exec). */
 static inline int listen_any(uint16_t port)
 {
-	struct sockaddr_in sa = addr_of("0.0.0.0", port);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	int fd = try_listen("0.0.0.0", port, 16, 0);
 	if (fd < 0)
-		die("socket");
-	int one = 1;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
-		die("SO_REUSEADDR");
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-		die("bind port %u", (unsigned)port);
-	if (listen(fd, 16) != 0)
-		die("listen");
+		die("listen on port %u", (unsigned)port);
 	return fd;
-}
-
-/* Writes all of buf (restarting on EINTR and short writes); 0, or -1 with errno. */
-static inline int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Reads until len bytes or end of file: the count (short only at end of file), or -1. */
-static inline ssize_t read_full(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-	size_t got = 0;
-	while (got < len) {
-		ssize_t n = read(fd, p + got, len - got);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	return (ssize_t)got;
 }
 
 /* Writes `n` bytes of the byte `c`. */

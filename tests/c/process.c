@@ -30,7 +30,7 @@
 
 static int mode_write(const char *host, uint16_t port, size_t n)
 {
-	int s = connect_to(host, port);
+	int s = connect_or_die(host, port);
 	write_fill(s, 'P', n, "P block");
 	fflush(NULL);
 	pid_t pid = fork();
@@ -95,7 +95,7 @@ static size_t read_checked(int s, uint64_t off, size_t n, const char *who)
 
 static int mode_read(const char *host, uint16_t port, size_t m)
 {
-	int s = connect_to(host, port);
+	int s = connect_or_die(host, port);
 	fflush(NULL);
 	pid_t pid = fork();
 	if (pid < 0)
@@ -168,7 +168,7 @@ static const char EXECFD_PY[] =
 
 static int mode_execfd(const char *host, uint16_t port, const char *n)
 {
-	int s = connect_to(host, port);
+	int s = connect_or_die(host, port);
 	if (write_all(s, "hdr\n", 4) != 0)
 		die("write hdr");
 	fflush(NULL);
@@ -222,7 +222,7 @@ static int mode_dup2(const char *host, uint16_t port, int stdio)
 	err_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 20);
 	if (err_fd < 0)
 		die("dup stderr");
-	int s = connect_to(host, port);
+	int s = connect_or_die(host, port);
 	if (dup2(s, 1) != 1)
 		die("dup2 onto 1");
 	if (stdio) {
@@ -262,7 +262,7 @@ static int mode_dup2(const char *host, uint16_t port, int stdio)
 
 static int mode_exitq(const char *host, uint16_t port, size_t n)
 {
-	int s = connect_to(host, port);
+	int s = connect_or_die(host, port);
 	unsigned char buf[65536];
 	size_t sent = 0;
 	while (sent < n) {

@@ -53,19 +53,11 @@ static struct slot slots[SLOTS];
 struct duplex {
 	int fd;
 	atomic_ullong written;
-	atomic_int writer_done;
+	atomic_int shutting; /* set just before the writer's shutdown(SHUT_WR): end of file due */
 };
 
 static struct duplex duplex[2];
 static int epoll_conn = -1;
-
-static void set_timeouts(int fd)
-{
-	struct timeval tv = { .tv_sec = IO_TIMEOUT_S, .tv_usec = 0 };
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
-		die("SO_RCVTIMEO/SO_SNDTIMEO");
-}
 
 static int open_conn(int cloexec)
 {
@@ -74,7 +66,8 @@ static int open_conn(int cloexec)
 		if (fd >= 0) {
 			if (cloexec && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0)
 				die("FD_CLOEXEC");
-			set_timeouts(fd);
+			if (set_timeouts(fd, IO_TIMEOUT_S) != 0)
+				die("SO_RCVTIMEO/SO_SNDTIMEO");
 			return fd;
 		}
 		if (attempt >= 50)
@@ -128,9 +121,9 @@ static void *duplex_writer(void *arg)
 		off += len;
 		atomic_store(&d->written, off);
 	}
+	atomic_store(&d->shutting, 1);
 	if (shutdown(d->fd, SHUT_WR) != 0)
 		die("duplex %d: shutdown", i);
-	atomic_store(&d->writer_done, 1);
 	return NULL;
 }
 
@@ -157,10 +150,14 @@ static void *duplex_reader(void *arg)
 		off += (uint64_t)k;
 		atomic_store(&n_duplex_bytes[i], off);
 	}
-	if (!atomic_load(&d->writer_done) || off != atomic_load(&d->written)) {
+	/* The echo's end of file is due once the writer has begun its shutdown(SHUT_WR), not
+	 * only once that call has returned: the FIN may come back first. `written` is final by
+	 * then. */
+	if (!atomic_load(&d->shutting) || off != atomic_load(&d->written)) {
 		errno = 0;
-		die("duplex %d: end of file after %llu bytes, %llu written", i,
-		    (unsigned long long)off, (unsigned long long)atomic_load(&d->written));
+		die("duplex %d: end of file after %llu bytes, %llu written%s", i,
+		    (unsigned long long)off, (unsigned long long)atomic_load(&d->written),
+		    atomic_load(&d->shutting) ? "" : ", before the writer's shutdown");
 	}
 	return NULL;
 }

@@ -448,6 +448,30 @@ if errors:
 print("concurrent ok %d" % conc, flush=True)
 "#;
 
+/// A kernel client for a digest service (a shell pipeline whose last program writes through
+/// glibc's stdio): `N` connections, each sending `SIZE` random bytes and shutting down its
+/// write side, requiring their SHA-256 back. argv: ADDR PORT N SIZE.
+pub const DIGEST_CLIENTS: &str = r#"
+import hashlib, os, socket, sys
+addr, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for i in range(n):
+    payload = os.urandom(size)
+    s = socket.create_connection((addr, port), timeout=20)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    s.close()
+    want = hashlib.sha256(payload).hexdigest()
+    if got.decode(errors="replace").split()[:1] != [want]:
+        raise SystemExit("client %d: digest %r, want %s" % (i, bytes(got), want))
+print("digest ok %d" % n, flush=True)
+"#;
+
 /// Reads an iperf3 `-J` report (argv[1]) and prints `SENT RECEIVED REMOTE_HOST`; exits non-zero
 /// if the report has an `error` or is not JSON.
 pub const IPERF_REPORT: &str = r#"

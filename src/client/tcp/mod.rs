@@ -55,7 +55,7 @@ pub mod blocking;
 pub mod io;
 pub mod readiness;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -66,12 +66,13 @@ use super::forksafe::{Mutex, MutexGuard};
 use super::Outcome;
 use super::crash_file::CrashFile;
 use super::inherit::{InheritedKind, InheritedSocket};
+use super::relay::RelayedSocket;
 use super::runtime::{self, Session, SessionCell};
 use super::sys;
 use super::tcp_session::{IcmpReport, TcpLink, import_image};
 use super::timer::Timed;
 use super::udp::{Received, SockAddrIn};
-use crate::channel::PacketChannel;
+use crate::channel::{ChannelWaker, PacketChannel};
 use crate::control::{
     ERR_RECALLING, EndpointId, Family, MAX_TRANSFER, Reply, Request, SOL_MSOCK, ShutdownHow,
     SockKind, TcpReady,
@@ -171,8 +172,10 @@ pub struct TcpSocket {
     state: Mutex<State>,
 }
 
-/// A socket's state lock held across `fork` ([`TcpSocket::hold_for_fork`]).
-pub struct ForkHold<'a>(#[allow(dead_code)] MutexGuard<'a, State>);
+/// A socket's state lock held by the forking thread from the flush through the `Fork`
+/// request to the real `fork` ([`TcpSocket::hold_for_fork`]): nothing changes the socket
+/// meanwhile.
+pub struct ForkHold<'a>(MutexGuard<'a, State>);
 
 fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
@@ -599,10 +602,24 @@ impl TcpSocket {
     // -----------------------------------------------------------------------------------------
     // fork and exec (`client::process`)
 
-    /// The endpoint a fork child should hold too (`Request::Fork`): every msock endpoint this
-    /// process holds and has not cached (the caller flushed the cached ones first).
-    pub fn shareable_id(&self) -> Option<EndpointId> {
-        let st = self.state.lock();
+    /// Before `fork`, under the held lock: flushes the connection if it runs in this process
+    /// (not a fork child's dead copy of its parent's, nor one of a session not this
+    /// process's). A socket that is not cached is left as it is (`Ok`).
+    pub fn flush_for_fork(&self, hold: &mut ForkHold<'_>) -> Result<(), i32> {
+        if self.detached() || hold.0.dead {
+            return Ok(());
+        }
+        self.flush_locked(&mut hold.0)
+    }
+
+    /// The endpoint a fork child should hold too (`Request::Fork`), under the held lock:
+    /// every msock endpoint this process holds and has not cached (the caller flushed the
+    /// cached ones first, under the same hold, so none is cached again meanwhile).
+    pub fn shareable_id(&self, hold: &ForkHold<'_>) -> Option<EndpointId> {
+        if self.detached() {
+            return None;
+        }
+        let st = &hold.0;
         match st.mode {
             Mode::Bound { .. } | Mode::Listening | Mode::Flushed { .. } if !st.dead => st.id,
             _ => None,
@@ -673,14 +690,15 @@ impl TcpSocket {
         rec: &InheritedSocket,
     ) -> Result<Arc<TcpSocket>, i32> {
         use std::os::fd::FromRawFd;
-        let first = *rec.fds.first().ok_or(libc::EBADF)?;
         sys::get_fd_flags(rec.lib).map_err(|e| errno_of(&e))?;
+        // SAFETY: the library end was left open for this image by the previous one, which
+        // owned it (checked open above); this image has no other owner of that number. Owned
+        // first, so any failure below closes it.
+        let lib = unsafe { OwnedFd::from_raw_fd(rec.lib) };
+        let first = *rec.fds.first().ok_or(libc::EBADF)?;
         let prog = sys::dupfd(first, 0, true).map_err(|e| errno_of(&e))?;
         // SAFETY: `dupfd` just returned this new descriptor; nothing else owns it.
         let prog = sys::own(unsafe { OwnedFd::from_raw_fd(prog) });
-        // SAFETY: the library end was left open for this image by the previous one, which
-        // owned it (checked open above); this image has no other owner of that number.
-        let lib = unsafe { OwnedFd::from_raw_fd(rec.lib) };
         let _ = sys::set_fd_flags(lib.as_raw_fd(), libc::FD_CLOEXEC);
         let mirror = Mirror::adopt(prog, lib).map_err(|e| errno_of(&e))?;
         let mode = match rec.kind {
@@ -867,29 +885,14 @@ impl TcpSocket {
         }
     }
 
-    /// Puts a placeholder over every fd number (FD_CLOEXEC and O_NONBLOCK kept).
+    /// Puts a placeholder over every fd number ([`sys::cover_fds`]: FD_CLOEXEC and O_NONBLOCK
+    /// kept).
     fn install_placeholder(&self, st: &mut State) -> Result<(), i32> {
         if st.mirror.is_some() {
             return Ok(());
         }
         let mirror = Mirror::new().map_err(|e| errno_of(&e))?;
-        let first = *st.fds.first().ok_or(libc::EBADF)?;
-        let nonblocking =
-            sys::get_status_flags(first).map_err(|e| errno_of(&e))? & libc::O_NONBLOCK != 0;
-        for &fd in &st.fds {
-            let cloexec = sys::get_fd_flags(fd)
-                .map(|f| f & libc::FD_CLOEXEC != 0)
-                .unwrap_or(false);
-            sys::dup3(
-                mirror.prog_raw(),
-                fd,
-                if cloexec { libc::O_CLOEXEC } else { 0 },
-            )
-            .map_err(|e| errno_of(&e))?;
-        }
-        if nonblocking {
-            let _ = sys::set_status_flags(mirror.prog_raw(), libc::O_RDWR | libc::O_NONBLOCK);
-        }
+        let nonblocking = sys::cover_fds(mirror.prog_raw(), &st.fds).map_err(|e| errno_of(&e))?;
         self.nonblocking.store(nonblocking, Ordering::Relaxed);
         st.mirror = Some(mirror);
         Ok(())
@@ -906,16 +909,7 @@ impl TcpSocket {
     }
 
     fn family_addr(&self, a: SocketAddrV4) -> SocketAddr {
-        if self.domain == libc::AF_INET6 {
-            let ip = if a.ip().is_unspecified() {
-                std::net::Ipv6Addr::UNSPECIFIED
-            } else {
-                a.ip().to_ipv6_mapped()
-            };
-            SocketAddr::V6(SocketAddrV6::new(ip, a.port(), 0, 0))
-        } else {
-            SocketAddr::V4(a)
-        }
+        crate::client::relay::family_addr(self.domain, a)
     }
 
     /// Binds through the netserver (registering first).
@@ -1050,7 +1044,13 @@ impl TcpSocket {
                             .adopt(reply, fds, flags, &replay, rcvtimeo, sndtimeo)
                             .into();
                     }
-                    Err(libc::EAGAIN) => {}
+                    Err(libc::EAGAIN) => {
+                        if !st.acceptable
+                            && let Some(m) = st.mirror.as_mut()
+                        {
+                            m.clear_readable();
+                        }
+                    }
                     Err(e) => return Outcome::Error(e),
                 }
                 if nonblock {
@@ -1299,6 +1299,7 @@ impl TcpSocket {
 
     /// A blocking connect's wait for ESTABLISHED or the error.
     fn wait_connected(&self) -> Outcome<()> {
+        let mut inline = None;
         loop {
             let (prog, wake) = {
                 let mut st = self.lock();
@@ -1327,52 +1328,43 @@ impl TcpSocket {
                         return Outcome::Done(());
                     }
                 }
-                let wake = c
-                    .link
-                    .channel()
-                    .and_then(|ch| ch.as_fd().try_clone_to_owned().ok());
+                let wake = c.link.channel().map(PacketChannel::waker);
                 let prog = st.mirror.as_ref().map_or(-1, Mirror::prog_raw);
                 (prog, wake)
             };
             // connect(2) is interrupted by any handler (EINTR), as Linux's with no timeout
             // restarts only through SA_RESTART: the common rule.
-            if let Err(e) = self.sleep(prog, libc::POLLOUT, wake.as_ref(), None, false) {
+            if let Err(e) = self.sleep(prog, libc::POLLOUT, wake, &mut inline, None, false) {
                 return Outcome::Error(e);
             }
         }
     }
 
-    /// Sleeps on the placeholder (`events`) and the channel, muted in the receive thread.
-    fn sleep(
-        &self,
+    /// Sleeps on the placeholder (`events`) and, for a cached socket, on its channel, which
+    /// the caller claims ([`blocking::Inline`]: muted in the receive thread) from its first
+    /// sleep until the call returns: `inline` lives in the caller's loop and is dropped when
+    /// the call returns, after the caller's last pass over the channel, so the frames it
+    /// processes itself never wake the receive thread too.
+    fn sleep<'a>(
+        &'a self,
         prog: RawFd,
         events: i16,
-        wake: Option<&OwnedFd>,
+        wake: Option<ChannelWaker>,
+        inline: &mut Option<blocking::Inline<'a>>,
         deadline: Option<StdInstant>,
         timed: bool,
     ) -> Result<(), i32> {
-        let id = self.id().unwrap_or(0);
-        let mut fds = vec![(prog, events)];
-        if let Some(w) = wake {
-            fds.push((w.as_raw_fd(), libc::POLLIN));
-            if self.blocked.fetch_add(1, Ordering::AcqRel) == 0 {
-                self.session().mute_socket(id, w.as_raw_fd());
-            }
+        // A claim on a channel the socket no longer has (flushed and cached again meanwhile)
+        // is given up for one on the current channel.
+        if inline.as_ref().map(blocking::Inline::fd) != wake.as_ref().map(ChannelWaker::raw_fd) {
+            *inline = None;
+            let id = self.id().unwrap_or(0);
+            *inline = wake.map(|w| blocking::Inline::claim(&self.blocked, self.session(), id, w));
         }
-        let r = blocking::wait(&fds, deadline, timed);
-        if let Some(w) = wake
-            && self.blocked.fetch_sub(1, Ordering::AcqRel) == 1
-        {
-            // Unmute the channel the socket has now (not the duplicate).
-            let st = self.state.lock();
-            if let Mode::Cached(c) = &st.mode
-                && let Some(ch) = c.link.channel()
-            {
-                self.session().unmute_socket(id, ch.as_fd().as_raw_fd());
-            }
-            let _ = w;
+        match inline {
+            Some(i) => blocking::wait(&[(prog, events), (i.fd(), libc::POLLIN)], deadline, timed),
+            None => blocking::wait(&[(prog, events)], deadline, timed),
         }
-        r
     }
 
     /// EPIPE, with SIGPIPE raised on the calling thread unless MSG_NOSIGNAL.
@@ -1394,6 +1386,7 @@ impl TcpSocket {
         let nonblock = flags & libc::MSG_DONTWAIT != 0 || self.nonblocking.load(Ordering::Relaxed);
         let mut sent = 0usize;
         let mut deadline: Option<Option<StdInstant>> = None;
+        let mut inline = None;
         loop {
             let (prog, wake, timeo) = {
                 let mut st = self.lock();
@@ -1417,6 +1410,9 @@ impl TcpSocket {
                         Err(e) => return Outcome::Error(e),
                     },
                     Mode::Cached(c) => {
+                        // Woken on the channel (claimed, muted in the receive thread): the
+                        // ACKs that free the send buffer are ours to process.
+                        let more = inline.is_some() && c.pump(self.session(), now);
                         let mut skip = sent;
                         let mut failed = None;
                         for b in bufs {
@@ -1439,7 +1435,7 @@ impl TcpSocket {
                             }
                         }
                         c.transmit(self.session(), now);
-                        self.settle(&mut st, false);
+                        self.settle(&mut st, more);
                         match failed {
                             None | Some(SendError::WouldBlock) => {}
                             Some(_) if sent > 0 => return Outcome::Done(sent),
@@ -1470,17 +1466,14 @@ impl TcpSocket {
                     };
                 }
                 let wake = match &st.mode {
-                    Mode::Cached(c) => c
-                        .link
-                        .channel()
-                        .and_then(|ch| ch.as_fd().try_clone_to_owned().ok()),
+                    Mode::Cached(c) => c.link.channel().map(PacketChannel::waker),
                     _ => None,
                 };
                 let prog = st.mirror.as_ref().map_or(-1, Mirror::prog_raw);
                 (prog, wake, st.sndtimeo)
             };
             let d = *deadline.get_or_insert_with(|| blocking::deadline(timeo));
-            match self.sleep(prog, libc::POLLOUT, wake.as_ref(), d, timeo.is_some()) {
+            match self.sleep(prog, libc::POLLOUT, wake, &mut inline, d, timeo.is_some()) {
                 Ok(()) => {}
                 Err(_) if sent > 0 => return Outcome::Done(sent),
                 Err(e) => return Outcome::Error(e),
@@ -1542,6 +1535,7 @@ impl TcpSocket {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut got = 0usize;
         let mut deadline: Option<Option<StdInstant>> = None;
+        let mut inline = None;
         loop {
             let (prog, wake, timeo) = {
                 let mut st = self.lock();
@@ -1588,17 +1582,14 @@ impl TcpSocket {
                     };
                 }
                 let wake = match &st.mode {
-                    Mode::Cached(c) => c
-                        .link
-                        .channel()
-                        .and_then(|ch| ch.as_fd().try_clone_to_owned().ok()),
+                    Mode::Cached(c) => c.link.channel().map(PacketChannel::waker),
                     _ => None,
                 };
                 let prog = st.mirror.as_ref().map_or(-1, Mirror::prog_raw);
                 (prog, wake, st.rcvtimeo)
             };
             let d = *deadline.get_or_insert_with(|| blocking::deadline(timeo));
-            match self.sleep(prog, libc::POLLIN, wake.as_ref(), d, timeo.is_some()) {
+            match self.sleep(prog, libc::POLLIN, wake, &mut inline, d, timeo.is_some()) {
                 Ok(()) => {}
                 Err(_) if got > 0 => return self.received(got),
                 Err(e) => return Outcome::Error(e),
@@ -1717,6 +1708,10 @@ impl TcpSocket {
                 if let Mode::Flushed { ready } = &mut st.mode {
                     *ready &= !TcpReady::READABLE;
                 }
+                // Another holder's mirror (fork) may have marked the shared placeholder.
+                if let Some(m) = st.mirror.as_mut() {
+                    m.clear_readable();
+                }
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -1806,12 +1801,29 @@ impl TcpSocket {
                     return;
                 }
                 let _ = c.pump(self.session(), now);
-                c.conn.close(now);
-                c.transmit(self.session(), now);
-                if c.conn.state() == TcpState::Closed {
+                // An abortive close (data left unread, SO_LINGER 0) or a connection with
+                // nothing to finish ends here: at most an RST, and the netserver only forgets
+                // the endpoint. Otherwise the connection goes to the netserver *open*: it
+                // closes it if this was the last holder, and keeps it going for the others if
+                // a fork shares it (one holder's close sends no FIN).
+                let abortive = c.conn.recv_queue_len() > 0
+                    || c.conn.config().linger == Some(crate::stack::Duration::ZERO)
+                    || matches!(
+                        c.conn.state(),
+                        TcpState::Closed | TcpState::Listen | TcpState::SynSent
+                    );
+                if abortive {
+                    c.conn.close(now);
+                    c.transmit(self.session(), now);
                     let _ = self.session().request(&Request::Close { id }, &[]);
                     return;
                 }
+                // The FIN (and whatever is still queued) is sent by the netserver once it
+                // holds the connection, not from here: the peer's answer to it (its ACK,
+                // often within microseconds) would otherwise reach this socket's channel,
+                // or the netserver while the 4-tuple is still ours, and be lost with the
+                // channel; the netserver would then wait a retransmission timeout (200 ms
+                // and more) with the connection in LAST_ACK or FIN_WAIT_1.
                 let image = c.conn.export(now);
                 c.link.invalidate_crash_record();
                 let handed = crate::control::image_memfd(&image, c"msock-tcp-handover")
@@ -2113,6 +2125,51 @@ impl TcpSocket {
         };
         Outcome::Done((flags & !libc::O_NONBLOCK) | nb)
     }
+
+    // -----------------------------------------------------------------------------------------
+    // Relay (`client::relay`)
+
+    /// Hands this connection to a relay in the netserver (flushing it first) and points every
+    /// program descriptor of it at the relay's socketpair: the socket is a relayed one from
+    /// now on (the caller replaces it in the fd table). A socket that is not an established
+    /// msock connection is left as it is (ENOTCONN); one the netserver refuses stays flushed.
+    pub fn to_relay(&self) -> Result<Arc<RelayedSocket>, i32> {
+        if self.detached() {
+            return Err(libc::EBADF);
+        }
+        let mut st = self.state.lock();
+        if st.dead {
+            return Err(libc::ECONNRESET);
+        }
+        let (Some(id), Some(local), Some(remote)) = (st.id, st.local, st.remote) else {
+            return Err(libc::ENOTCONN);
+        };
+        if st.connect == ConnectPhase::InProgress {
+            return Err(libc::ENOTCONN);
+        }
+        self.flush_locked(&mut st)?;
+        if !matches!(st.mode, Mode::Flushed { .. }) {
+            return Err(libc::ENOTCONN);
+        }
+        let (prog, lib) = sys::stream_pair().map_err(|e| errno_of(&e))?;
+        self.request(&Request::Relay { id }, &[lib.as_fd()])?;
+        drop(lib);
+        // The netserver holds the connection for the relay now; a failure below leaves the
+        // descriptors not yet moved on the old placeholder (at worst they read end of file).
+        self.session().remove_socket(id, None);
+        st.mode = Mode::Closed;
+        st.armed = None;
+        let fds = std::mem::take(&mut st.fds);
+        let moved = sys::cover_fds(prog.as_raw_fd(), &fds);
+        drop(prog);
+        st.mirror = None;
+        moved.map_err(|e| errno_of(&e))?;
+        let local = SocketAddrV4::new(
+            self.session().local_addr().unwrap_or(*local.ip()),
+            local.port(),
+        );
+        Ok(RelayedSocket::new(self.domain, local, remote, fds))
+    }
 }
 
 /// A TCP socket made while no netserver answered: the kernel socket holds its fd number; the
@@ -2186,6 +2243,7 @@ impl Timed for TcpSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddrV6;
 
     #[test]
     fn decisions_follow_the_design() {

@@ -152,9 +152,20 @@ impl Mirror {
     }
 }
 
+impl Mirror {
+    /// The program just found the socket not readable (EAGAIN): `prog` is emptied even if
+    /// this mirror wrote nothing, because a process sharing the placeholder (fork) may have.
+    /// A byte left there by another process would keep `poll` reporting readable, and the
+    /// program retrying, for ever.
+    pub fn clear_readable(&mut self) {
+        drain(self.prog.as_fd());
+        self.readable = false;
+    }
+}
+
 /// Reads and discards whatever `fd` holds, without blocking.
 fn drain(fd: BorrowedFd<'_>) {
-    let mut buf = [0u8; 16 * 1024];
+    let mut buf = [0u8; 4096];
     loop {
         match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
             Ok(n) if n == buf.len() => continue,

@@ -814,6 +814,15 @@ impl TcpConnection {
         Ok(n)
     }
 
+    /// Room left in the send buffer: what [`TcpConnection::send`] takes now (0 while it
+    /// cannot send at all).
+    pub fn send_free(&self) -> usize {
+        if self.check_send().is_err() {
+            return 0;
+        }
+        self.send_buf.free()
+    }
+
     /// MSG_OOB: queues data whose last byte is urgent.
     pub fn send_urgent(&mut self, data: &[u8]) -> Result<usize, SendError> {
         let n = self.send(data)?;
@@ -1440,4 +1449,4 @@ fn recv_error(e: ConnError) -> RecvError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

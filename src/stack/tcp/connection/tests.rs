@@ -43,7 +43,7 @@ fn b() -> SocketAddrV4 {
 }
 
 /// Moves segments both ways until quiet, advancing time 100 µs per round.
-fn exchange(x: &mut TcpConnection, y: &mut TcpConnection, now: &mut Instant) {
+pub(crate) fn exchange(x: &mut TcpConnection, y: &mut TcpConnection, now: &mut Instant) {
     for _ in 0..10_000 {
         *now += Duration::from_micros(100);
         let xs = drain(x, *now);
@@ -61,7 +61,7 @@ fn exchange(x: &mut TcpConnection, y: &mut TcpConnection, now: &mut Instant) {
     panic!("no quiescence");
 }
 
-fn pair(config: TcpConfig) -> (TcpConnection, TcpConnection, Instant) {
+pub(crate) fn pair(config: TcpConfig) -> (TcpConnection, TcpConnection, Instant) {
     let mut now = Instant::from_secs(1);
     let mut client = TcpConnection::connect(
         config.clone(),
