@@ -260,6 +260,8 @@ struct Sharing {
     forks: u64,
     deferred_accepts: u64,
     sole_holder_upcalls: u64,
+    /// Connections handed to a relay (standard descriptors, `client::relay`).
+    relays: u64,
 }
 
 fn sharing(net: &TestNet) -> Sharing {
@@ -272,6 +274,7 @@ fn sharing(net: &TestNet) -> Sharing {
         forks: field(o, "forks"),
         deferred_accepts: field(o, "deferred_accepts"),
         sole_holder_upcalls: field(o, "sole_holder_upcalls"),
+        relays: field(o, "relays"),
     }
 }
 
@@ -420,7 +423,10 @@ fn inetd(test: &str, port: u16, program: &str, mode: &str) {
         "{status}: {}",
         server.log()
     );
-    eprintln!("inetd exec {program}: {:?}", sharing(&net));
+    let counters = sharing(&net);
+    eprintln!("inetd exec {program}: {counters:?}");
+    // The child dup2'ed the connection onto 0 and 1: its bytes went through a relay.
+    assert_eq!(counters.relays, 1, "{counters:?}");
     assert_clean(&net);
 }
 
@@ -631,6 +637,7 @@ print("clients ok", n, flush=True)
         forks: after.forks - before.forks,
         deferred_accepts: after.deferred_accepts - before.deferred_accepts,
         sole_holder_upcalls: after.sole_holder_upcalls - before.sole_holder_upcalls,
+        relays: after.relays - before.relays,
     };
     let stat = net.stat_json();
     let control = object(&stat, "control");

@@ -31,14 +31,16 @@ fn slot(fd: RawFd) -> Option<(&'static AtomicU64, u64)> {
 }
 
 /// The lowest number msock moves its own descriptors to: three quarters of the soft
-/// RLIMIT_NOFILE (at least 3), read once.
+/// RLIMIT_NOFILE, at most 1024 (at least 3), read once. Not higher: every `fork` copies, and
+/// every exit walks, a descriptor table as large as the highest open number (16384 entries
+/// for a base of 15000, a measurable part of a fork-per-connection server's fork).
 pub fn relocation_base() -> RawFd {
     static BASE: std::sync::OnceLock<RawFd> = std::sync::OnceLock::new();
     *BASE.get_or_init(|| {
         let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| soft)
             .unwrap_or(1024);
-        let base = soft.saturating_mul(3) / 4;
+        let base = (soft.saturating_mul(3) / 4).min(1024);
         RawFd::try_from(base.min(LIMIT as u64 / 2))
             .unwrap_or(768)
             .max(3)

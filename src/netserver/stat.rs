@@ -80,12 +80,19 @@ fn owner_pid(server: &Server, ep: &Endpoint) -> u32 {
     server.clients.get(&ep.owner()).map_or(0, |c| c.cred.pid)
 }
 
-/// The pids of the endpoint's holders, in order, comma-separated.
+/// The pids of the endpoint's holders, in order, comma-separated (`relay` for the
+/// netserver's relay of a connection on standard descriptors).
 fn holder_pids(server: &Server, ep: &Endpoint) -> String {
     let pids: Vec<String> = ep
         .holders
         .iter()
-        .map(|h| server.clients.get(h).map_or(0, |c| c.cred.pid).to_string())
+        .map(|h| {
+            if *h >= super::relay::RELAY_HOLDER_BASE {
+                "relay".to_string()
+            } else {
+                server.clients.get(h).map_or(0, |c| c.cred.pid).to_string()
+            }
+        })
         .collect();
     pids.join(",")
 }

@@ -225,6 +225,16 @@ static int mode_dup2(const char *host, uint16_t port, int stdio)
 	int s = connect_or_die(host, port);
 	if (dup2(s, 1) != 1)
 		die("dup2 onto 1");
+	/* On a standard descriptor the connection keeps its names and type (msock relays it). */
+	struct sockaddr_in peer;
+	socklen_t plen = sizeof peer;
+	int type = 0;
+	socklen_t tlen = sizeof type;
+	if (getpeername(1, (struct sockaddr *)&peer, &plen) != 0 || peer.sin_family != AF_INET ||
+	    ntohs(peer.sin_port) != port)
+		die("getpeername(1) after dup2");
+	if (getsockopt(1, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type != SOCK_STREAM)
+		die("SO_TYPE of 1 after dup2");
 	if (stdio) {
 		printf("stdout-printf %d\n", 1);
 		if (fflush(stdout) != 0)
