@@ -851,8 +851,11 @@ impl Server {
             return false;
         };
         self.flushed_events.remove(&(id, client));
-        self.acceptable_sent.remove(&(id, client));
         self.accepts_answered.remove(&(id, client));
+        // Who is told about waiting connections depends on who accepts: a holder told once
+        // (and never accepting since) is told again, or a listener could be left with
+        // connections waiting and nobody woken (inetd after its `wait` service exits).
+        self.acceptable_sent.retain(|&(ep, _)| ep != id);
         if cached_here {
             self.cacher_gone(id);
         }
@@ -1077,6 +1080,10 @@ impl Server {
             return err(libc::EMFILE);
         }
         self.release_shared(id, client);
+        // Relayed, it is never cached again (delayed caching ends here).
+        if let Some(ep) = self.endpoints.get_mut(id) {
+            ep.deferred = false;
+        }
         self.relays.insert(holder, Relay::new(id, key, socket));
         self.control.relays += 1;
         self.relays_busy = true;
@@ -1125,20 +1132,9 @@ impl Server {
                 continue;
             };
             match relay.pump(conn, now) {
-                Pumped::Idle | Pumped::ProgramShutdown => {}
+                Pumped::Idle => {}
                 Pumped::More => busy = true,
                 Pumped::ProgramGone | Pumped::ConnectionFailed => ended.push(holder),
-            }
-            // The program's shutdown is the connection's FIN once no other holder may still
-            // write (as shutdown(SHUT_WR) of a shared socket would be: the relay passes it on
-            // when the others have let go).
-            let sole = self
-                .endpoints
-                .get(relay.endpoint)
-                .is_some_and(|ep| ep.holders == [holder]);
-            if relay.fin_pending && sole {
-                relay.fin_pending = false;
-                conn.shutdown_write(now);
             }
         }
         self.relays_busy = busy;
@@ -1150,9 +1146,11 @@ impl Server {
         }
     }
 
-    /// Relay `holder` ends (its program closed every descriptor, or the connection failed):
-    /// it lets go of the connection like a process closing its socket; Linux resets a
-    /// connection closed with data it had received and nobody read.
+    /// Relay `holder` ends (its program closed every descriptor, both directions are over,
+    /// or the connection failed): it lets go of the connection like a process closing its
+    /// socket. Bytes the relay had taken and the program never read do not make it a reset
+    /// (unlike Linux's close with unread data): the program's last reply, queued in the same
+    /// pass, would be thrown away with it, where Linux would have sent it already.
     fn end_relay(&mut self, holder: ClientId) {
         let Some(relay) = self.relays.remove(&holder) else {
             return;
@@ -1162,11 +1160,11 @@ impl Server {
         if self.release_shared(id, holder) {
             return;
         }
-        if relay.undelivered() > 0 {
-            let now = self.now();
-            if let Some(conn) = self.host.tcp.flushed_mut(relay.key.0, relay.key.1) {
-                conn.abort(now);
-            }
+        // Likewise for data still in the connection: the program's reply queued this pass
+        // goes out before the FIN instead of being discarded by a reset.
+        if let Some(conn) = self.host.tcp.flushed_mut(relay.key.0, relay.key.1) {
+            let mut sink = [0u8; 4096];
+            while matches!(conn.recv(&mut sink), Ok(n) if n > 0) {}
         }
         self.close_flushed(id);
     }

@@ -15,14 +15,19 @@
 //! - program → connection: bytes read from the socket are queued on the connection, no more
 //!   than its send buffer has room for (back-pressure reaches the program as a full socket).
 //!   End of file is the program's `shutdown(SHUT_WR)` or its last close: with `POLLHUP` (both
-//!   directions gone) it is the last close, else a shutdown, passed on as the FIN.
+//!   directions gone) it is the last close, else a shutdown, sent as the FIN at once (Linux's
+//!   `shutdown` acts on a shared socket too). A connection that can no longer send (shut by
+//!   another holder) gets the relay's reading side shut: the program's writes fail (EPIPE).
+//! - the relay ends when the program closed every descriptor, or when both directions are
+//!   over (what it wrote stays readable); then it lets go of the connection like a closing
+//!   process.
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{Shutdown, shutdown};
+use nix::sys::socket::{MsgFlags, Shutdown, recv, send, shutdown};
 
 use super::endpoints::ClientId;
 use crate::control::EndpointId;
@@ -43,9 +48,6 @@ pub enum Pumped {
     Idle,
     /// Stopped by the pass budget with more to move: run another pass soon.
     More,
-    /// The program shut its sending side (first time): the connection's FIN is due once
-    /// the relay is its only holder.
-    ProgramShutdown,
     /// Every program descriptor of the socket is closed: the relay lets go of the connection.
     ProgramGone,
     /// The connection failed (reset, timed out): the socket is closed, the relay ends.
@@ -69,8 +71,6 @@ pub struct Relay {
     program_eof: bool,
     /// The peer's end of stream was passed on (`shutdown(SHUT_WR)` of the socket).
     fin_passed: bool,
-    /// The program's shutdown is still to become the connection's FIN.
-    pub fin_pending: bool,
 }
 
 impl Relay {
@@ -87,7 +87,6 @@ impl Relay {
             writable: true,
             program_eof: false,
             fin_passed: false,
-            fin_pending: false,
         }
     }
 
@@ -107,17 +106,30 @@ impl Relay {
         self.to_program.len() - self.written
     }
 
-    /// Moves what it can both ways (see the module doc).
+    /// Moves what it can both ways (see the module doc). The program's side is read first:
+    /// a reply written just before the program exits is queued on the connection before a
+    /// write towards the program finds the socket gone.
     pub fn pump(&mut self, conn: &mut TcpConnection, now: Instant) -> Pumped {
-        let _ = now;
         let mut more = false;
+        match self.take_from_program(conn, now) {
+            Ok(busy) => more |= busy,
+            Err(outcome) => return outcome,
+        }
         match self.deliver_to_program(conn) {
             Ok(busy) => more |= busy,
             Err(outcome) => return outcome,
         }
-        match self.take_from_program(conn) {
-            Ok(busy) => more |= busy,
-            Err(outcome) => return outcome,
+        if self.program_eof {
+            // Both directions are over: what was written stays readable in the program's
+            // socket after the relay's end is closed.
+            if self.fin_passed && self.undelivered() == 0 {
+                return Pumped::ProgramGone;
+            }
+            // Before the relay shuts its own sending side, both directions gone means the
+            // program closed every descriptor.
+            if !self.fin_passed && self.hung_up() {
+                return Pumped::ProgramGone;
+            }
         }
         if more { Pumped::More } else { Pumped::Idle }
     }
@@ -151,23 +163,46 @@ impl Relay {
             if moved >= PASS_BUDGET {
                 return Ok(true);
             }
-            match nix::unistd::write(&self.socket, &self.to_program[self.written..]) {
+            // Never blocking whatever the description's flags (the client that sent the
+            // socket shares them and may clear O_NONBLOCK).
+            match send(
+                self.socket.as_raw_fd(),
+                &self.to_program[self.written..],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
                 Ok(n) => {
                     self.written += n;
                     moved += n;
                 }
                 Err(Errno::EAGAIN) => self.writable = false,
                 Err(Errno::EINTR) => {}
-                // EPIPE: every program descriptor is closed.
+                // EPIPE: every program descriptor is closed (or it shut its reading side).
                 Err(_) => return Err(Pumped::ProgramGone),
             }
         }
     }
 
-    /// Program → connection. `Ok(true)` when stopped by the budget.
-    fn take_from_program(&mut self, conn: &mut TcpConnection) -> Result<bool, Pumped> {
+    /// Program → connection. `Ok(true)` when stopped by the budget. End of file is the
+    /// program's last close (the socket hung up) or its `shutdown(SHUT_WR)`, which sends
+    /// the connection's FIN at once, as Linux's `shutdown` does on a shared socket too.
+    fn take_from_program(
+        &mut self,
+        conn: &mut TcpConnection,
+        now: Instant,
+    ) -> Result<bool, Pumped> {
+        if self.program_eof {
+            return Ok(false);
+        }
+        if !conn.can_send() {
+            // Shut for writing already (another holder's shutdown, or the connection is
+            // closing): the program's writes fail with EPIPE, as they would on Linux, and
+            // the relay stops reading.
+            let _ = shutdown(self.socket.as_raw_fd(), Shutdown::Read);
+            self.program_eof = true;
+            return Ok(false);
+        }
         let mut moved = 0;
-        while self.readable && !self.program_eof {
+        while self.readable {
             let room = conn.send_free().min(CHUNK);
             if room == 0 {
                 // A reset after the peer's FIN shows only here (nothing more to receive).
@@ -179,15 +214,18 @@ impl Relay {
             if moved >= PASS_BUDGET {
                 return Ok(true);
             }
-            match nix::unistd::read(self.socket.as_raw_fd(), &mut self.scratch[..room]) {
+            match recv(
+                self.socket.as_raw_fd(),
+                &mut self.scratch[..room],
+                MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(0) => {
                     self.program_eof = true;
-                    return Err(if self.hung_up() {
-                        Pumped::ProgramGone
-                    } else {
-                        self.fin_pending = true;
-                        Pumped::ProgramShutdown
-                    });
+                    if !self.fin_passed && self.hung_up() {
+                        return Err(Pumped::ProgramGone);
+                    }
+                    conn.shutdown_write(now);
+                    return Ok(false);
                 }
                 Ok(n) => {
                     // `room` was free: the connection takes all of it, or it failed.
@@ -198,12 +236,9 @@ impl Relay {
                 }
                 Err(Errno::EAGAIN) => self.readable = false,
                 Err(Errno::EINTR) => {}
+                // ECONNRESET: the program closed with bytes the relay wrote left unread.
                 Err(_) => return Err(Pumped::ProgramGone),
             }
-        }
-        // After the program's shutdown, its last close still has to be noticed.
-        if self.program_eof && self.hung_up() {
-            return Err(Pumped::ProgramGone);
         }
         Ok(false)
     }
@@ -256,11 +291,12 @@ mod tests {
         let n = program.read(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"to the program");
 
+        // The program's shutdown is the FIN at once; it can still read afterwards.
         program.shutdown(std::net::Shutdown::Write).unwrap();
         relay.wake(true, false);
-        assert_eq!(relay.pump(&mut ours, now), Pumped::ProgramShutdown);
-        assert!(relay.fin_pending);
-        // The program can still read after its shutdown.
+        assert_eq!(relay.pump(&mut ours, now), Pumped::Idle);
+        exchange(&mut ours, &mut peer, &mut now);
+        assert_eq!(read_some(&mut peer), b"", "the peer reads end of file");
         peer.send(b"late").unwrap();
         exchange(&mut ours, &mut peer, &mut now);
         assert_eq!(relay.pump(&mut ours, now), Pumped::Idle);
@@ -270,6 +306,38 @@ mod tests {
         drop(program);
         relay.wake(true, true);
         assert_eq!(relay.pump(&mut ours, now), Pumped::ProgramGone);
+    }
+
+    #[test]
+    fn the_last_reply_is_queued_even_if_the_program_is_gone() {
+        let (mut ours, mut peer, mut now) = pair(TcpConfig::default());
+        let (mut relay, mut program) = relay_for(&ours);
+        // The program answers and exits while more of the peer's data arrives.
+        program.write_all(b"reply").unwrap();
+        drop(program);
+        peer.send(b"pipelined request").unwrap();
+        exchange(&mut ours, &mut peer, &mut now);
+        assert_eq!(relay.pump(&mut ours, now), Pumped::ProgramGone);
+        exchange(&mut ours, &mut peer, &mut now);
+        assert_eq!(read_some(&mut peer), b"reply");
+    }
+
+    #[test]
+    fn a_connection_shut_by_another_holder_refuses_the_programs_writes() {
+        let (mut ours, mut peer, mut now) = pair(TcpConfig::default());
+        ours.shutdown_write(now);
+        exchange(&mut ours, &mut peer, &mut now);
+        let (mut relay, mut program) = relay_for(&ours);
+        assert_eq!(relay.pump(&mut ours, now), Pumped::Idle);
+        assert!(program.write_all(b"too late").is_err(), "EPIPE");
+        // The peer's last bytes and FIN still reach the program; then the relay is done.
+        peer.send(b"bye").unwrap();
+        peer.shutdown_write(now);
+        exchange(&mut ours, &mut peer, &mut now);
+        assert_eq!(relay.pump(&mut ours, now), Pumped::ProgramGone);
+        let mut got = Vec::new();
+        program.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
     }
 
     #[test]

@@ -814,6 +814,12 @@ impl TcpConnection {
         Ok(n)
     }
 
+    /// Whether [`TcpConnection::send`] may ever take data again (false once the sending side
+    /// is shut, the connection closing or failed; true while it is only full or connecting).
+    pub fn can_send(&self) -> bool {
+        !matches!(self.check_send(), Err(e) if e != SendError::WouldBlock)
+    }
+
     /// Room left in the send buffer: what [`TcpConnection::send`] takes now (0 while it
     /// cannot send at all).
     pub fn send_free(&self) -> usize {
