@@ -179,7 +179,7 @@ for _ in range(3):
     std::fs::write(&input, &data).unwrap();
     for _ in 0..3 {
         let cmd = format!(
-            "socat -t 5 - TCP4:198.18.0.2:9303 < {} | sha256sum",
+            "socat -t 20 - TCP4:198.18.0.2:9303 < {} | sha256sum",
             input.display()
         );
         let out = net.exec_b(&["sh", "-c", &cmd]);
