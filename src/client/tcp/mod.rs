@@ -1801,16 +1801,18 @@ impl TcpSocket {
                     return;
                 }
                 let _ = c.pump(self.session(), now);
-                // A connection with nothing to finish ends here (the netserver only forgets
-                // the endpoint). Any other goes to the netserver *open*, unread data and
-                // SO_LINGER included: it closes it if this was the last holder (a FIN, or the
-                // RST of an abortive close), and keeps it going for the others if a fork
-                // shares it (one holder's close sends neither).
-                let finished = matches!(
-                    c.conn.state(),
-                    TcpState::Closed | TcpState::Listen | TcpState::SynSent
-                );
-                if finished {
+                // An abortive close (data left unread, SO_LINGER 0) or a connection with
+                // nothing to finish ends here: at most an RST, and the netserver only forgets
+                // the endpoint. Otherwise the connection goes to the netserver *open*: it
+                // closes it if this was the last holder, and keeps it going for the others if
+                // a fork shares it (one holder's close sends no FIN).
+                let abortive = c.conn.recv_queue_len() > 0
+                    || c.conn.config().linger == Some(crate::stack::Duration::ZERO)
+                    || matches!(
+                        c.conn.state(),
+                        TcpState::Closed | TcpState::Listen | TcpState::SynSent
+                    );
+                if abortive {
                     c.conn.close(now);
                     c.transmit(self.session(), now);
                     let _ = self.session().request(&Request::Close { id }, &[]);
