@@ -106,7 +106,7 @@ impl TcpConnection {
     }
 
     /// Whether a segment of `seg_len` starting at `seq` is acceptable (RFC 9293 §3.10.7.4).
-    fn acceptable(&self, seq: TcpSeqNumber, seg_len: usize) -> bool {
+    pub(super) fn acceptable(&self, seq: TcpSeqNumber, seg_len: usize) -> bool {
         let wnd = self
             .announced_window()
             .max(if self.recv_buf.window() > 0 { 1 } else { 0 });
@@ -114,7 +114,11 @@ impl TcpConnection {
         let in_window = |s: TcpSeqNumber| s >= rcv_nxt && s < rcv_nxt + wnd;
         match (seg_len, wnd) {
             (0, 0) => seq == rcv_nxt,
-            (0, _) => in_window(seq),
+            // The right edge too (Linux's `tcp_sequence`: `!after(seq, rcv_nxt + wnd)`): a peer
+            // whose probe filled the window, and was dropped for want of buffer, sends its
+            // ACKs from there. Refusing them loses every ACK and window update it sends while
+            // this side, blocked sending, cannot read: both ends stall.
+            (0, _) => seq >= rcv_nxt && seq <= rcv_nxt + wnd,
             (_, 0) => false,
             (len, _) => in_window(seq) || in_window(seq + (len - 1)),
         }

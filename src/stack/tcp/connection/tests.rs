@@ -644,3 +644,19 @@ fn settings_from_an_untrusted_image_are_brought_within_limits() {
     d.apply_limits(&limits, now);
     assert_eq!(d.config(), &TcpConfig::default());
 }
+
+#[test]
+fn a_pure_ack_at_the_right_edge_of_the_window_is_acceptable() {
+    let (_client, server, _now) = pair(TcpConfig::default());
+    let wnd = server.announced_window();
+    assert!(wnd > 0);
+    let edge = server.rcv_nxt + wnd;
+    // A peer that filled the window with a segment this side dropped sends its ACKs from the
+    // right edge: they must be processed (their ACK and window fields), as Linux does.
+    assert!(server.acceptable(edge, 0));
+    assert!(server.acceptable(server.rcv_nxt, 0));
+    assert!(!server.acceptable(edge + 1, 0));
+    assert!(!server.acceptable(server.rcv_nxt - 1, 0));
+    // Data starting at the edge is still beyond the window.
+    assert!(!server.acceptable(edge, 1));
+}
